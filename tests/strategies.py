@@ -1,0 +1,77 @@
+"""Hypothesis strategies shared by the test suite.
+
+Each component's block is headed by a comment naming it; reuse before adding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from sdmreid.modality import MODALITY_ALIASES, Modality
+
+# --- modality vocabulary ---------------------------------------------------------------------
+
+#: Every alias, in random letter case.
+alias_any_case = st.sampled_from(sorted(MODALITY_ALIASES)).flatmap(
+    lambda a: st.lists(st.booleans(), min_size=len(a), max_size=len(a)).map(
+        lambda ups: "".join(c.upper() if u else c for c, u in zip(a, ups, strict=True))
+    )
+)
+
+#: One modality in any accepted form (member, int code, alias in any case).
+modality_like = st.one_of(
+    st.sampled_from(list(Modality)),
+    st.integers(min_value=0, max_value=len(Modality) - 1),
+    alias_any_case,
+)
+
+
+# --- identity / modality layouts ---------------------------------------------------------------
+
+
+@st.composite
+def label_modality_layouts(
+    draw: st.DrawFn,
+    min_ids: int = 1,
+    max_ids: int = 12,
+    max_per_id: int = 12,
+    modalities: tuple[int, ...] = (0, 1, 2, 3, 4),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, modalities) int64 arrays for a random dataset layout, in shuffled order.
+
+    Covers identities with one sample, all-RGB identities, all-non-RGB identities and heavy
+    modality imbalance; labels are arbitrary (non-contiguous) integers.
+    """
+    n_ids = draw(st.integers(min_ids, max_ids))
+    ids = draw(st.lists(st.integers(0, 10_000), min_size=n_ids, max_size=n_ids, unique=True))
+    labels: list[int] = []
+    mods: list[int] = []
+    non_rgb = [x for x in modalities if x != 0] or [1]
+    for pid in ids:
+        n = draw(st.integers(1, max_per_id))
+        kind = draw(
+            st.sampled_from(["mixed", "rgb_only", "non_rgb_only", "one_rgb", "one_non_rgb"])
+        )
+        if kind == "rgb_only":
+            m = [0] * n
+        elif kind == "non_rgb_only":
+            m = draw(
+                st.lists(
+                    st.sampled_from(non_rgb),
+                    min_size=n,
+                    max_size=n,
+                )
+            )
+        elif kind == "one_rgb":
+            m = [0, *draw(st.lists(st.sampled_from(non_rgb), min_size=n - 1, max_size=n - 1))]
+        elif kind == "one_non_rgb":
+            m = [draw(st.sampled_from(non_rgb))] + [0] * (n - 1)
+        else:
+            m = draw(st.lists(st.sampled_from(modalities), min_size=n, max_size=n))
+        labels += [pid] * n
+        mods += m
+    perm = draw(st.permutations(range(len(labels))))
+    lab = np.asarray(labels, dtype=np.int64)[list(perm)]
+    mod = np.asarray(mods, dtype=np.int64)[list(perm)]
+    return lab, mod

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sdmreid
+from sdmreid import Modality, parse_modality
+from sdmreid.modality import (
+    MODALITY_ALIASES,
+    as_modality_array,
+    as_modality_tensor,
+    is_non_rgb,
+    is_rgb,
+)
+from tests.strategies import alias_any_case, modality_like
+
+# The vocabulary written out independently of the implementation (DESIGN §3).
+EXPECTED = {
+    "rgb": 0, "vis": 0, "visible": 0,
+    "nir": 1, "ir": 1, "infrared": 1, "thermal": 1,
+    "sk": 2, "sketch": 2,
+    "cp": 3, "cpencil": 3, "colorpencil": 3,
+    "text": 4, "txt": 4, "caption": 4,
+}  # fmt: skip
+
+
+def test_enum_values_are_the_contract() -> None:
+    assert [(m.name, int(m)) for m in Modality] == [
+        ("RGB", 0), ("NIR", 1), ("SKETCH", 2), ("CPENCIL", 3), ("TEXT", 4)
+    ]  # fmt: skip
+    assert issubclass(Modality, int)
+
+
+def test_alias_table_is_exactly_the_contract() -> None:
+    assert {k: int(v) for k, v in MODALITY_ALIASES.items()} == EXPECTED
+
+
+def test_public_exports() -> None:
+    assert sdmreid.Modality is Modality
+    assert sdmreid.parse_modality is parse_modality
+    assert isinstance(sdmreid.__version__, str) and sdmreid.__version__.count(".") == 2
+
+
+@given(alias_any_case)
+def test_every_alias_in_every_case_parses(alias: str) -> None:
+    assert parse_modality(alias) == EXPECTED[alias.lower()]
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + " _-\u212a\u0130ſ", max_size=12))
+def test_other_strings_are_rejected(s: str) -> None:
+    if s.isascii() and s.lower() in EXPECTED:
+        assert parse_modality(s) == EXPECTED[s.lower()]
+        return
+    with pytest.raises(ValueError, match="accepted") as info:
+        parse_modality(s)
+    # The message lists the accepted names.
+    for alias in EXPECTED:
+        assert alias in str(info.value)
+
+
+def test_non_ascii_lookalikes_are_rejected() -> None:
+    # U+212A KELVIN SIGN lower-cases to 'k'; a lookalike must not pass as 'sk'.
+    with pytest.raises(ValueError):
+        parse_modality("s\u212a")
+    with pytest.raises(ValueError):
+        parse_modality("rgb ")
+
+
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
+def test_int_forms(code: int) -> None:
+    assert parse_modality(code) == code
+    assert parse_modality(np.int16(code)) == code
+    assert parse_modality(torch.tensor(code)) == code
+    assert parse_modality(Modality(code)) is Modality(code)
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 99])
+def test_out_of_range_int(bad: int) -> None:
+    with pytest.raises(ValueError, match=r"0\.\.4"):
+        parse_modality(bad)
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, None, b"rgb", torch.tensor([1, 2]), torch.tensor(1.0)])
+def test_wrong_types(bad: object) -> None:
+    with pytest.raises(TypeError):
+        parse_modality(bad)
+
+
+@given(st.lists(modality_like, max_size=40))
+def test_vectorised_equals_elementwise(values: list[object]) -> None:
+    expected = np.asarray([int(parse_modality(v)) for v in values], dtype=np.int64)
+    got = as_modality_array(values)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(as_modality_array(np.asarray(values, dtype=object)), expected)
+    t = as_modality_tensor(values)
+    assert t.dtype == torch.int64
+    np.testing.assert_array_equal(t.numpy(), expected)
+    np.testing.assert_array_equal(is_rgb(values), expected == 0)
+    np.testing.assert_array_equal(is_non_rgb(values), expected != 0)
+
+
+@given(st.lists(st.integers(0, 4), max_size=40))
+def test_int_arrays_and_tensors(codes: list[int]) -> None:
+    arr = np.asarray(codes, dtype=np.int32)
+    np.testing.assert_array_equal(as_modality_array(arr), codes)
+    t = torch.tensor(codes, dtype=torch.int64)
+    np.testing.assert_array_equal(as_modality_array(t), codes)
+    mask = is_rgb(t)
+    assert isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+    assert mask.tolist() == [c == 0 for c in codes]
+
+
+def test_vectorised_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match="modalities"):
+        as_modality_array(np.array([0, 7]))
+    with pytest.raises(ValueError, match="mods"):
+        as_modality_array(torch.tensor([0, -1]), name="mods")
+    with pytest.raises(ValueError, match="1-D"):
+        as_modality_array(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(TypeError):
+        as_modality_array(np.array([0.0, 1.0]))
+    with pytest.raises(TypeError):
+        as_modality_array([0, True])
+    with pytest.raises(ValueError, match="accepted"):
+        as_modality_array(["rgb", "depth"])
+
+
+def test_empty() -> None:
+    assert as_modality_array([]).shape == (0,)
+    assert as_modality_array(np.array([], dtype=object)).shape == (0,)
+    assert as_modality_tensor([]).shape == (0,)
+
+
+def test_py_typed_is_shipped() -> None:
+    from importlib.resources import files
+
+    assert files("sdmreid").joinpath("py.typed").is_file()
