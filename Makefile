@@ -13,7 +13,6 @@ DEMO_ARGS ?=
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
 
 venv: $(PY)
 
