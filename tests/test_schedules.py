@@ -1,0 +1,330 @@
+"""Tests for SDMWeightScheduler and HeadLRSwitch (contract: DESIGN §4)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sdmreid.schedules import STAGE_OFF, HeadLRSwitch, Rollback, SDMWeightScheduler
+
+# --- independent references -------------------------------------------------------------------
+
+
+def ref_weights(
+    warmup: int, schedule: list[float], n_epochs: int, rollback_epochs: list[int]
+) -> list[float]:
+    """Simulate a training run epoch by epoch: rollbacks at the given epochs (sorted)."""
+    out: list[float] = []
+    cap = len(schedule) - 1
+    pending = sorted(rollback_epochs)
+    for epoch in range(1, n_epochs + 1):
+        stage = -1 if epoch <= warmup else min(epoch - warmup - 1, len(schedule) - 1)
+        stage = min(stage, cap)
+        while pending and pending[0] == epoch:
+            pending.pop(0)
+            stage = max(stage - 1, -1)
+            cap = stage
+        out.append(0.0 if stage < 0 else schedule[stage])
+    return out
+
+
+weights = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)
+schedules = st.lists(weights, min_size=1, max_size=6)
+
+
+# --- mapping ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("epoch", "weight", "use"),
+    [(1, 0.0, False), (2, 0.1, True), (3, 0.3, True), (4, 0.5, True), (5, 0.5, True),
+     (100, 0.5, True)],
+)  # fmt: skip
+def test_default_mapping_table(epoch: int, weight: float, use: bool) -> None:
+    s = SDMWeightScheduler()
+    assert s.weight(epoch) == weight
+    assert s.use_sdm(epoch) is use
+
+
+@pytest.mark.parametrize(
+    ("warmup", "schedule", "expected"),
+    [
+        (0, (0.1, 0.3, 0.5), [0.1, 0.3, 0.5, 0.5]),
+        (2, (0.1, 0.3, 0.5), [0.0, 0.0, 0.1, 0.3, 0.5, 0.5]),
+        (1, (0.7,), [0.0, 0.7, 0.7]),
+        (3, (0.2, 0.2), [0.0, 0.0, 0.0, 0.2, 0.2]),
+    ],
+)
+def test_mapping_table(warmup: int, schedule: tuple[float, ...], expected: list[float]) -> None:
+    s = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule)
+    assert [s.weight(e) for e in range(1, len(expected) + 1)] == expected
+
+
+@given(st.integers(0, 8), schedules, st.integers(1, 40))
+def test_mapping_matches_reference(warmup: int, schedule: list[float], epoch: int) -> None:
+    s = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule)
+    expected = ref_weights(warmup, schedule, epoch, [])[-1]
+    assert s.weight(epoch) == expected
+    assert s.use_sdm(epoch) is (expected > 0)
+    assert s.log_line(epoch) == (
+        f"[sdm] epoch={epoch} weight={expected:.3f} use_sdm={expected > 0}"
+    )
+
+
+def test_log_line_contract() -> None:
+    s = SDMWeightScheduler()
+    assert s.log_line(2) == "[sdm] epoch=2 weight=0.100 use_sdm=True"
+    assert s.log_line(1) == "[sdm] epoch=1 weight=0.000 use_sdm=False"
+    assert s.log_line(4) == "[sdm] epoch=4 weight=0.500 use_sdm=True"
+
+
+def test_zero_weight_stage_is_off() -> None:
+    s = SDMWeightScheduler(warmup_epochs=0, schedule=(0.0, 0.2))
+    assert not s.use_sdm(1)
+    assert s.use_sdm(2)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"schedule": ()}, ValueError, "schedule must be non-empty"),
+        ({"schedule": (0.1, -0.1)}, ValueError, r"schedule\[1\]"),
+        ({"schedule": (0.1, math.inf)}, ValueError, r"schedule\[1\]"),
+        ({"schedule": (math.nan,)}, ValueError, r"schedule\[0\]"),
+        ({"schedule": ("0.1",)}, TypeError, r"schedule\[0\]"),
+        ({"schedule": 0.1}, TypeError, "schedule"),
+        ({"warmup_epochs": -1}, ValueError, "warmup_epochs"),
+        ({"warmup_epochs": 1.0}, TypeError, "warmup_epochs"),
+        ({"ramp_steps": -2}, ValueError, "ramp_steps"),
+    ],
+)
+def test_constructor_validation(kwargs: dict[str, object], exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        SDMWeightScheduler(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("epoch", [0, -3])
+def test_epoch_numbered_from_one(epoch: int) -> None:
+    with pytest.raises(ValueError, match="epoch"):
+        SDMWeightScheduler().weight(epoch)
+    with pytest.raises(ValueError, match="epoch"):
+        SDMWeightScheduler().rollback(epoch)
+
+
+def test_epoch_type_and_step_validation() -> None:
+    s = SDMWeightScheduler(ramp_steps=3)
+    with pytest.raises(TypeError, match="epoch"):
+        s.weight(2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="step"):
+        s.weight(2, step=-1)
+    with pytest.raises(ValueError, match="step"):
+        SDMWeightScheduler().weight(2, step=-1)
+
+
+# --- rollback -----------------------------------------------------------------------------------
+
+
+def test_rollback_is_sticky_and_recorded() -> None:
+    s = SDMWeightScheduler()
+    rb = s.rollback(3)  # 0.3 misbehaved at epoch 3
+    assert rb == Rollback(epoch=3, from_stage=1, to_stage=0)
+    assert [s.weight(e) for e in range(1, 8)] == [0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    assert s.rollbacks == (rb,)
+    # past the first stage: SDM off for good
+    assert s.rollback(5) == Rollback(epoch=5, from_stage=0, to_stage=STAGE_OFF)
+    assert [s.use_sdm(e) for e in range(1, 9)] == [False, True, True, True] + [False] * 4
+    assert s.rollback(6) == Rollback(epoch=6, from_stage=-1, to_stage=-1)
+    assert not s.use_sdm(50)
+
+
+def test_rollback_in_warmup_keeps_sdm_off() -> None:
+    s = SDMWeightScheduler()
+    s.rollback(1)
+    assert not any(s.use_sdm(e) for e in range(1, 20))
+
+
+def test_rollback_history_is_append_only() -> None:
+    s = SDMWeightScheduler()
+    s.rollback(4)
+    with pytest.raises(ValueError, match="last rollback"):
+        s.rollback(3)
+    s.rollback(4)  # same epoch: one more stage down
+    assert s.weight(4) == 0.1
+
+
+@given(
+    st.integers(0, 4),
+    schedules,
+    st.lists(st.integers(1, 15), max_size=5).map(sorted),
+)
+def test_rollbacks_match_reference_simulation(
+    warmup: int, schedule: list[float], rb_epochs: list[int]
+) -> None:
+    s = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule)
+    for e in rb_epochs:
+        s.rollback(e)
+    assert [s.weight(e) for e in range(1, 21)] == ref_weights(warmup, schedule, 20, rb_epochs)
+
+
+@given(st.integers(0, 4), schedules, st.lists(st.integers(1, 15), max_size=5).map(sorted))
+def test_state_round_trip(warmup: int, schedule: list[float], rb_epochs: list[int]) -> None:
+    a = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=3)
+    for e in rb_epochs:
+        a.rollback(e)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    b = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=3)
+    b.load_state_dict(state)
+    assert b.rollbacks == a.rollbacks
+    for e in range(1, 21):
+        assert b.weight(e) == a.weight(e)
+        assert b.weight(e, step=1) == a.weight(e, step=1)
+
+
+def test_load_state_strict_config_mismatch() -> None:
+    a = SDMWeightScheduler()
+    a.rollback(3)
+    b = SDMWeightScheduler(schedule=(0.2, 0.4))
+    with pytest.raises(ValueError, match="schedule"):
+        b.load_state_dict(a.state_dict())
+    b.load_state_dict(a.state_dict(), strict=False)
+    assert b.schedule == (0.2, 0.4)
+    assert [b.weight(e) for e in (2, 3, 4)] == [0.2, 0.2, 0.2]  # capped at stage 0 from epoch 3
+    with pytest.raises(ValueError, match="rollback record"):
+        b.load_state_dict({**a.state_dict(), "rollbacks": [[3, 2, 0]]})
+
+
+# --- ramp ---------------------------------------------------------------------------------------
+
+
+def test_ramp_linear_within_epoch() -> None:
+    s = SDMWeightScheduler(ramp_steps=4)
+    # epoch 3: from 0.1 to 0.3 over 4 steps
+    got = [s.weight(3, step=i) for i in range(6)]
+    expected = [0.1 + 0.2 * min(1.0, (i + 1) / 4) for i in range(6)]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[3:] == [0.3, 0.3, 0.3]
+    assert s.weight(1, step=0) == 0.0
+    assert 0.0 < s.weight(2, step=0) < 0.1
+
+
+def test_ramp_does_not_delay_a_rollback() -> None:
+    s = SDMWeightScheduler(ramp_steps=100)
+    s.rollback(4)
+    assert s.weight(4, step=0) == 0.3  # lower weight applies at once
+
+
+@given(st.integers(0, 3), schedules, st.integers(1, 10), st.integers(1, 12), st.integers(0, 30))
+def test_ramp_bounded_by_neighbouring_epochs(
+    warmup: int, schedule: list[float], ramp: int, epoch: int, step: int
+) -> None:
+    s = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=ramp)
+    ref = ref_weights(warmup, schedule, epoch, [])
+    cur, prev = ref[-1], (ref[-2] if epoch > 1 else 0.0)
+    w = s.weight(epoch, step=step)
+    assert min(prev, cur) - 1e-12 <= w <= max(prev, cur) + 1e-12
+    if step >= ramp - 1:
+        assert w == cur
+
+
+# --- HeadLRSwitch ---------------------------------------------------------------------------------
+
+
+def _make_opt(lr: float = 0.1) -> torch.optim.Optimizer:
+    body, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+    return torch.optim.SGD(
+        [
+            {"params": body.parameters(), "name": "backbone"},
+            {"params": head.parameters(), "name": "head", "lr": 1e-2},
+        ],
+        lr=lr,
+        momentum=0.9,
+    )
+
+
+SCHEDULERS = {
+    "step": lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+    "cosine": lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=6),
+    "lambda": lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.9**e),
+    "multistep": lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 5]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_switch_coexists_with_torch_scheduler(name: str) -> None:
+    ref_opt = _make_opt()
+    ref_sched = SCHEDULERS[name](ref_opt)
+    opt = _make_opt()
+    sched = SCHEDULERS[name](opt)
+    switch = HeadLRSwitch(opt, group="head", lr=3e-3, from_epoch=3)
+    for epoch in range(1, 9):
+        switch.step(epoch)
+        # the other group follows the scheduler exactly as without the switch
+        assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
+        if epoch < 3:
+            assert opt.param_groups[1]["lr"] == ref_opt.param_groups[1]["lr"]
+        else:
+            assert opt.param_groups[1]["lr"] == 3e-3
+        opt.step()
+        ref_opt.step()
+        sched.step()
+        ref_sched.step()
+    assert switch.switched_at == 3
+
+
+def test_switch_idempotent_and_returns_change() -> None:
+    opt = _make_opt()
+    sw = HeadLRSwitch(opt, lr=3e-3, from_epoch=2)
+    assert sw.step(1) is False
+    assert opt.param_groups[1]["lr"] == 1e-2
+    assert sw.step(2) is True
+    assert sw.step(2) is False
+    assert sw.step(3) is False
+    assert opt.param_groups[1]["lr"] == 3e-3
+    assert sw.replaced_lr == 1e-2
+
+
+def test_switch_by_index_and_state_round_trip() -> None:
+    opt = _make_opt()
+    sw = HeadLRSwitch(opt, group=1, lr=1e-3, from_epoch=2)
+    sw.step(4)
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sw": sw.state_dict()}, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    opt2 = _make_opt()
+    opt2.load_state_dict(state["opt"])
+    sw2 = HeadLRSwitch(opt2, group=1, lr=5.0, from_epoch=9)
+    sw2.load_state_dict(state["sw"])
+    assert (sw2.lr, sw2.from_epoch, sw2.switched_at, sw2.replaced_lr) == (1e-3, 2, 4, 1e-2)
+    assert opt2.param_groups[1]["lr"] == 1e-3
+    assert opt2.param_groups[1]["name"] == "head"
+
+
+def test_switch_errors() -> None:
+    opt = _make_opt()
+    with pytest.raises(ValueError, match=r"'classifier'.*\['backbone', 'head'\]"):
+        HeadLRSwitch(opt, group="classifier")
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "name": "head"})
+    with pytest.raises(ValueError, match="more than one"):
+        HeadLRSwitch(opt, group="head")
+    with pytest.raises(ValueError, match="group index"):
+        HeadLRSwitch(opt, group=7)
+    with pytest.raises(ValueError, match="lr"):
+        HeadLRSwitch(opt, group=0, lr=-1.0)
+    with pytest.raises(ValueError, match="from_epoch"):
+        HeadLRSwitch(opt, group=0, from_epoch=0)
+    with pytest.raises(TypeError, match="optimizer"):
+        HeadLRSwitch(object(), group=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="epoch"):
+        HeadLRSwitch(opt, group=0).step(0)
