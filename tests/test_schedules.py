@@ -201,7 +201,7 @@ def test_load_state_strict_config_mismatch() -> None:
     assert b.schedule == (0.2, 0.4)
     assert [b.weight(e) for e in (2, 3, 4)] == [0.2, 0.2, 0.2]  # capped at stage 0 from epoch 3
     with pytest.raises(ValueError, match="rollback record"):
-        b.load_state_dict({**a.state_dict(), "rollbacks": [[3, 2, 0]]})
+        a.load_state_dict({**a.state_dict(), "rollbacks": [[3, 2, 0]]})
 
 
 # --- ramp ---------------------------------------------------------------------------------------
