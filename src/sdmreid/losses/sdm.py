@@ -1,0 +1,727 @@
+r"""Similarity distribution matching (SDM) loss, as in IRRA, for cross-modal ReID batches.
+
+SDM turns every similarity row into a softmax over the other side's items and pulls it, with a
+KL divergence, toward the uniform distribution over that row's same-identity items.
+
+Notation, for one direction with rows :math:`r` and columns :math:`c` (both L2-normalised):
+
+.. math::
+
+    z_{ij} &= s \cdot \cos(r_i, c_j), \qquad
+    p_{ij} = \operatorname{softmax}_j(z_{ij}), \\
+    k_i &= \#\{j : y^r_i = y^c_j\}, \qquad
+    q_{ij} = [y^r_i = y^c_j] / k_i, \\
+    L_i &= \sum_j p_{ij}\,\bigl(\log p_{ij} - \log(q_{ij} + \varepsilon)\bigr), \qquad
+    \mathcal{L}_{\text{dir}} = \frac{1}{|V|} \sum_{i \in V} L_i, \quad V = \{i : k_i > 0\}.
+
+The loss is :math:`\mathcal{L} = \mathcal{L}_{q \to g} + \mathcal{L}_{g \to q}` where
+
+* query → gallery: rows are the ``B`` queries, columns the ``N`` gallery items followed by the
+  ``M`` memory items (memory entries are constants: no gradient flows into them);
+* gallery → query: rows are the ``N`` gallery items, columns the ``B`` queries (memory entries
+  are never rows).
+
+On a square batch (``gallery_labels=None``) in which every row has a positive this is exactly
+IRRA's ``compute_sdm`` (``logit_scale`` = IRRA's ``1 / temperature``, ε = 1e-8). Rows without a
+positive (:math:`k_i = 0`, where IRRA divides by zero) are excluded from their direction's mean and
+counted in :class:`SDMResult`; a direction without any valid row contributes exactly ``0`` with
+zero gradients, and the loss stays attached to the graph.
+
+Implementation: a fused :class:`torch.autograd.Function` computes the similarity block
+``query · [gallery; memory]ᵀ`` once per call, evaluates both directions on it in float32 (float64
+for float64 inputs) with row-max subtraction, and writes the gradient analytically,
+:math:`\partial L_i / \partial z_{ij} = p_{ij}(\log p_{ij} - \log(q_{ij}+\varepsilon) - L_i)`, while
+the block is still in memory, so nothing of size ``B × (N + M)`` is kept for the backward pass.
+With ``chunk_size`` the query rows are processed ``chunk_size`` at a time (the gallery → query
+softmax runs over query rows, so its column statistics are accumulated first with a streaming
+log-sum-exp), bounding the extra memory to ``O(chunk_size · (N + M))`` with the same value and
+gradients. The backward pass only rescales the stored gradients, so the loss is differentiable
+once: double backward (``create_graph=True`` followed by a second backward through the SDM term)
+raises a ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from sdmreid.distributed import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    all_reduce_sum,
+    get_world_size,
+    is_dist,
+)
+
+__all__ = ["MemoryLike", "SDMLoss", "SDMResult", "sdm_loss"]
+
+
+@runtime_checkable
+class _FeaturesLabels(Protocol):
+    features: Any
+    labels: Any
+
+
+#: What ``memory`` accepts: ``None``, a ``(features [M, d], labels [M])`` pair, or any object with
+#: ``.features`` and ``.labels`` (attributes, or zero-argument methods).
+MemoryLike = _FeaturesLabels | Sequence[Tensor] | None
+
+
+@dataclass(frozen=True)
+class SDMResult:
+    """Everything :func:`sdm_loss` computes, for the optimiser and for monitoring.
+
+    No field forces a host–device synchronisation; call :meth:`scalars` (which does) for logging.
+
+    Attributes:
+        loss: 0-dim total loss, attached to the graph; float32 (float64 for float64 inputs).
+        loss_query_to_gallery: 0-dim query → gallery term (detached; for logging).
+        loss_gallery_to_query: 0-dim gallery → query term (detached; for logging).
+        rows: ``B + N``: query rows of query → gallery plus gallery rows of gallery → query
+            (memory entries are columns only). Under ``gather=True`` this rank's rows.
+        rows_without_positive: 0-dim int64 tensor on the input device: how many of ``rows`` have
+            no same-label column (excluded from the loss).
+        query_rows: ``B``.
+        gallery_rows: ``N``.
+        query_rows_without_positive: 0-dim int64: queries without a positive in gallery+memory.
+        gallery_rows_without_positive: 0-dim int64: gallery items without a positive query.
+        positive_mass_query_to_gallery: 0-dim: mean over valid query rows of the softmax
+            probability on positive columns (1.0 = all mass on positives; 0 without valid rows).
+        positive_mass_gallery_to_query: the same for the gallery → query direction.
+
+    Example:
+        >>> import torch
+        >>> from sdmreid.losses import sdm_loss
+        >>> g = torch.Generator().manual_seed(0)
+        >>> q, x = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+        >>> r = sdm_loss(q, x, torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 3]))
+        >>> r.rows, int(r.rows_without_positive)
+        (8, 2)
+    """
+
+    loss: Tensor
+    loss_query_to_gallery: Tensor
+    loss_gallery_to_query: Tensor
+    rows: int
+    rows_without_positive: Tensor
+    query_rows: int
+    gallery_rows: int
+    query_rows_without_positive: Tensor
+    gallery_rows_without_positive: Tensor
+    positive_mass_query_to_gallery: Tensor
+    positive_mass_gallery_to_query: Tensor
+
+    def scalars(self) -> dict[str, float]:
+        """Python floats of every tensor field (synchronises with the device), for loggers."""
+        out: dict[str, float] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = float(value.detach().item()) if isinstance(value, Tensor) else float(value)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_features(x: object, name: str, *, dim: int | None = None) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [n, d], got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [n, d], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row (empty batch), got {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} must have a feature dimension d >= 1, got {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(
+            f"{name} has feature dimension {x.shape[1]}, but query has {dim}: they must match"
+        )
+    return x
+
+
+def _check_labels(y: object, name: str, n: int, device: torch.device) -> Tensor:
+    if isinstance(y, Tensor):
+        t = y
+    else:
+        try:
+            t = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be a 1-D integer tensor or array, got {y!r}") from exc
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer labels, got dtype {t.dtype}")
+    if t.shape[0] != n:
+        raise ValueError(f"{name} has {t.shape[0]} labels, but its features have {n} rows")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _unpack_memory(memory: object) -> tuple[Any, Any]:
+    if isinstance(memory, _FeaturesLabels):
+        feats, labels = memory.features, memory.labels
+        feats = feats() if callable(feats) else feats
+        labels = labels() if callable(labels) else labels
+        return feats, labels
+    if isinstance(memory, Sequence) and not isinstance(memory, str) and len(memory) == 2:
+        return memory[0], memory[1]
+    raise TypeError(
+        "memory must be None, a (features [M, d], labels [M]) pair, or an object with "
+        f".features and .labels, got {type(memory).__name__}"
+    )
+
+
+def _check_scale(logit_scale: float | Tensor) -> float | Tensor:
+    if isinstance(logit_scale, Tensor):
+        if logit_scale.numel() != 1:
+            raise ValueError(
+                f"logit_scale must be a float or a 0-dim tensor, got shape "
+                f"{tuple(logit_scale.shape)}"
+            )
+        if not logit_scale.is_floating_point():
+            raise ValueError(f"logit_scale tensor must be floating point, got {logit_scale.dtype}")
+        return logit_scale.reshape(())
+    if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)):
+        raise TypeError(f"logit_scale must be a float or a 0-dim tensor, got {logit_scale!r}")
+    if not (math.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(f"logit_scale must be finite and > 0, got {logit_scale}")
+    return float(logit_scale)
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if device.type in ("cpu", "cuda", "xpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# fused kernel
+# ----------------------------------------------------------------------------------------------
+
+
+def _positive_counts(row_labels: Tensor, col_labels: Tensor) -> Tensor:
+    """For each row label, how many column labels equal it (O((R + C) log C) memory-free)."""
+    if col_labels.numel() == 0:
+        return torch.zeros_like(row_labels)
+    sorted_cols = torch.sort(col_labels).values
+    left = torch.searchsorted(sorted_cols, row_labels, right=False)
+    right = torch.searchsorted(sorted_cols, row_labels, right=True)
+    return right - left
+
+
+def _col_stats(
+    z2: Tensor, y2: Tensor, t2pos: Tensor, log_eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Column log-sum-exp pieces of one chunk: ``(m, Σ e^(z-m), Σ e^(z-m)·(z - m - log q̃))``."""
+    m = z2.amax(0)
+    zc = z2 - m
+    e = zc.exp()
+    s = e.sum(0)
+    zc.sub_(torch.where(y2, t2pos, log_eps))
+    a = (e * zc).sum(0)
+    return m, s, a
+
+
+def _merge_col_stats(
+    a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Combine two chunks' :func:`_col_stats` (rescaling both to the common maximum)."""
+    m_a, s_a, a_a = a
+    m_b, s_b, a_b = b
+    m = torch.maximum(m_a, m_b)
+    f_a, f_b = (m_a - m).exp(), (m_b - m).exp()
+    acc = f_a * (a_a + (m_a - m) * s_a) + f_b * (a_b + (m_b - m) * s_b)
+    return m, f_a * s_a + f_b * s_b, acc
+
+
+def _col_stats_empty(gn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    z = gn.new_zeros(gn.shape[0])
+    return z, z + 1, z
+
+
+class _FusedSDM(torch.autograd.Function):
+    """Both SDM directions on one similarity block; gradients written during the forward pass."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        qn: Tensor,
+        gn: Tensor,
+        mn: Tensor,
+        scale: Tensor,
+        q_labels: Tensor,
+        c_labels: Tensor,
+        t1pos: Tensor,
+        w1: Tensor,
+        t2pos: Tensor,
+        w2: Tensor,
+        log_eps: float,
+        chunk: int,
+        do_rows: bool,
+        do_cols: bool,
+        need_grad: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        b, n = qn.shape[0], gn.shape[0]
+        cols = torch.cat([gn, mn], 0) if mn.shape[0] > 0 else gn
+        g_labels = c_labels[:n]
+        zero = qn.new_zeros(())
+        loss1, loss2, mass1 = zero.clone(), zero.clone(), zero.clone()
+        mass2_cols = qn.new_zeros(n)
+        dq = torch.zeros_like(qn) if need_grad else qn[:0]
+        dg = torch.zeros_like(gn) if need_grad else gn[:0]
+        ds = zero.clone()
+        starts = range(0, b, chunk)
+        single = chunk >= b
+
+        lse2 = l2 = zero
+        if do_cols and not single:
+            # pass 1: per-column streaming log-sum-exp and KL numerator over all query rows
+            stats = None
+            for i0 in starts:
+                qc = qn[i0 : i0 + chunk]
+                z2 = (qc @ gn.T).mul_(scale)
+                y2 = q_labels[i0 : i0 + chunk, None] == g_labels[None, :]
+                part = _col_stats(z2, y2, t2pos, log_eps)
+                del z2, y2
+                stats = part if stats is None else _merge_col_stats(stats, part)
+            m_run, s_run, a_run = stats if stats is not None else _col_stats_empty(gn)
+            log_s = s_run.log()
+            lse2, l2 = m_run + log_s, a_run / s_run - log_s
+
+        for i0 in starts:
+            qc = qn[i0 : i0 + chunk]
+            s_blk = qc @ cols.T  # [r, N + M] cosine block, computed once
+            y = q_labels[i0 : i0 + chunk, None] == c_labels[None, :]
+            if do_cols and single:
+                m_c, s_c, a_c = _col_stats(s_blk[:, :n] * scale, y[:, :n], t2pos, log_eps)
+                log_s = s_c.log()
+                lse2, l2 = m_c + log_s, a_c / s_c - log_s
+            if do_rows:
+                wc = w1[i0 : i0 + chunk]
+                g_blk = s_blk * scale
+                g_blk.sub_(torch.logsumexp(g_blk, 1, keepdim=True))  # log p
+                p = g_blk.exp()
+                mass1 = mass1 + (wc * torch.where(y, p, 0.0).sum(1)).sum()
+                g_blk.sub_(torch.where(y, t1pos[i0 : i0 + chunk, None], log_eps))  # log p - log q̃
+                row_loss = (p * g_blk).sum(1)
+                loss1 = loss1 + (wc * row_loss).sum()
+                if need_grad:
+                    g_blk.sub_(row_loss[:, None]).mul_(p).mul_(wc[:, None])  # dL/dz
+                del p
+            else:
+                g_blk = torch.zeros_like(s_blk) if need_grad else s_blk[:, :0]
+            if do_cols:
+                y2 = y[:, :n]
+                lp2 = (s_blk[:, :n] * scale).sub_(lse2)
+                p2 = lp2.exp()
+                mass2_cols = mass2_cols + torch.where(y2, p2, 0.0).sum(0)
+                if need_grad:
+                    lp2.sub_(torch.where(y2, t2pos, log_eps)).sub_(l2).mul_(p2).mul_(w2)
+                    g_blk[:, :n] += lp2
+                del lp2, p2
+            if need_grad:
+                ds = ds + (g_blk * s_blk).sum()
+                g_blk.mul_(scale)  # dL/d cos
+                dq[i0 : i0 + chunk] = g_blk @ cols
+                dg.addmm_(g_blk[:, :n].T, qc)
+            del s_blk, g_blk, y
+
+        if do_cols:
+            loss2 = (w2 * l2).sum()
+            mass2 = (w2 * mass2_cols).sum()
+        else:
+            mass2 = zero.clone()
+        ctx.grads = (dq, dg, ds)  # type: ignore[attr-defined]
+        total = loss1 + loss2
+        ctx.mark_non_differentiable(loss1, loss2, mass1, mass2)
+        return total, loss1, loss2, mass1, mass2
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, g_total: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        dq, dg, ds = ctx.grads  # type: ignore[attr-defined]
+        needs = ctx.needs_input_grad  # type: ignore[attr-defined]
+        return (
+            g_total * dq if needs[0] else None,
+            g_total * dg if needs[1] else None,
+            None,
+            g_total * ds if needs[3] else None,
+            *([None] * 11),
+        )
+
+
+def _fused(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    out = _FusedSDM.apply(*args)  # type: ignore[no-untyped-call]
+    return out  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------
+
+
+def sdm_loss(
+    query: Tensor,
+    gallery: Tensor,
+    query_labels: Tensor,
+    gallery_labels: Tensor | None = None,
+    memory: MemoryLike = None,
+    *,
+    logit_scale: float | Tensor = 50.0,
+    epsilon: float = 1e-8,
+    chunk_size: int | None = None,
+    gather: bool = False,
+    check_finite: bool = True,
+) -> SDMResult:
+    r"""SDM loss between a query side and a gallery side (plus optional memory columns).
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{|V_q|}\sum_{i \in V_q} \mathrm{KL}\bigl(p^{q\to g}_i \,\|\,
+        \tilde q^{q\to g}_i\bigr) + \frac{1}{|V_g|}\sum_{j \in V_g} \mathrm{KL}\bigl(
+        p^{g\to q}_j \,\|\, \tilde q^{g\to q}_j\bigr)
+
+    with :math:`p_i = \operatorname{softmax}(s\cdot\cos(\text{row}_i, \text{columns}))`, IRRA's
+    :math:`\mathrm{KL}(p\|\tilde q) = \sum_j p_j(\log p_j - \log(q_j + \varepsilon))`, :math:`q_i`
+    the uniform distribution over row ``i``'s same-label columns, and :math:`V` the rows that have
+    at least one same-label column. Query → gallery columns are ``[gallery; memory]``; gallery →
+    query columns are the queries. See the module docstring for details.
+
+    Args:
+        query: ``[B, d]`` features (any float dtype; normalised inside).
+        gallery: ``[N, d]`` features on the same device; ``N`` may differ from ``B``.
+        query_labels: ``[B]`` integer identity labels.
+        gallery_labels: ``[N]`` integer labels; ``None`` means ``query_labels`` (needs ``N == B``,
+            the square IRRA case).
+        memory: ``None``, ``(features [M, d], labels [M])`` or an object with ``.features`` and
+            ``.labels`` (e.g. ``CrossBatchMemory.get()``). Extra query → gallery columns, treated
+            as constants. An empty memory (``M == 0``) is ignored whatever its device or dtype.
+        logit_scale: ``s`` (IRRA: ``1 / temperature``); a positive float or a 0-dim tensor, which
+            receives a gradient when it requires one.
+        epsilon: IRRA's ε inside ``log(q + ε)``; must be > 0.
+        chunk_size: process the query rows ``chunk_size`` at a time (peak extra memory
+            ``O(chunk_size · (N + M))``); same value and gradients. ``None``: one chunk.
+        gather: under an initialised ``torch.distributed`` group, compute the global SDM of the
+            concatenated batch (every rank's queries against every rank's gallery). The returned
+            ``loss`` value equals single-process SDM on the concatenation on every rank; its
+            gradient is ``world_size`` × this rank's share, so after DDP's gradient averaging the
+            parameter gradients equal the single-process ones (a rank's local features receive
+            ``world_size`` × the single-process gradient before averaging). ``memory`` is used as
+            given on each rank (not gathered); the row counts in the result are this rank's rows.
+            Without an initialised group it does nothing.
+        check_finite: reject NaN/Inf features with a ``ValueError``. The check reads one bool
+            from the device (a synchronisation on CUDA); pass ``False`` to skip it.
+
+    Returns:
+        An :class:`SDMResult`; ``result.loss`` is the scalar to optimise. Only ``loss`` carries a
+        gradient (it is differentiable once; double backward raises ``RuntimeError``).
+
+    Raises:
+        ValueError: non-2-D or empty features, mismatched dimensions or devices, label length
+            mismatch, non-integer labels, NaN/Inf features, bad ``logit_scale``/``epsilon``/
+            ``chunk_size``.
+        TypeError: arguments of the wrong type.
+
+    Example:
+        >>> import torch
+        >>> from sdmreid.losses import sdm_loss
+        >>> g = torch.Generator().manual_seed(0)
+        >>> img = torch.randn(4, 16, generator=g, requires_grad=True)
+        >>> txt = torch.randn(4, 16, generator=g)
+        >>> pids = torch.tensor([0, 0, 1, 1])
+        >>> res = sdm_loss(img, txt, pids, logit_scale=50.0)
+        >>> res.loss.backward()
+        >>> res.rows, int(res.rows_without_positive), img.grad.shape
+        (8, 0, torch.Size([4, 16]))
+    """
+    q = _check_features(query, "query")
+    b, d = q.shape
+    dev = q.device
+    g = _check_features(gallery, "gallery", dim=d)
+    n = g.shape[0]
+    if g.device != dev:
+        raise ValueError(f"gallery is on {g.device}, but query is on {dev}: they must match")
+    ql = _check_labels(query_labels, "query_labels", b, dev)
+    if gallery_labels is None:
+        if n != b:
+            raise ValueError(
+                "gallery_labels=None means the gallery shares query_labels, which needs as many "
+                f"gallery rows as queries; got {n} gallery rows and {b} queries"
+            )
+        gl = ql
+    else:
+        gl = _check_labels(gallery_labels, "gallery_labels", n, dev)
+    scale = _check_scale(logit_scale)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise TypeError(f"epsilon must be a float, got {epsilon!r}")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+
+    cdt = torch.float64 if torch.float64 in (q.dtype, g.dtype) else torch.float32
+    mem_f: Tensor | None = None
+    mem_l: Tensor | None = None
+    if memory is not None:
+        raw_f, raw_l = _unpack_memory(memory)
+        if not isinstance(raw_f, Tensor):
+            raise TypeError(f"memory features must be a torch.Tensor, got {type(raw_f).__name__}")
+        if raw_f.numel() > 0 or (raw_f.dim() == 2 and raw_f.shape[0] > 0):
+            mem_f = _check_features(raw_f, "memory features", dim=d)
+            mem_l = _check_labels(raw_l, "memory labels", mem_f.shape[0], dev)
+            mem_f = mem_f.detach().to(device=dev)
+    if check_finite:
+        _check_finite(q, "query")
+        _check_finite(g, "gallery")
+        if mem_f is not None:
+            _check_finite(mem_f, "memory features")
+
+    with _no_autocast(dev):
+        qn = F.normalize(q.to(cdt), dim=1)
+        gn = F.normalize(g.to(cdt), dim=1)
+        mn = F.normalize(mem_f.to(cdt), dim=1) if mem_f is not None else qn.new_zeros((0, d))
+        ml = mem_l if mem_l is not None else ql.new_zeros(0)
+        if isinstance(scale, Tensor):
+            s_t = scale.to(device=dev, dtype=cdt)
+        else:
+            s_t = torch.tensor(scale, device=dev, dtype=cdt)
+        return _sdm_core(qn, gn, mn, ql, gl, ml, s_t, float(epsilon), chunk_size, gather)
+
+
+def _sdm_core(
+    qn: Tensor,
+    gn: Tensor,
+    mn: Tensor,
+    ql: Tensor,
+    gl: Tensor,
+    ml: Tensor,
+    scale: Tensor,
+    epsilon: float,
+    chunk_size: int | None,
+    gather: bool,
+) -> SDMResult:
+    b, n = qn.shape[0], gn.shape[0]
+    log_eps = math.log(epsilon)
+    distributed = gather and is_dist()
+    if distributed:
+        q_all, g_all = all_gather_with_grad(qn), all_gather_with_grad(gn)
+        ql_all, gl_all = all_gather_no_grad(ql), all_gather_no_grad(gl)
+    else:
+        q_all, g_all, ql_all, gl_all = qn, gn, ql, gl
+    cl = torch.cat([gl_all, ml])
+
+    # positives per row: query rows vs [gallery; memory], gallery rows vs queries
+    k1 = _positive_counts(ql, cl)
+    k2 = _positive_counts(gl, ql_all)
+    valid1, valid2 = k1 > 0, k2 > 0
+    miss1 = (~valid1).sum()
+    miss2 = (~valid2).sum()
+    n1, n2 = valid1.sum(), valid2.sum()
+    if distributed:
+        n12 = all_reduce_sum(torch.stack([n1, n2]))
+        n1, n2 = n12[0], n12[1]
+    cdt = qn.dtype
+    w1 = valid1.to(cdt) / n1.clamp(min=1).to(cdt)
+    w2 = valid2.to(cdt) / n2.clamp(min=1).to(cdt)
+    t1pos = (k1.clamp(min=1).to(cdt).reciprocal() + epsilon).log()
+    t2pos = (k2.clamp(min=1).to(cdt).reciprocal() + epsilon).log()
+
+    need_grad = torch.is_grad_enabled() and (
+        qn.requires_grad or gn.requires_grad or scale.requires_grad
+    )
+    fn = _fused
+    if not distributed:
+        chunk = b if chunk_size is None else min(chunk_size, b)
+        total, l1, l2, m1, m2 = fn(
+            qn, gn, mn, scale, ql, cl, t1pos, w1, t2pos, w2, log_eps, chunk, True, True, need_grad
+        )
+        loss = total
+    else:
+        world = get_world_size()
+        b_all = q_all.shape[0]
+        # this rank's query rows against every gallery column (+ memory) ...
+        tot_a, l1, _, m1, _ = fn(
+            qn,
+            g_all,
+            mn,
+            scale,
+            ql,
+            cl,
+            t1pos,
+            w1,
+            t2pos[:0],
+            w2[:0],
+            log_eps,
+            b if chunk_size is None else min(chunk_size, b),
+            True,
+            False,
+            need_grad,
+        )
+        # ... and this rank's gallery rows against every query column.
+        tot_b, _, l2, _, m2 = fn(
+            q_all,
+            gn,
+            mn[:0],
+            scale,
+            ql_all,
+            gl,
+            t1pos[:0],
+            w1[:0],
+            t2pos,
+            w2,
+            log_eps,
+            b_all if chunk_size is None else min(chunk_size, b_all),
+            False,
+            True,
+            need_grad,
+        )
+        local = tot_a + tot_b
+        stats = all_reduce_sum(torch.stack([l1, l2, m1, m2]).detach())
+        l1, l2, m1, m2 = stats[0], stats[1], stats[2], stats[3]
+        # value: the global loss on every rank; gradient: world × this rank's share.
+        loss = world * local + (l1 + l2 - world * local).detach()
+
+    return SDMResult(
+        loss=loss,
+        loss_query_to_gallery=l1.detach(),
+        loss_gallery_to_query=l2.detach(),
+        rows=b + n,
+        rows_without_positive=miss1 + miss2,
+        query_rows=b,
+        gallery_rows=n,
+        query_rows_without_positive=miss1,
+        gallery_rows_without_positive=miss2,
+        positive_mass_query_to_gallery=m1.detach(),
+        positive_mass_gallery_to_query=m2.detach(),
+    )
+
+
+class SDMLoss(nn.Module):
+    """Module form of :func:`sdm_loss`; ``forward`` returns the scalar loss.
+
+    Args:
+        logit_scale: default ``s`` (IRRA's ``1 / temperature``). A float is stored as
+            configuration; an ``nn.Parameter`` is registered (learnable); another tensor is
+            registered as a buffer (saved in ``state_dict``).
+        epsilon: IRRA's ε.
+        chunk_size: see :func:`sdm_loss`.
+        gather: see :func:`sdm_loss` (global SDM across ``torch.distributed`` ranks).
+        check_finite: see :func:`sdm_loss`.
+
+    ``forward`` and :meth:`detailed` also accept ``logit_scale=`` to override the stored one per
+    call (e.g. a learnable scale that lives in the model, as in IRRA). Use :meth:`detailed` for
+    the full :class:`SDMResult` (per-direction losses, row counts for ``PairCoverageMeter``).
+
+    Example:
+        >>> import torch
+        >>> from sdmreid.losses import SDMLoss
+        >>> g = torch.Generator().manual_seed(0)
+        >>> crit = SDMLoss(logit_scale=50.0)
+        >>> q, x = torch.randn(6, 32, generator=g), torch.randn(6, 32, generator=g)
+        >>> pids = torch.tensor([3, 3, 7, 7, 9, 9])
+        >>> loss = crit(q, x, pids)
+        >>> loss.shape, loss.dtype
+        (torch.Size([]), torch.float32)
+        >>> res = crit.detailed(q, x, pids, memory=(torch.randn(5, 32, generator=g),
+        ...                                         torch.tensor([3, 1, 2, 2, 9])))
+        >>> res.rows, int(res.rows_without_positive)
+        (12, 0)
+    """
+
+    logit_scale: float | Tensor
+
+    def __init__(
+        self,
+        logit_scale: float | Tensor = 50.0,
+        epsilon: float = 1e-8,
+        chunk_size: int | None = None,
+        gather: bool = False,
+        *,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        checked = _check_scale(logit_scale)
+        if isinstance(checked, Tensor) and not isinstance(logit_scale, nn.Parameter):
+            self.register_buffer("logit_scale", checked.detach().clone())
+        else:
+            self.logit_scale = logit_scale if isinstance(logit_scale, nn.Parameter) else checked
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+            raise TypeError(f"epsilon must be a float, got {epsilon!r}")
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+        self.epsilon = float(epsilon)
+        self.chunk_size = chunk_size
+        self.gather = bool(gather)
+        self.check_finite = bool(check_finite)
+
+    def detailed(
+        self,
+        query: Tensor,
+        gallery: Tensor,
+        query_labels: Tensor,
+        gallery_labels: Tensor | None = None,
+        memory: MemoryLike = None,
+        *,
+        logit_scale: float | Tensor | None = None,
+    ) -> SDMResult:
+        """Like ``forward`` but returns the full :class:`SDMResult`."""
+        return sdm_loss(
+            query,
+            gallery,
+            query_labels,
+            gallery_labels,
+            memory,
+            logit_scale=self.logit_scale if logit_scale is None else logit_scale,
+            epsilon=self.epsilon,
+            chunk_size=self.chunk_size,
+            gather=self.gather,
+            check_finite=self.check_finite,
+        )
+
+    def forward(
+        self,
+        query: Tensor,
+        gallery: Tensor,
+        query_labels: Tensor,
+        gallery_labels: Tensor | None = None,
+        memory: MemoryLike = None,
+        *,
+        logit_scale: float | Tensor | None = None,
+    ) -> Tensor:
+        """Scalar SDM loss (see :func:`sdm_loss`)."""
+        return self.detailed(
+            query, gallery, query_labels, gallery_labels, memory, logit_scale=logit_scale
+        ).loss
+
+    def extra_repr(self) -> str:
+        scale = (
+            f"{self.logit_scale:g}"
+            if isinstance(self.logit_scale, float)
+            else f"tensor({float(self.logit_scale.detach()):g})"
+        )
+        return (
+            f"logit_scale={scale}, epsilon={self.epsilon:g}, chunk_size={self.chunk_size}, "
+            f"gather={self.gather}"
+        )
