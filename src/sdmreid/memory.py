@@ -1,0 +1,706 @@
+"""Cross-batch memory: the (detached) embeddings of the last steps, as one contiguous window.
+
+:class:`CrossBatchMemory` keeps the rows of the most recent ``enqueue`` calls so a loss can use them
+as extra gallery columns (the SDM trainer appends the RGB embeddings of the last 6 steps).
+
+Capacity
+    * **Step mode** (default, ``max_steps=N``): the memory holds exactly the rows of the last ``N``
+      ``enqueue`` calls, whatever their sizes; a call may contribute 0 rows and still counts as a
+      step (it evicts the oldest step like any other). This is ``collections.deque(maxlen=N)`` of
+      batches followed by concatenation.
+    * **Item mode** (``max_items=N``): the memory holds exactly the last ``N`` rows, first in first
+      out; a call with more than ``N`` selected rows keeps its last ``N``. Giving ``max_items``
+      together with an explicit ``max_steps`` is a :class:`ValueError`.
+
+Storage and reads
+    Rows live in preallocated buffers of ``2 * capacity`` rows. New rows are appended after the
+    live window; when the end of the buffer is reached, the surviving rows are moved to its front
+    (at most once every ``capacity`` appended rows, so at most one extra row copy per stored row).
+    Every read (:meth:`~CrossBatchMemory.features`, :meth:`~CrossBatchMemory.labels`,
+    :meth:`~CrossBatchMemory.modalities`, :meth:`~CrossBatchMemory.get`) is therefore one contiguous
+    slice, oldest row first, returned **without a copy**. In step mode the capacity grows
+    (geometrically) while the windows seen get larger; once it covers the largest window an
+    ``enqueue`` allocates no storage. In item mode the capacity is ``max_items`` from the start.
+
+    A view returned by a read is valid until the next :meth:`~CrossBatchMemory.enqueue`,
+    :meth:`~CrossBatchMemory.reset`, ``load_state_dict`` or ``.to()``: these may overwrite or
+    replace the storage under it. Pass ``copy=True`` to keep the rows across an ``enqueue``. The
+    storage is written in place, so autograd's version check raises (rather than computing with
+    overwritten values) if a view saved for a backward pass is overwritten before ``backward()``.
+    Do not modify a returned view in place.
+
+Modalities
+    ``enqueue(..., modalities=None)`` stores :data:`UNKNOWN_MODALITY` (``-1``) for each row.
+    ``keep=`` selects the rows to store: a modality (member, code or alias), a collection of
+    modalities, a boolean mask over the batch, or a callable that maps the batch's ``int64``
+    modality tensor to such a mask. Only the boolean mask works without ``modalities``; the other
+    forms then raise :class:`ValueError`.
+
+Numerics and devices
+    ``enqueue`` runs under :func:`torch.no_grad` and stores detached copies. The features' dtype
+    and device are those given to the constructor (or set by a later ``.to()`` before the first
+    ``enqueue``); otherwise the first enqueued batch's. Later batches are converted. Rows with NaN
+    or Inf features are never stored: the default ``on_nonfinite="raise"`` raises
+    :class:`ValueError` and leaves the memory unchanged; ``on_nonfinite="drop"`` stores the other
+    rows and warns. The test is one reduction over the batch (an exact per-row test runs only
+    when that reduction is not finite).
+
+Checkpoints
+    ``state_dict()`` holds the live window (``features``, ``labels``, ``modalities``,
+    ``step_ids``) and ``counters``/``config``; ``load_state_dict`` restores it so the memory
+    continues exactly as an uninterrupted one would.
+
+Distributed
+    ``enqueue(..., gather=True)`` gathers, in rank order, the rows every rank selected (after
+    ``keep``), and stores them as one step on every rank, so all ranks hold identical memories.
+    Every rank must make the same sequence of ``gather=True`` calls. The finiteness test runs on
+    the gathered rows, so all ranks raise (or drop) together. Without an initialised process
+    group ``gather=True`` does nothing extra.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdmreid.distributed import all_gather_no_grad, is_dist
+from sdmreid.modality import Modality, ModalityLike, as_modality_tensor, parse_modality
+
+__all__ = ["UNKNOWN_MODALITY", "CrossBatchMemory", "KeepLike", "MemoryView"]
+
+#: Modality code stored for rows enqueued without ``modalities``.
+UNKNOWN_MODALITY = -1
+
+#: What ``keep=`` accepts (see :meth:`CrossBatchMemory.enqueue`).
+KeepLike = Union[  # noqa: UP007
+    ModalityLike,
+    Collection[ModalityLike],
+    torch.Tensor,
+    np.ndarray,
+    Callable[[torch.Tensor], torch.Tensor],
+    None,
+]
+
+
+class MemoryView(NamedTuple):
+    """The stored rows, oldest first: what :meth:`CrossBatchMemory.get` returns.
+
+    Any loss that takes ``memory=`` objects with ``.features`` and ``.labels`` accepts it.
+
+    Attributes:
+        features: ``[M, dim]`` features.
+        labels: ``[M]`` ``int64`` labels.
+        modalities: ``[M]`` ``int64`` modality codes (``-1`` where unknown).
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    modalities: torch.Tensor
+
+
+class _DefaultSteps(int):
+    """``6``, but distinguishable (by identity) from an explicit ``max_steps=6``."""
+
+    def __repr__(self) -> str:
+        return "6"
+
+
+_DEFAULT_MAX_STEPS = _DefaultSteps(6)
+_NONFINITE_POLICIES = ("raise", "drop")
+_STATE_KEYS = ("features", "labels", "modalities", "step_ids", "counters", "config")
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+class CrossBatchMemory(nn.Module):
+    """A FIFO memory of detached embeddings, labels and modalities of the last steps.
+
+    See the module documentation for the exact semantics of step and item mode, views, ``keep``
+    and checkpoints.
+
+    Args:
+        dim: feature dimension ``d``.
+        max_steps: step mode, hold the rows of the last ``max_steps`` ``enqueue`` calls
+            (default 6).
+        max_items: item mode, hold the last ``max_items`` rows instead. Giving it together with
+            an explicit ``max_steps`` is an error.
+        device: storage device (default: a later ``.to()``, else the first enqueued batch's).
+        dtype: floating storage dtype for the features (default: a later ``.to()``, else the
+            first enqueued batch's). Labels and modalities are stored as ``int64``.
+        on_nonfinite: ``"raise"`` (default) rejects a batch whose selected rows hold NaN/Inf with
+            a :class:`ValueError`; ``"drop"`` stores the finite rows and warns.
+
+    Raises:
+        ValueError: a non-positive size, ``max_items`` together with an explicit ``max_steps``,
+            or an unknown ``on_nonfinite``.
+        TypeError: a non-integer size or a non-floating ``dtype``.
+
+    Example:
+        >>> import torch
+        >>> from sdmreid.memory import CrossBatchMemory
+        >>> from sdmreid.modality import Modality
+        >>> mem = CrossBatchMemory(dim=2, max_steps=2)
+        >>> rgb, nir = int(Modality.RGB), int(Modality.NIR)
+        >>> for step in range(3):
+        ...     feats = torch.full((2, 2), float(step))
+        ...     n = mem.enqueue(feats, torch.tensor([step, 10 + step]),
+        ...                     modalities=torch.tensor([rgb, nir]), keep=Modality.RGB)
+        >>> mem.labels().tolist()  # the RGB rows of the last 2 steps, oldest first
+        [1, 2]
+        >>> view = mem.get()
+        >>> view.features.shape, len(mem)
+        (torch.Size([2, 2]), 2)
+        >>> CrossBatchMemory(dim=2, max_items=3).get().features.shape  # empty memory
+        torch.Size([0, 2])
+    """
+
+    _feats: torch.Tensor
+    _labels: torch.Tensor
+    _mods: torch.Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        max_steps: int = _DEFAULT_MAX_STEPS,
+        max_items: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        on_nonfinite: Literal["raise", "drop"] = "raise",
+    ) -> None:
+        super().__init__()
+        self.dim = _check_positive_int(dim, "dim")
+        if max_items is not None:
+            if max_steps is not _DEFAULT_MAX_STEPS:
+                raise ValueError(
+                    "give either max_steps (step mode) or max_items (item mode), not both; "
+                    f"got max_steps={max_steps!r} and max_items={max_items!r}"
+                )
+            self.max_items: int | None = _check_positive_int(max_items, "max_items")
+            self.max_steps: int | None = None
+        else:
+            self.max_steps = _check_positive_int(max_steps, "max_steps")
+            self.max_items = None
+        if on_nonfinite not in _NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite must be one of {_NONFINITE_POLICIES}, got {on_nonfinite!r}"
+            )
+        self.on_nonfinite = on_nonfinite
+        if dtype is not None and (
+            not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+        ):
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self._dtype_fixed = dtype is not None
+        self._device_fixed = device is not None
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        self.register_buffer(
+            "_feats", torch.zeros(0, self.dim, dtype=dtype or torch.float32, device=dev), False
+        )
+        self.register_buffer("_labels", torch.zeros(0, dtype=torch.int64, device=dev), False)
+        self.register_buffer("_mods", torch.zeros(0, dtype=torch.int64, device=dev), False)
+        self._materialised = False
+        self._capacity = 0
+        self._start = 0
+        self._end = 0
+        self._steps_seen = 0
+        # [step id, rows] of the steps covering the window, oldest first. In step mode: the last
+        # min(max_steps, steps_seen) steps, empty ones included; in item mode: non-empty ones.
+        self._segments: deque[list[int]] = deque()
+
+    # ------------------------------------------------------------------ properties and reads
+    @property
+    def capacity(self) -> int:
+        """Rows the window can hold without reallocating (storage holds twice as many)."""
+        return self._capacity
+
+    @property
+    def steps_seen(self) -> int:
+        """Number of ``enqueue`` calls since construction or the last :meth:`reset`."""
+        return self._steps_seen
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def features(self, *, copy: bool = False) -> torch.Tensor:
+        """The stored features ``[M, dim]``, oldest first.
+
+        Args:
+            copy: return a copy instead of a view of the storage. A view is valid only until the
+                next ``enqueue``/``reset``/``load_state_dict``/``.to()``.
+        """
+        view = self._feats[self._start : self._end]
+        return view.clone() if copy else view
+
+    def labels(self, *, copy: bool = False) -> torch.Tensor:
+        """The stored ``int64`` labels ``[M]``, oldest first (``copy`` as in :meth:`features`)."""
+        view = self._labels[self._start : self._end]
+        return view.clone() if copy else view
+
+    def modalities(self, *, copy: bool = False) -> torch.Tensor:
+        """The stored ``int64`` modality codes ``[M]`` (``-1``: unknown), oldest first.
+
+        ``copy`` as in :meth:`features`.
+        """
+        view = self._mods[self._start : self._end]
+        return view.clone() if copy else view
+
+    def get(self, *, copy: bool = False) -> MemoryView:
+        """Features, labels and modalities as a :class:`MemoryView` (``copy`` as in
+        :meth:`features`).
+
+        Example:
+            >>> import torch
+            >>> from sdmreid.memory import CrossBatchMemory
+            >>> mem = CrossBatchMemory(dim=3, max_items=4)
+            >>> _ = mem.enqueue(torch.ones(5, 3), torch.arange(5))
+            >>> view = mem.get(copy=True)
+            >>> view.labels.tolist(), view.modalities.tolist()
+            ([1, 2, 3, 4], [-1, -1, -1, -1])
+        """
+        return MemoryView(
+            self.features(copy=copy), self.labels(copy=copy), self.modalities(copy=copy)
+        )
+
+    def reset(self) -> None:
+        """Forget every stored row and the step count (the storage is kept for reuse)."""
+        self._start = self._end = 0
+        self._steps_seen = 0
+        self._segments.clear()
+
+    def extra_repr(self) -> str:
+        mode = (
+            f"max_steps={self.max_steps}"
+            if self.max_items is None
+            else f"max_items={self.max_items}"
+        )
+        return (
+            f"dim={self.dim}, {mode}, rows={len(self)}, steps_seen={self._steps_seen}, "
+            f"dtype={self._feats.dtype}, device={self._feats.device}"
+        )
+
+    # ------------------------------------------------------------------ enqueue
+    def enqueue(
+        self,
+        feats: torch.Tensor,
+        labels: torch.Tensor | Sequence[int] | np.ndarray,
+        modalities: Any = None,
+        keep: KeepLike = None,
+        gather: bool = False,
+    ) -> int:
+        """Store the selected rows of one batch as the newest step.
+
+        Args:
+            feats: ``[B, dim]`` floating features (any device; detached on storage).
+            labels: ``[B]`` integer labels (tensor, sequence or NumPy array).
+            modalities: ``[B]`` modalities in any form :mod:`sdmreid.modality` accepts, or
+                ``None`` (stored as ``-1``, unknown).
+            keep: which rows to store (default all): a modality, a collection of modalities, a
+                ``[B]`` boolean mask (tensor, NumPy array or sequence of ``bool``), or a callable
+                mapping the ``[B]`` ``int64`` modality tensor to such a mask. All forms but the
+                mask need ``modalities``.
+            gather: under an initialised process group, store the selected rows of every rank
+                (rank order) on every rank. Ignored without one.
+
+        Returns:
+            The number of rows stored by this call (before item-mode truncation).
+
+        Raises:
+            ValueError: wrong shape or dim, label/feature length mismatch, non-integer labels,
+                an unknown modality, ``keep`` that needs ``modalities`` without them, or (with
+                ``on_nonfinite="raise"``) NaN/Inf in a selected row. The memory is unchanged.
+            TypeError: ``feats`` is not a floating tensor, or ``keep`` is of an unusable type.
+
+        Example:
+            >>> import torch
+            >>> from sdmreid.memory import CrossBatchMemory
+            >>> mem = CrossBatchMemory(dim=2, max_steps=2)
+            >>> mem.enqueue(torch.zeros(3, 2), [7, 8, 9], keep=torch.tensor([True, False, True]))
+            2
+            >>> mem.enqueue(torch.zeros(0, 2), [])  # an empty step still counts
+            0
+            >>> mem.labels().tolist(), mem.steps_seen
+            ([7, 9], 2)
+        """
+        with torch.no_grad():
+            feats, label_t, mods = self._check_batch(feats, labels, modalities)
+            b = feats.shape[0]
+            idx = self._selection(keep, mods, b, feats.device)
+            if gather and is_dist():
+                feats, label_t, mods = self._gather(feats, label_t, mods, idx)
+                idx = None
+            if not self._materialised:
+                self._materialise(feats)
+            idx = self._finite_selection(feats, idx)
+            n = feats.shape[0] if idx is None else int(idx.numel())
+            self._store(feats, label_t, mods, idx, n)
+            return n
+
+    def _check_batch(
+        self, feats: torch.Tensor, labels: Any, modalities: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if not isinstance(feats, torch.Tensor):
+            raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
+        if feats.ndim != 2 or feats.shape[1] != self.dim:
+            raise ValueError(
+                f"feats must have shape [B, {self.dim}] (dim={self.dim}), got {tuple(feats.shape)}"
+            )
+        if not feats.is_floating_point():
+            raise TypeError(f"feats must have a floating dtype, got {feats.dtype}")
+        b = feats.shape[0]
+        if not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(
+                np.asarray(labels) if not isinstance(labels, np.ndarray) else labels
+            )
+            if labels.numel() == 0:
+                labels = labels.to(torch.int64)
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+        if labels.shape != (b,):
+            raise ValueError(
+                f"labels must have shape [{b}] to match feats {tuple(feats.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
+        mods: torch.Tensor | None = None
+        if modalities is not None:
+            mods = as_modality_tensor(modalities, name="modalities")
+            if mods.shape != (b,):
+                raise ValueError(
+                    f"modalities must have length {b} to match feats {tuple(feats.shape)}, "
+                    f"got {tuple(mods.shape)}"
+                )
+        return feats, labels, mods
+
+    def _selection(
+        self, keep: KeepLike, mods: torch.Tensor | None, b: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Indices (on ``device``) of the rows ``keep`` selects, or ``None`` for all rows."""
+        if keep is None:
+            return None
+        mask: torch.Tensor
+        if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and keep.ndim == 1:
+            mask = keep
+        elif isinstance(keep, np.ndarray) and keep.dtype == np.bool_:
+            mask = torch.from_numpy(keep)
+        elif (
+            isinstance(keep, (list, tuple))
+            and len(keep) > 0
+            and all(isinstance(k, (bool, np.bool_)) for k in keep)
+        ):
+            mask = torch.tensor(keep, dtype=torch.bool)
+        else:
+            if mods is None:
+                raise ValueError(
+                    f"keep={keep!r} selects rows by modality, but enqueue got modalities=None; "
+                    "pass modalities, or a boolean mask as keep"
+                )
+            if callable(keep) and not isinstance(keep, (torch.Tensor, Modality)):
+                mask = keep(mods)
+                if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                    raise TypeError(
+                        "a keep callable must return a boolean tensor, got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}"
+                    )
+            elif isinstance(keep, (Modality, int, str, np.integer)) or (
+                isinstance(keep, torch.Tensor) and keep.ndim == 0
+            ):
+                mask = mods == int(parse_modality(keep))
+            elif isinstance(keep, (Collection, torch.Tensor, np.ndarray)):
+                codes = as_modality_tensor(keep, name="keep")
+                mask = torch.isin(mods, codes.to(mods.device))
+            else:
+                raise TypeError(
+                    "keep must be a modality, a collection of modalities, a boolean mask or a "
+                    f"callable, got {type(keep).__name__}"
+                )
+        if mask.shape != (b,):
+            raise ValueError(
+                f"keep must select over the batch: a boolean mask of shape [{b}], "
+                f"got shape {tuple(mask.shape)}"
+            )
+        idx = mask.nonzero().flatten()
+        if idx.numel() == b:
+            return None
+        return idx.to(device)
+
+    def _gather(
+        self,
+        feats: torch.Tensor,
+        labels: torch.Tensor,
+        mods: torch.Tensor | None,
+        idx: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if mods is None:
+            mods = torch.full((feats.shape[0],), UNKNOWN_MODALITY, dtype=torch.int64)
+        if idx is not None:
+            feats = feats.index_select(0, idx)
+            labels = labels.index_select(0, idx.to(labels.device))
+            mods = mods.index_select(0, idx.to(mods.device))
+        target = self._feats.dtype if (self._materialised or self._dtype_fixed) else feats.dtype
+        return (
+            all_gather_no_grad(feats.to(target)),
+            all_gather_no_grad(labels.to(torch.int64)),
+            all_gather_no_grad(mods),
+        )
+
+    def _finite_selection(
+        self, feats: torch.Tensor, idx: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Apply the NaN/Inf policy to the selected rows; return the (new) selection."""
+        if feats.numel() == 0:
+            return idx
+        acc = torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
+        # One reduction: NaN/Inf anywhere make the sum non-finite. A non-finite sum of finite
+        # values (overflow) is resolved by the exact per-row test below.
+        if math.isfinite(torch.sum(feats, dtype=acc).item()):
+            return idx
+        bad = ~torch.isfinite(feats).all(dim=1)
+        selected = (
+            torch.ones_like(bad) if idx is None else torch.zeros_like(bad).index_fill_(0, idx, True)
+        )
+        bad &= selected
+        n_bad = int(bad.sum().item())
+        if n_bad == 0:
+            return idx
+        if self.on_nonfinite == "raise":
+            first = int(bad.nonzero()[0, 0].item())
+            raise ValueError(
+                f"feats has {n_bad} row(s) with NaN or Inf values among the rows to store "
+                f"(first: row {first}); nothing was stored. Use on_nonfinite='drop' to store "
+                "the finite rows instead"
+            )
+        warnings.warn(
+            f"CrossBatchMemory dropped {n_bad} row(s) with NaN or Inf features",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return (selected & ~bad).nonzero().flatten()
+
+    # ------------------------------------------------------------------ storage
+    def _materialise(self, feats: torch.Tensor) -> None:
+        dtype = self._feats.dtype if self._dtype_fixed else feats.dtype
+        device = self._feats.device if self._device_fixed else feats.device
+        if self.max_items is not None:
+            capacity = self.max_items
+        else:  # a first guess; grows geometrically while the windows get larger
+            capacity = max(1, (self.max_steps or 1) * feats.shape[0])
+        self._allocate(capacity, dtype, device)
+        self._materialised = True
+
+    def _allocate(self, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        rows = 2 * capacity
+        self._feats = torch.zeros(rows, self.dim, dtype=dtype, device=device)
+        self._labels = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._mods = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._capacity = capacity
+
+    def _grow(self, needed: int) -> None:
+        """Reallocate for a window of ``needed`` rows, moving the live window to the front."""
+        old_f, old_l, old_m = self._feats, self._labels, self._mods
+        s, e = self._start, self._end
+        new_cap = max(needed, self._capacity + self._capacity // 2)
+        if self.max_items is not None:
+            new_cap = max(needed, self.max_items)
+        self._allocate(new_cap, old_f.dtype, old_f.device)
+        r = e - s
+        if r:
+            self._feats[:r].copy_(old_f[s:e])
+            self._labels[:r].copy_(old_l[s:e])
+            self._mods[:r].copy_(old_m[s:e])
+        self._start, self._end = 0, r
+
+    def _compact(self) -> None:
+        """Move the live window to the front of the storage (source and target never overlap)."""
+        s, e = self._start, self._end
+        r = e - s
+        if r:
+            self._feats[:r].copy_(self._feats[s:e])
+            self._labels[:r].copy_(self._labels[s:e])
+            self._mods[:r].copy_(self._mods[s:e])
+        self._start, self._end = 0, r
+
+    def _store(
+        self,
+        feats: torch.Tensor,
+        labels: torch.Tensor,
+        mods: torch.Tensor | None,
+        idx: torch.Tensor | None,
+        n: int,
+    ) -> None:
+        segments = self._segments
+        if self.max_items is None:
+            if len(segments) == self.max_steps:
+                self._start += segments.popleft()[1]
+        else:
+            cap_items = self.max_items
+            if n > cap_items:  # keep the last max_items selected rows
+                if idx is None:
+                    off = feats.shape[0] - cap_items
+                    feats, labels = feats[off:], labels[off:]
+                    mods = mods[off:] if mods is not None else None
+                else:
+                    idx = idx[n - cap_items :]
+                n = cap_items
+            drop = max(0, len(self) + n - cap_items)
+            self._start += drop
+            while drop:
+                seg = segments[0]
+                if seg[1] <= drop:
+                    drop -= seg[1]
+                    segments.popleft()
+                else:
+                    seg[1] -= drop
+                    drop = 0
+        needed = len(self) + n
+        if needed > self._capacity:
+            self._grow(needed)
+        elif self._end + n > 2 * self._capacity:
+            self._compact()
+        e = self._end
+        if n:
+            f_dst = self._feats[e : e + n]
+            l_dst = self._labels[e : e + n]
+            m_dst = self._mods[e : e + n]
+            if idx is None:
+                f_dst.copy_(feats)
+                l_dst.copy_(labels)
+                if mods is None:
+                    m_dst.fill_(UNKNOWN_MODALITY)
+                else:
+                    m_dst.copy_(mods)
+            else:
+                _select_into(feats, idx, f_dst)
+                _select_into(labels, idx, l_dst)
+                if mods is None:
+                    m_dst.fill_(UNKNOWN_MODALITY)
+                else:
+                    _select_into(mods, idx, m_dst)
+            self._end = e + n
+        if n or self.max_items is None:
+            segments.append([self._steps_seen, n])
+        self._steps_seen += 1
+
+    # ------------------------------------------------------------------ nn.Module plumbing
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        device, dtype = self._feats.device, self._feats.dtype
+        out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        if self._feats.device != device:
+            self._device_fixed = True
+        if self._feats.dtype != dtype:
+            self._dtype_fixed = True
+        return out
+
+    def _step_ids(self) -> torch.Tensor:
+        counts = torch.tensor([s[1] for s in self._segments], dtype=torch.int64)
+        ids = torch.tensor([s[0] for s in self._segments], dtype=torch.int64)
+        return torch.repeat_interleave(ids, counts).to(self._feats.device)
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "features"] = self.features(copy=True)
+        destination[prefix + "labels"] = self.labels(copy=True)
+        destination[prefix + "modalities"] = self.modalities(copy=True)
+        destination[prefix + "step_ids"] = self._step_ids()
+        destination[prefix + "counters"] = torch.tensor(
+            [self._steps_seen, int(self._materialised), self._capacity], dtype=torch.int64
+        )
+        destination[prefix + "config"] = torch.tensor(
+            [self.dim, self.max_steps or 0, self.max_items or 0], dtype=torch.int64
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        missing = [prefix + k for k in _STATE_KEYS if prefix + k not in state_dict]
+        if missing:
+            missing_keys.extend(missing)
+            return
+        if strict:
+            for key in state_dict:
+                name = key[len(prefix) :]
+                if key.startswith(prefix) and "." not in name and name not in _STATE_KEYS:
+                    unexpected_keys.append(key)
+        feats = state_dict[prefix + "features"]
+        labels = state_dict[prefix + "labels"]
+        mods = state_dict[prefix + "modalities"]
+        step_ids = state_dict[prefix + "step_ids"].to("cpu", torch.int64)
+        counters = [int(v) for v in state_dict[prefix + "counters"].tolist()]
+        config = [int(v) for v in state_dict[prefix + "config"].tolist()]
+        mine = [self.dim, self.max_steps or 0, self.max_items or 0]
+        if config != mine:
+            error_msgs.append(
+                f"{prefix}config: checkpoint has (dim, max_steps, max_items)={tuple(config)}, "
+                f"this memory has {tuple(mine)}"
+            )
+            return
+        m = int(feats.shape[0]) if feats.ndim == 2 else -1
+        if (
+            feats.ndim != 2
+            or feats.shape[1] != self.dim
+            or labels.shape != (m,)
+            or mods.shape != (m,)
+            or step_ids.shape != (m,)
+        ):
+            error_msgs.append(
+                f"{prefix}features/labels/modalities/step_ids: inconsistent shapes "
+                f"{tuple(feats.shape)}, {tuple(labels.shape)}, {tuple(mods.shape)}, "
+                f"{tuple(step_ids.shape)}"
+            )
+            return
+        steps_seen, materialised, capacity = counters
+        lowest = max(0, steps_seen - (self.max_steps or steps_seen))
+        if m and (int(step_ids.min()) < lowest or int(step_ids.max()) >= steps_seen):
+            error_msgs.append(
+                f"{prefix}step_ids: ids must lie in [{lowest}, {steps_seen}) for "
+                f"steps_seen={steps_seen}"
+            )
+            return
+        fixed = self._materialised
+        dtype = self._feats.dtype if (fixed or self._dtype_fixed) else feats.dtype
+        device = self._feats.device if (fixed or self._device_fixed) else feats.device
+        self.reset()
+        if materialised or fixed:
+            self._allocate(max(capacity, m, self.max_items or 0), dtype, device)
+            self._materialised = True
+            self._feats[:m].copy_(feats)
+            self._labels[:m].copy_(labels)
+            self._mods[:m].copy_(mods)
+            self._start, self._end = 0, m
+        self._steps_seen = steps_seen
+        if self.max_items is None:
+            first = max(0, steps_seen - (self.max_steps or 0))
+            counts = torch.bincount(step_ids - first, minlength=steps_seen - first).tolist()
+            self._segments.extend([first + i, int(c)] for i, c in enumerate(counts))
+        else:
+            uniq, counts_t = torch.unique_consecutive(step_ids, return_counts=True)
+            self._segments.extend(
+                [int(s), int(c)] for s, c in zip(uniq.tolist(), counts_t.tolist(), strict=True)
+            )
+
+
+def _select_into(src: torch.Tensor, idx: torch.Tensor, dst: torch.Tensor) -> None:
+    """``dst.copy_(src[idx])`` without a temporary when dtypes and devices agree."""
+    if src.dtype == dst.dtype and src.device == dst.device:
+        torch.index_select(src, 0, idx.to(src.device), out=dst)
+    else:
+        dst.copy_(src.index_select(0, idx.to(src.device)))
