@@ -1,0 +1,504 @@
+"""Retrieval metrics for person re-identification: CMC, mAP and mINP.
+
+:func:`evaluate_retrieval` ranks a gallery for every query and returns a typed
+:class:`RetrievalMetrics`.
+
+Semantics (the same as torchreid's ``eval_market1501`` and the AGW/SYSU-MM01 evaluators):
+
+* **Scores.** ``metric="cosine"`` ranks by cosine similarity of the L2-normalised features
+  (higher first; an all-zero feature has similarity 0 to everything); ``metric="euclidean"``
+  ranks by squared Euclidean distance ``|q|² + |g|² − 2 q·g`` (lower first; the square root
+  does not change the order). Half/bfloat16 features are scored in float32, float64 features
+  in float64.
+* **Ties** are broken deterministically by gallery index: among gallery items with exactly the
+  same score, the one that comes first in ``gallery_feats`` is ranked first (a stable sort by
+  score). ``-0.0`` and ``+0.0`` count as equal.
+* **Ignored items.** When both ``query_cams`` and ``gallery_cams`` are given, gallery items with
+  the same identity *and* the same camera as the query are removed from that query's ranking
+  (the standard Market-1501 rule). ``ignore`` adds any other per-query rule (for instance
+  SYSU-MM01's "a camera-3 query ignores every camera-2 item", see :func:`camera_pair_ignore`).
+  Removed items do not occupy ranks.
+* **Skipped queries.** A query with no positive (same identity) left after removal is skipped:
+  it contributes to no metric and is counted in ``num_skipped_queries``. When every query is
+  skipped a :class:`ValueError` is raised (the metrics would be undefined).
+* **CMC.** ``cmc[k-1]`` is the fraction of valid queries whose first positive is at rank ``<= k``
+  (the curve covers every gallery position, so ``len(cmc) == len(gallery)``; it is
+  non-decreasing and reaches 1.0). With ``dedup_cmc=True`` the ranking is first reduced to
+  distinct identities (the first occurrence of each identity keeps its place), as the official
+  SYSU-MM01 code does; the curve then reaches 1.0 by the number of distinct gallery identities.
+* **AP / mAP.** AP of one query is the mean over its positives of ``(i / rank_i)`` where
+  ``rank_i`` is the rank of its ``i``-th positive (never de-duplicated); mAP is the mean over
+  valid queries.
+* **INP / mINP** (Ye et al., "Deep Learning for Person Re-identification: A Survey and
+  Outlook"): ``num_positives / rank_of_the_last_positive``, averaged over valid queries.
+
+Implementation: queries are processed in chunks so the full query×gallery matrix is never held
+at once. For each chunk, the positive scores of every query are sorted (few per query) and each
+gallery negative is placed among them with a batched binary search, which yields the rank of
+every positive without sorting the gallery (``O(G log P)`` per query instead of ``O(G log G)``).
+Everything runs on the device of the features. Scores are computed in fixed 64-row query blocks,
+so the result does not depend on ``chunk_size`` at all (bit for bit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "IgnoreRule",
+    "RetrievalMetrics",
+    "camera_pair_ignore",
+    "evaluate_retrieval",
+]
+
+#: A per-query ignore rule: called with the (absolute) indices of a chunk of queries, a 1-D
+#: ``int64`` tensor on the features' device, it returns a ``bool`` tensor ``[len(index), G]``
+#: (``True`` = remove this gallery item from this query's ranking) on the same device.
+IgnoreRule = Callable[[torch.Tensor], torch.Tensor]
+
+Metric = Literal["cosine", "euclidean"]
+
+# Scores are computed in blocks of this many query rows, aligned to multiples of it, so that
+# matrix-multiplication rounding never depends on the chunk size.
+_SCORE_BLOCK = 64
+# Default number of query×gallery elements processed per chunk.
+_DEFAULT_CHUNK_ELEMENTS = 1 << 23
+_INT64_MAX = torch.iinfo(torch.int64).max
+
+
+# ----------------------------------------------------------------------------------------------
+# result type
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalMetrics:
+    """Result of :func:`evaluate_retrieval`.
+
+    Attributes:
+        cmc: ``float64`` CPU tensor; ``cmc[k-1]`` is the fraction of valid queries with their
+            first positive at rank ``<= k``. Its length is the number of gallery items (every
+            position); :meth:`rank` clamps larger ``k`` to the last value.
+        mAP: mean average precision over valid queries (a fraction in ``[0, 1]``).
+        mINP: mean inverse negative penalty over valid queries (a fraction in ``[0, 1]``).
+        num_valid_queries: queries that had at least one positive after removal.
+        num_skipped_queries: queries without a positive (not counted in any metric).
+        ranks: the ranks reported by :meth:`as_dict`.
+        dedup_cmc: whether the CMC was computed on identity-de-duplicated rankings.
+
+    Example:
+        >>> import torch
+        >>> from sdmreid.evaluation import evaluate_retrieval
+        >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> g = torch.tensor([[0.9, 0.1], [0.1, 0.9], [1.0, 1.0]])
+        >>> m = evaluate_retrieval(q, [0, 1], g, [0, 1, 1], ranks=(1, 2))
+        >>> m.rank1, m.mAP, m.num_valid_queries
+        (1.0, 1.0, 2)
+        >>> sorted(m.as_dict())
+        ['mAP', 'mINP', 'num_skipped_queries', 'num_valid_queries', 'rank1', 'rank2']
+    """
+
+    cmc: torch.Tensor
+    mAP: float
+    mINP: float
+    num_valid_queries: int
+    num_skipped_queries: int
+    ranks: tuple[int, ...] = (1, 5, 10, 20)
+    dedup_cmc: bool = False
+
+    def rank(self, k: int) -> float:
+        """CMC at rank ``k`` (1-based); ranks beyond the gallery size give the last value."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if self.cmc.numel() == 0:
+            return math.nan
+        return float(self.cmc[min(int(k), self.cmc.numel()) - 1])
+
+    @property
+    def rank1(self) -> float:
+        """CMC at rank 1."""
+        return self.rank(1)
+
+    @property
+    def rank5(self) -> float:
+        """CMC at rank 5."""
+        return self.rank(5)
+
+    @property
+    def rank10(self) -> float:
+        """CMC at rank 10."""
+        return self.rank(10)
+
+    @property
+    def rank20(self) -> float:
+        """CMC at rank 20."""
+        return self.rank(20)
+
+    def as_dict(self, prefix: str = "", *, percent: bool = False) -> dict[str, float]:
+        """Flat ``{name: value}`` for loggers: ``rank{k}`` for each of :attr:`ranks`, ``mAP``,
+        ``mINP`` and the two query counts. ``percent=True`` scales the rates by 100."""
+        scale = 100.0 if percent else 1.0
+        out: dict[str, float] = {f"{prefix}rank{k}": scale * self.rank(k) for k in self.ranks}
+        out[f"{prefix}mAP"] = scale * self.mAP
+        out[f"{prefix}mINP"] = scale * self.mINP
+        out[f"{prefix}num_valid_queries"] = float(self.num_valid_queries)
+        out[f"{prefix}num_skipped_queries"] = float(self.num_skipped_queries)
+        return out
+
+    def __str__(self) -> str:
+        parts = [f"R{k}={100 * self.rank(k):.2f}" for k in self.ranks]
+        parts += [f"mAP={100 * self.mAP:.2f}", f"mINP={100 * self.mINP:.2f}"]
+        parts.append(f"valid={self.num_valid_queries} skipped={self.num_skipped_queries}")
+        return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# input checking
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_feats(x: object, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [N, d], got shape {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one row")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has feature dimension 0 (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x.detach()
+
+
+def _as_ints(x: object, n: int, name: str, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        arr = np.asarray(x)
+        if arr.dtype == object:
+            raise TypeError(f"{name} must hold integers, got an object array")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
+        raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
+    if t.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.shape[0] != n:
+        raise ValueError(f"{name} has length {t.shape[0]} but the features have {n} rows")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
+    try:
+        out = tuple(ranks)
+    except TypeError:
+        raise TypeError(f"ranks must be a sequence of integers, got {ranks!r}") from None
+    if not out:
+        raise ValueError("ranks must not be empty")
+    for k in out:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"ranks must be integers >= 1, got {ranks!r}")
+    return tuple(int(k) for k in out)
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring and ordering
+# ----------------------------------------------------------------------------------------------
+
+
+def _order_keys(order_value: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose ascending order is (order_value ascending, gallery index ascending).
+
+    All keys of a row are distinct, so comparing keys is a total order with index tie-breaks.
+    """
+    c, g = order_value.shape
+    idx = torch.arange(g, device=order_value.device, dtype=torch.int64)
+    v = order_value + 0.0  # -0.0 -> +0.0 so both zeros tie
+    if v.dtype == torch.float32:
+        bits = v.view(torch.int32).to(torch.int64)
+        # order-preserving map of IEEE-754 bits to signed integers
+        mono = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+        return mono * (1 << 32) + idx
+    # float64: dense rank of the values in this chunk (exact), then the index
+    dense: torch.Tensor = torch.unique(v.reshape(-1), sorted=True, return_inverse=True)[1]
+    return dense.reshape(c, g).to(torch.int64) * g + idx
+
+
+def _order_values(
+    q: torch.Tensor, g: torch.Tensor, g_sqnorm: torch.Tensor | None, metric: Metric
+) -> torch.Tensor:
+    """Per block of query rows: values whose ascending order is the ranking."""
+    sim = q @ g.T
+    if metric == "cosine":
+        return -sim
+    assert g_sqnorm is not None  # internal invariant
+    return (q * q).sum(1, keepdim=True) + g_sqnorm[None, :] - 2.0 * sim
+
+
+def camera_pair_ignore(
+    query_cams: npt.ArrayLike | torch.Tensor,
+    gallery_cams: npt.ArrayLike | torch.Tensor,
+    pairs: Mapping[int, Sequence[int]],
+) -> IgnoreRule:
+    """An :data:`IgnoreRule` removing *every* gallery item of given cameras for queries of a camera.
+
+    ``pairs={3: [2]}`` removes all camera-2 gallery items from the ranking of each camera-3 query,
+    whatever their identity (SYSU-MM01's same-location rule).
+
+    Args:
+        query_cams: camera of each query (1-D integers).
+        gallery_cams: camera of each gallery item (1-D integers).
+        pairs: ``{query_camera: [gallery cameras to ignore]}``.
+
+    Returns:
+        A callable for the ``ignore`` argument of :func:`evaluate_retrieval`.
+
+    Example:
+        >>> import torch
+        >>> rule = camera_pair_ignore([3, 6], [1, 2, 2], {3: [2]})
+        >>> rule(torch.tensor([0, 1]))
+        tensor([[False,  True,  True],
+                [False, False, False]])
+    """
+    qc = _as_ints(query_cams, len(query_cams), "query_cams", torch.device("cpu"))  # type: ignore[arg-type]
+    gc = _as_ints(gallery_cams, len(gallery_cams), "gallery_cams", torch.device("cpu"))  # type: ignore[arg-type]
+    if not isinstance(pairs, Mapping):
+        raise TypeError(f"pairs must be a dict {{query_cam: [gallery cams]}}, got {pairs!r}")
+    # table[q_cam_code, g_cam_code] over the distinct cameras
+    cams, inv = torch.unique(torch.cat([qc, gc]), return_inverse=True)
+    q_code, g_code = inv[: qc.numel()], inv[qc.numel() :]
+    table = torch.zeros(cams.numel(), cams.numel(), dtype=torch.bool)
+    lookup = {int(c): i for i, c in enumerate(cams.tolist())}
+    for qcam, gcams in pairs.items():
+        if int(qcam) not in lookup:
+            continue
+        for gcam in gcams:
+            if int(gcam) in lookup:
+                table[lookup[int(qcam)], lookup[int(gcam)]] = True
+    cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def rule(query_index: torch.Tensor) -> torch.Tensor:
+        dev = query_index.device
+        if dev not in cache:
+            cache[dev] = (q_code.to(dev), g_code.to(dev), table.to(dev))
+        qd, gd, td = cache[dev]
+        mask: torch.Tensor = td[qd[query_index]][:, gd]
+        return mask
+
+    return rule
+
+
+# ----------------------------------------------------------------------------------------------
+# main entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_retrieval(
+    query_feats: torch.Tensor | npt.NDArray[Any],
+    query_labels: npt.ArrayLike | torch.Tensor,
+    gallery_feats: torch.Tensor | npt.NDArray[Any],
+    gallery_labels: npt.ArrayLike | torch.Tensor,
+    *,
+    query_cams: npt.ArrayLike | torch.Tensor | None = None,
+    gallery_cams: npt.ArrayLike | torch.Tensor | None = None,
+    ranks: Sequence[int] = (1, 5, 10, 20),
+    metric: Metric = "cosine",
+    chunk_size: int | None = None,
+    dedup_cmc: bool = False,
+    ignore: IgnoreRule | None = None,
+) -> RetrievalMetrics:
+    """Rank the gallery for every query and compute CMC, mAP and mINP.
+
+    See the module documentation for the exact rules (removal, skipped queries, tie-breaking,
+    de-duplicated CMC).
+
+    Args:
+        query_feats: ``[Q, d]`` float tensor (or array) of query features.
+        query_labels: ``[Q]`` integer identities.
+        gallery_feats: ``[G, d]`` float tensor on the same device as ``query_feats``.
+        gallery_labels: ``[G]`` integer identities.
+        query_cams: ``[Q]`` integer cameras; with ``gallery_cams`` enables the
+            same-identity-same-camera removal. Give both or neither.
+        gallery_cams: ``[G]`` integer cameras.
+        ranks: the CMC ranks reported by :meth:`RetrievalMetrics.as_dict` (the full curve is
+            always computed).
+        metric: ``"cosine"`` (default) or ``"euclidean"``.
+        chunk_size: number of queries per chunk; ``None`` picks about 8M query×gallery
+            elements per chunk. Rounded up to a multiple of 64. The result never depends on it.
+        dedup_cmc: rank distinct identities for the CMC (official SYSU-MM01 rule).
+        ignore: an extra :data:`IgnoreRule` (applied on top of the camera rule).
+
+    Returns:
+        :class:`RetrievalMetrics`.
+
+    Raises:
+        ValueError: mismatched shapes/lengths, empty query or gallery, NaN/inf features, an
+            unknown ``metric``, bad ``ranks``/``chunk_size``, only one of the camera arrays, an
+            ``ignore`` rule returning the wrong shape, or no query with a positive.
+        TypeError: non-integer labels or cameras.
+
+    Example:
+        >>> import torch
+        >>> from sdmreid.evaluation import evaluate_retrieval
+        >>> q = torch.tensor([[1.0, 0.0]])
+        >>> g = torch.tensor([[0.0, 1.0], [1.0, 0.1], [0.5, 0.5]])
+        >>> m = evaluate_retrieval(q, [7], g, [7, 3, 7], ranks=(1, 3))
+        >>> m.rank1, m.cmc.tolist(), round(m.mAP, 4), round(m.mINP, 4)
+        (0.0, [0.0, 1.0, 1.0], 0.5833, 0.6667)
+    """
+    qf = _as_feats(query_feats, "query_feats")
+    gf = _as_feats(gallery_feats, "gallery_feats")
+    if qf.shape[1] != gf.shape[1]:
+        raise ValueError(
+            f"query_feats and gallery_feats must have the same feature dimension, got "
+            f"{qf.shape[1]} and {gf.shape[1]}"
+        )
+    if qf.device != gf.device:
+        raise ValueError(
+            f"query_feats and gallery_feats must be on the same device, got {qf.device} and "
+            f"{gf.device}"
+        )
+    device = qf.device
+    nq, ng = qf.shape[0], gf.shape[0]
+    ql = _as_ints(query_labels, nq, "query_labels", device)
+    gl = _as_ints(gallery_labels, ng, "gallery_labels", device)
+    if (query_cams is None) != (gallery_cams is None):
+        raise ValueError("give both query_cams and gallery_cams, or neither")
+    qc = gc = None
+    if query_cams is not None and gallery_cams is not None:
+        qc = _as_ints(query_cams, nq, "query_cams", device)
+        gc = _as_ints(gallery_cams, ng, "gallery_cams", device)
+    ranks_t = _check_ranks(ranks)
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    if chunk_size is None:
+        chunk = max(1, _DEFAULT_CHUNK_ELEMENTS // ng)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    else:
+        chunk = chunk_size
+    chunk = -(-chunk // _SCORE_BLOCK) * _SCORE_BLOCK
+    if ignore is not None and not callable(ignore):
+        raise TypeError(f"ignore must be callable or None, got {type(ignore).__name__}")
+
+    compute_dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
+    qf = qf.to(compute_dtype)
+    gf = gf.to(compute_dtype)
+    g_sqnorm = None
+    if metric == "cosine":
+        qf = F.normalize(qf, dim=1)
+        gf = F.normalize(gf, dim=1)
+    else:
+        g_sqnorm = (gf * gf).sum(1)
+
+    g_codes = None
+    num_ids = 0
+    if dedup_cmc:
+        _, g_codes = torch.unique(gl, return_inverse=True)
+        num_ids = int(g_codes.max()) + 1
+
+    first_rank = torch.zeros(nq, dtype=torch.int64, device=device)  # 0 = skipped
+    ap = torch.zeros(nq, dtype=torch.float64, device=device)
+    inp = torch.zeros(nq, dtype=torch.float64, device=device)
+
+    for start in range(0, nq, chunk):
+        stop = min(start + chunk, nq)
+        vals = torch.cat(
+            [
+                _order_values(qf[b : min(b + _SCORE_BLOCK, stop)], gf, g_sqnorm, metric)
+                for b in range(start, stop, _SCORE_BLOCK)
+            ]
+        )
+        keys = _order_keys(vals)
+        del vals
+        c = stop - start
+        ql_c = ql[start:stop]
+        same_id = gl[None, :] == ql_c[:, None]
+        invalid = None
+        if qc is not None and gc is not None:
+            invalid = same_id & (gc[None, :] == qc[start:stop, None])
+        if ignore is not None:
+            qidx = torch.arange(start, stop, device=device)
+            extra = ignore(qidx)
+            if not isinstance(extra, torch.Tensor) or tuple(extra.shape) != (c, ng):
+                shape = tuple(extra.shape) if isinstance(extra, torch.Tensor) else type(extra)
+                raise ValueError(
+                    f"ignore must return a bool tensor of shape ({c}, {ng}), got {shape}"
+                )
+            extra = extra.to(device=device, dtype=torch.bool)
+            invalid = extra if invalid is None else invalid | extra
+        pos = same_id if invalid is None else same_id & ~invalid
+        npos = pos.sum(1)
+        pmax = int(npos.max())
+        if pmax == 0:
+            continue
+        # padded, sorted keys of the positives of every row: [c, pmax]
+        rows, cols = pos.nonzero(as_tuple=True)
+        row_start = torch.cumsum(npos, 0) - npos
+        slot = torch.arange(rows.numel(), device=device) - row_start[rows]
+        pkeys = torch.full((c, pmax), _INT64_MAX, dtype=torch.int64, device=device)
+        pkeys[rows, slot] = keys[rows, cols]
+        pkeys = torch.sort(pkeys, dim=1).values
+        # number of positives ranked before each gallery item
+        before = torch.searchsorted(pkeys, keys)
+        neg = ~same_id if invalid is None else ~(same_id | invalid)
+        bucket = torch.where(neg, before, torch.full_like(before, pmax))
+        hist = torch.zeros((c, pmax + 1), dtype=torch.int64, device=device)
+        hist.scatter_add_(1, bucket, torch.ones_like(bucket))
+        neg_before = torch.cumsum(hist[:, :pmax], 1)
+        slots = torch.arange(pmax, device=device)
+        pos_rank = neg_before + slots[None, :] + 1  # rank of the i-th positive (1-based)
+        in_row = slots[None, :] < npos[:, None]
+        valid_q = npos > 0
+        npos_f = npos.to(torch.float64)
+        precision = torch.where(
+            in_row, (slots[None, :] + 1).to(torch.float64) / pos_rank.to(torch.float64), 0.0
+        )
+        ap_c = precision.sum(1) / npos_f.clamp_min(1.0)
+        last = pos_rank.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
+        inp_c = npos_f / last.to(torch.float64)
+        if dedup_cmc:
+            assert g_codes is not None  # internal invariant
+            ahead = neg & (before == 0)
+            code = torch.where(ahead, g_codes[None, :], torch.full_like(before, num_ids))
+            seen = torch.zeros((c, num_ids + 1), dtype=torch.bool, device=device)
+            seen.scatter_(1, code, True)
+            fr = seen[:, :num_ids].sum(1) + 1
+        else:
+            fr = pos_rank[:, 0]
+        first_rank[start:stop] = torch.where(valid_q, fr, 0)
+        ap[start:stop] = torch.where(valid_q, ap_c, 0.0)
+        inp[start:stop] = torch.where(valid_q, inp_c, 0.0)
+
+    valid = first_rank > 0
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        raise ValueError(
+            "no query has a positive gallery item after removal (check the labels, cameras and "
+            "ignore rule); the metrics are undefined"
+        )
+    counts = torch.bincount(first_rank[valid] - 1, minlength=ng).cpu()
+    cmc = torch.cumsum(counts, 0).to(torch.float64) / n_valid
+    m_ap = float(ap[valid].cpu().sum()) / n_valid
+    m_inp = float(inp[valid].cpu().sum()) / n_valid
+    return RetrievalMetrics(
+        cmc=cmc,
+        mAP=m_ap,
+        mINP=m_inp,
+        num_valid_queries=n_valid,
+        num_skipped_queries=nq - n_valid,
+        ranks=ranks_t,
+        dedup_cmc=dedup_cmc,
+    )
