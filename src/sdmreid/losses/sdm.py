@@ -51,7 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 
 from sdmreid.distributed import (
     all_gather_no_grad,
@@ -353,17 +353,39 @@ class _FusedSDM(torch.autograd.Function):
         return total, loss1, loss2, mass1, mass2
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, g_total: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
         dq, dg, ds = ctx.grads  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
-        return (
-            g_total * dq if needs[0] else None,
-            g_total * dg if needs[1] else None,
-            None,
-            g_total * ds if needs[3] else None,
-            *([None] * 11),
+        with torch.no_grad():
+            out: tuple[Tensor | None, ...] = (
+                g_total * dq if needs[0] else None,
+                g_total * dg if needs[1] else None,
+                g_total * ds if needs[3] else None,
+            )
+        if torch.is_grad_enabled():  # create_graph=True: make a second backward fail loudly
+            out = tuple(None if x is None else _once(x) for x in out)
+        return (out[0], out[1], None, out[2], *([None] * 11))
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity whose backward raises: marks gradients that cannot be differentiated again."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, *_: Tensor) -> Tensor:
+        raise RuntimeError(
+            "sdm_loss is differentiable once: its backward pass reuses gradients computed in the "
+            "forward pass, so differentiating twice (double backward through the SDM loss after "
+            "create_graph=True) is not supported"
         )
+
+
+def _once(x: Tensor) -> Tensor:
+    out = _NoDoubleBackward.apply(x.detach().requires_grad_())  # type: ignore[no-untyped-call]
+    return out  # type: ignore[no-any-return]
 
 
 def _fused(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
