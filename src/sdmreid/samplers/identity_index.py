@@ -1,0 +1,180 @@
+"""Identity index: per-identity / per-modality groupings of a dataset's labels, built once.
+
+:func:`build_identity_index` turns a dataset's ``labels`` and ``modalities`` (one entry per dataset
+item, in dataset order) into an :class:`IdentityIndex` with a single stable sort (``O(N log N)``,
+no Python loop over samples). The samplers in :mod:`sdmreid.samplers.pk` share it: they never
+look at dataset items, only at these arrays.
+
+Layout of :attr:`IdentityIndex.order`: the dataset indices grouped by identity (identities in
+ascending label order), and inside each identity the RGB samples first, then the non-RGB ones,
+each group in ascending dataset-index order. Identity ``i`` occupies
+``order[starts[i] : starts[i] + counts[i]]``, its RGB samples the first ``rgb_counts[i]`` of
+those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from sdmreid.modality import Modality, as_modality_array
+
+__all__ = ["IdentityIndex", "as_label_array", "build_identity_index"]
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+def as_label_array(labels: Iterable[Any] | npt.ArrayLike | torch.Tensor) -> npt.NDArray[Any]:
+    """Validate identity labels and return them as a 1-D NumPy array (integer or string dtype).
+
+    Raises:
+        TypeError: labels are floats, booleans or mixed objects.
+        ValueError: labels are not 1-D.
+
+    Example:
+        >>> from sdmreid.samplers import as_label_array
+        >>> as_label_array([3, 1, 3]).tolist()
+        [3, 1, 3]
+    """
+    if isinstance(labels, torch.Tensor):
+        if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
+            raise TypeError(f"labels tensor must have an integer dtype, got {labels.dtype}")
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
+        return labels.detach().to("cpu", torch.int64).numpy()
+    arr = np.asarray(labels if isinstance(labels, np.ndarray | list | tuple) else list(labels))  # type: ignore[arg-type]
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "U":
+        return arr
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    raise TypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
+
+
+@dataclass(frozen=True, eq=False)
+class IdentityIndex:
+    """Per-identity index arrays of a dataset (see the module docstring for the layout).
+
+    Attributes:
+        identities: the distinct labels, ascending; identity ``i`` is ``identities[i]``.
+        order: ``[N]`` dataset indices grouped by identity, RGB first inside each identity.
+        starts: ``[I]`` offset of each identity's block in ``order``.
+        counts: ``[I]`` samples per identity (all ``>= 1``).
+        rgb_counts: ``[I]`` RGB samples per identity.
+        sample_identity: ``[N]`` identity number (``0..I-1``) of each dataset index.
+        sample_is_rgb: ``[N]`` whether each dataset index is an RGB sample.
+        has_modalities: ``False`` when built without modalities (every sample then counts as
+            RGB and no identity is pairable).
+
+    Example:
+        >>> from sdmreid.samplers import build_identity_index
+        >>> idx = build_identity_index([7, 3, 7, 7], ["ir", "rgb", "rgb", "rgb"])
+        >>> idx.identities.tolist(), idx.counts.tolist(), idx.rgb_counts.tolist()
+        ([3, 7], [1, 3], [1, 2])
+        >>> idx.order.tolist()  # identity 3, then identity 7: RGB (2, 3) before NIR (0)
+        [1, 2, 3, 0]
+        >>> idx.pairable.tolist()
+        [False, True]
+    """
+
+    identities: npt.NDArray[Any]
+    order: IntArray
+    starts: IntArray
+    counts: IntArray
+    rgb_counts: IntArray
+    sample_identity: IntArray
+    sample_is_rgb: BoolArray
+    has_modalities: bool
+
+    @property
+    def num_samples(self) -> int:
+        """Number of dataset items ``N``."""
+        return int(self.order.shape[0])
+
+    @property
+    def num_identities(self) -> int:
+        """Number of distinct identities ``I``."""
+        return int(self.counts.shape[0])
+
+    @property
+    def non_rgb_counts(self) -> IntArray:
+        """``[I]`` non-RGB samples per identity."""
+        return self.counts - self.rgb_counts
+
+    @property
+    def pairable(self) -> BoolArray:
+        """``[I]`` identities with at least one RGB and at least one non-RGB sample."""
+        return (self.rgb_counts > 0) & (self.rgb_counts < self.counts)
+
+    @property
+    def position_identity(self) -> IntArray:
+        """``[N]`` identity number of each position of :attr:`order` (non-decreasing)."""
+        return np.repeat(np.arange(self.num_identities, dtype=np.int64), self.counts)
+
+
+def build_identity_index(
+    labels: Iterable[Any] | npt.ArrayLike | torch.Tensor,
+    modalities: Iterable[object] | npt.ArrayLike | torch.Tensor | None,
+) -> IdentityIndex:
+    """Build the :class:`IdentityIndex` of a dataset from its label and modality arrays.
+
+    Args:
+        labels: one identity label per dataset item (integers or strings; sequence, NumPy array
+            or tensor).
+        modalities: one modality per dataset item, in any form
+            :func:`sdmreid.modality.as_modality_array` accepts, or ``None`` (all treated as RGB).
+
+    Raises:
+        ValueError: empty ``labels``, or ``labels``/``modalities`` lengths differ.
+        TypeError: labels of a non-integer, non-string type.
+
+    Example:
+        >>> from sdmreid.samplers import build_identity_index
+        >>> build_identity_index([0, 0, 1], [0, 1, 0]).pairable.tolist()
+        [True, False]
+    """
+    lab = as_label_array(labels)
+    n = int(lab.shape[0])
+    if n == 0:
+        raise ValueError("labels must not be empty")
+    if modalities is None:
+        is_rgb = np.ones(n, dtype=np.bool_)
+        has_mod = False
+    else:
+        mod = as_modality_array(modalities, name="modalities")
+        if mod.shape[0] != n:
+            raise ValueError(
+                f"labels and modalities must have the same length, got {n} and {mod.shape[0]}"
+            )
+        is_rgb = mod == int(Modality.RGB)
+        has_mod = True
+    identities, inverse = np.unique(lab, return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64, copy=False)
+    n_ids = int(identities.shape[0])
+    key = inverse * 2 + (~is_rgb).astype(np.int64)
+    order = np.argsort(key, kind="stable").astype(np.int64, copy=False)
+    counts = np.bincount(inverse, minlength=n_ids).astype(np.int64)
+    rgb_counts = np.bincount(inverse[is_rgb], minlength=n_ids).astype(np.int64)
+    starts = np.zeros(n_ids, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    for arr in (order, starts, counts, rgb_counts, inverse, is_rgb):
+        arr.setflags(write=False)
+    return IdentityIndex(
+        identities=identities,
+        order=order,
+        starts=starts,
+        counts=counts,
+        rgb_counts=rgb_counts,
+        sample_identity=inverse,
+        sample_is_rgb=is_rgb,
+        has_modalities=has_mod,
+    )

@@ -1,0 +1,690 @@
+"""Modality-aware P×K batch samplers for SDM training.
+
+Both samplers are *batch samplers*: iterating yields ``list[int]`` batches of exactly
+``P × K`` dataset indices (``P = num_identities`` distinct identities, ``K = num_instances``
+indices each), ready for ``DataLoader(dataset, batch_sampler=sampler)``. Everything is computed
+from the label/modality arrays (an :class:`~sdmreid.samplers.IdentityIndex` built once); no
+dataset item is ever read.
+
+Epoch semantics (both samplers)
+-------------------------------
+* **Chunks.** Identity ``i`` with ``n_i`` samples is cut into ``c_i = max(1, n_i // K)`` chunks
+  of ``K`` indices, as torchreid's ``RandomIdentitySampler`` does. If ``n_i >= K`` its samples are
+  shuffled and each is used at most once: the ``n_i - c_i·K`` left over are skipped this epoch
+  (a different random subset every epoch). If ``n_i < K`` the single chunk holds all ``n_i``
+  samples plus ``K - n_i`` draws with replacement from the identity (oversampling; never dropped).
+* **Batches.** A batch takes one chunk from each of ``P`` distinct identities, so an identity
+  appears in at most one chunk per batch and in at most ``c_i`` batches per epoch: identities
+  appear in proportion to their size. The number of batches ``B`` is the largest value with
+  ``Σ_i min(c_i, B) >= B·P`` (an identity cannot fill more batches than there are). The chunks
+  beyond that (fewer than ``P`` of them, plus the surplus ``c_i - B`` of an identity holding more
+  than ``B`` chunks) are skipped, exactly like torchreid's leftover when fewer than ``P``
+  identities remain. ``len(sampler)`` is the exact number of batches the next iteration yields.
+* **Randomness.** Everything is drawn from ``numpy.random.default_rng([seed, epoch])``:
+  the same ``(seed, epoch)`` gives the same batches on every machine; call :meth:`set_epoch`
+  before each epoch. Batch composition is randomised (identities are laid out in random order,
+  then chunks are permuted within layout rows and the batch order is permuted).
+
+:class:`ModalAwarePKSampler_Strict` additionally
+------------------------------------------------
+* An identity is **pairable** when it has at least one RGB and one non-RGB sample. With
+  ``K >= 2`` *every* chunk of a pairable identity is a **strong pair**: it holds at least one RGB
+  and at least one non-RGB index. When one modality of the identity has fewer samples than the
+  identity has chunks, that minority modality is reused (drawn with replacement) so that each
+  chunk still gets one; all other samples are used at most once. The construction therefore never
+  needs to retry a pairable identity: the seed's "unless its retries ran out" exception does not
+  occur, and ``retry_limit`` is accepted (and validated) for configuration compatibility but does
+  not change the batches.
+* Identities that cannot form a strong pair (RGB-only, non-RGB-only, or any identity when
+  ``K == 1``) are **fallback** identities. Every batch holds at most
+  ``max(F, P - ⌊p / R⌋)`` fallback identities, where ``F = ⌈fallback_ratio·P⌉``, ``R`` the number
+  of replicas and ``p`` the number of pairable identities that still appear in this batch or a
+  later one of the epoch. While at least ``(P - F)·R`` pairable identities remain this is the
+  plain cap ``F``; as pairable identities run out the cap relaxes so their remaining chunks can
+  still be placed, and once none remain the batches are plain P×K. The fallback chunks are spread
+  evenly over the batches (pairable chunks first in the layout, fallback chunks filling the last
+  layout rows), so coverage does not dip at any point of the epoch.
+* The layout is built in phases: each phase places as many batches as the cap allows, and the
+  chunks it could not place (surplus of large identities, fallback chunks over the cap) go to the
+  next phase with a recomputed cap; phases are emitted in order. Without pairable identities, or
+  with ``K == 1``, the strict sampler has the plain sampler's layout (but still its own chunks).
+
+Replicas (``num_replicas = R``, ``rank``)
+-----------------------------------------
+Every rank computes the same global plan from ``(seed, epoch)``. When ``P·R <= #identities``
+each global step is one batch of ``P·R`` distinct identities split into ``R`` disjoint batches of
+``P``: ranks yield equally many batches, their streams are disjoint (a chunk goes to one rank)
+and batches of the same step share no identity. When ``P·R > #identities`` that is impossible:
+the plan is then the single-replica one and rank ``r`` takes its batches ``r, r+R, r+2R, …``
+(truncated so all ranks get ``⌊B/R⌋``); streams stay disjoint and equally long, but batches of
+the same step may share identities.
+
+Resuming
+--------
+:meth:`state_dict` returns ``{"epoch", "next_batch", ...}`` (ints only). ``next_batch`` counts the
+batches this sampler's iterator has yielded in the current epoch; a ``DataLoader`` with workers
+prefetches ahead of the training step, so a trainer should overwrite ``next_batch`` with the
+number of steps it actually completed before saving. :meth:`load_state_dict` makes the next
+iteration start at exactly that batch of that epoch; later iterations start at batch 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from sdmreid.distributed import get_rank, get_world_size, is_dist
+from sdmreid.modality import Modality, as_modality_array
+from sdmreid.samplers.identity_index import (
+    IdentityIndex,
+    as_label_array,
+    build_identity_index,
+)
+
+__all__ = [
+    "CoverageReport",
+    "ModalAwarePKSampler",
+    "ModalAwarePKSampler_Strict",
+    "coverage_report",
+]
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+# ----------------------------------------------------------------------------------------------
+# coverage
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoverageReport:
+    """Cross-modal SDM row coverage of a set of batches.
+
+    Attributes:
+        rows: SDM rows: every non-RGB sample (query→gallery direction) and every RGB sample
+            (gallery→query direction) of every batch, i.e. the total number of batch entries.
+        rows_without_positive: rows whose batch holds no same-identity sample of the other side
+            (a non-RGB row needs a same-identity RGB sample, an RGB row a same-identity non-RGB
+            sample).
+        coverage: ``1 - rows_without_positive / rows``; ``nan`` when ``rows == 0``.
+    """
+
+    rows: int
+    rows_without_positive: int
+    coverage: float
+
+
+def coverage_report(
+    batches: Iterable[Sequence[int]] | npt.ArrayLike,
+    labels: Iterable[Any] | npt.ArrayLike | torch.Tensor,
+    modalities: Iterable[object] | npt.ArrayLike | torch.Tensor,
+) -> CoverageReport:
+    """Fraction of the batches' non-RGB↔RGB SDM rows that have a positive in their batch.
+
+    Same definition as ``sdm_loss``'s ``rows``/``rows_without_positive`` (without memory) and
+    :class:`PairCoverageMeter`: each non-RGB sample is a query row needing a same-identity RGB
+    sample in its batch; each RGB sample is a gallery row needing a same-identity non-RGB one.
+
+    Args:
+        batches: iterable of batches of dataset indices (batches may differ in size).
+        labels: the dataset's labels (indexed by the dataset indices in ``batches``).
+        modalities: the dataset's modalities, any accepted form.
+
+    Raises:
+        ValueError: lengths differ, or an index is out of range.
+
+    Example:
+        >>> from sdmreid.samplers import coverage_report
+        >>> labels, mods = [0, 0, 1, 1], ["rgb", "ir", "rgb", "rgb"]
+        >>> r = coverage_report([[0, 1, 2, 3]], labels, mods)
+        >>> r.rows, r.rows_without_positive, r.coverage
+        (4, 2, 0.5)
+    """
+    lab = as_label_array(labels)
+    mod = as_modality_array(modalities, name="modalities")
+    if lab.shape[0] != mod.shape[0]:
+        raise ValueError(
+            f"labels and modalities must have the same length, got {lab.shape[0]} and "
+            f"{mod.shape[0]}"
+        )
+    _, inverse = np.unique(lab, return_inverse=True) if lab.size else (lab, lab)
+    ident = np.asarray(inverse, dtype=np.int64).reshape(-1)
+    is_rgb = mod == int(Modality.RGB)
+    if isinstance(batches, np.ndarray):
+        arr = batches.astype(np.int64, copy=False)
+        if arr.ndim != 2:
+            raise ValueError(f"batches array must be 2-D, got shape {arr.shape}")
+        flat = arr.reshape(-1)
+        batch_of = np.repeat(np.arange(arr.shape[0], dtype=np.int64), arr.shape[1])
+    else:
+        lists = [list(b) for b in batches]  # type: ignore[union-attr]
+        sizes = np.asarray([len(b) for b in lists], dtype=np.int64)
+        flat = np.asarray([i for b in lists for i in b], dtype=np.int64).reshape(-1)
+        batch_of = np.repeat(np.arange(len(lists), dtype=np.int64), sizes)
+    if flat.size == 0:
+        return CoverageReport(0, 0, float("nan"))
+    if int(flat.min()) < 0 or int(flat.max()) >= lab.shape[0]:
+        raise ValueError(f"batches contain indices outside [0, {lab.shape[0]})")
+    n_ids = int(ident.max()) + 1 if ident.size else 1
+    key = batch_of * n_ids + ident[flat]
+    _, group = np.unique(key, return_inverse=True)
+    group = group.reshape(-1)
+    r = is_rgb[flat]
+    rgb_in_group = np.bincount(group, weights=r.astype(np.float64)) > 0
+    non_in_group = np.bincount(group, weights=(~r).astype(np.float64)) > 0
+    has_pos = np.where(r, non_in_group[group], rgb_in_group[group])
+    rows = int(flat.size)
+    missing = int(rows - int(has_pos.sum()))
+    return CoverageReport(rows, missing, 1.0 - missing / rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _stable_group_shuffle(group: IntArray, num_groups: int, rng: np.random.Generator) -> IntArray:
+    """Permutation of ``arange(len(group))`` that sorts by ``group`` with random ties.
+
+    ``group`` must be non-decreasing; the result keeps each group's block in place and shuffles
+    positions within it (a random permutation + a stable radix/tim sort on the group keys).
+    """
+    perm = rng.permutation(group.shape[0])
+    keys = group[perm]
+    if num_groups <= np.iinfo(np.uint16).max:
+        keys = keys.astype(np.uint16)
+    return perm[np.argsort(keys, kind="stable")].astype(np.int64, copy=False)
+
+
+def _segment_rank(flag: BoolArray, seg: IntArray, starts: IntArray) -> IntArray:
+    """For each position, how many ``flag`` positions precede it inside its segment."""
+    cs = np.cumsum(flag, dtype=np.int64)
+    before = cs - flag
+    return before - before[starts][seg]
+
+
+# ----------------------------------------------------------------------------------------------
+# epoch construction
+# ----------------------------------------------------------------------------------------------
+
+
+def _make_chunks(
+    index: IdentityIndex, k: int, strong: BoolArray, rng: np.random.Generator
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Cut every identity into ``c_i = max(1, n_i // k)`` chunks of ``k`` dataset indices.
+
+    Returns ``(chunks [C, k], chunk_counts [I], chunk_base [I])``: identity ``i``'s chunks are
+    rows ``chunk_base[i] .. chunk_base[i] + c_i - 1``. ``strong[i]`` selects strong-pair chunks
+    (slot 0 RGB, slot 1 non-RGB) for identity ``i``.
+    """
+    counts, starts = index.counts, index.starts
+    n_ids, n = index.num_identities, index.num_samples
+    c = np.maximum(counts // k, 1)
+    base = np.cumsum(c) - c
+    chunks = np.full((int(c.sum()), k), -1, dtype=np.int64)
+
+    pid = index.position_identity
+    pos = _stable_group_shuffle(pid, n_ids, rng)  # positions of `order`, random within identity
+    samples = index.order[pos]
+    q = np.arange(n, dtype=np.int64) - starts[pid]  # rank inside the identity (shuffled order)
+    ci = c[pid]
+    strong_pos = strong[pid]
+
+    plain = ~strong_pos & (q < ci * k)
+    chunks[base[pid[plain]] + q[plain] // k, q[plain] % k] = samples[plain]
+
+    if strong_pos.any():
+        is_r = index.sample_is_rgb[samples]
+        rank_r = _segment_rank(is_r, pid, starts)
+        rank_n = q - rank_r
+        anchor_r = strong_pos & is_r & (rank_r < ci)
+        anchor_n = strong_pos & ~is_r & (rank_n < ci)
+        chunks[base[pid[anchor_r]] + rank_r[anchor_r], 0] = samples[anchor_r]
+        chunks[base[pid[anchor_n]] + rank_n[anchor_n], 1] = samples[anchor_n]
+        if k > 2:
+            extra = strong_pos & ~anchor_r & ~anchor_n
+            rank_x = _segment_rank(extra, pid, starts)
+            extra &= rank_x < ci * (k - 2)
+            chunks[base[pid[extra]] + rank_x[extra] // (k - 2), 2 + rank_x[extra] % (k - 2)] = (
+                samples[extra]
+            )
+
+    miss_row, miss_col = np.nonzero(chunks < 0)
+    if miss_row.size:
+        ident = np.repeat(np.arange(n_ids, dtype=np.int64), c)[miss_row]
+        u = rng.random(miss_row.shape[0])
+        lo = starts[ident].copy()
+        size = counts[ident].copy()
+        s = strong[ident]
+        rgb_slot = s & (miss_col == 0)
+        non_slot = s & (miss_col == 1)
+        size[rgb_slot] = index.rgb_counts[ident[rgb_slot]]
+        lo[non_slot] += index.rgb_counts[ident[non_slot]]
+        size[non_slot] = counts[ident[non_slot]] - index.rgb_counts[ident[non_slot]]
+        pick = lo + np.minimum((u * size).astype(np.int64), size - 1)
+        chunks[miss_row, miss_col] = index.order[pick]
+    return chunks, c, base
+
+
+def _max_batches(rem: IntArray, fallback: BoolArray, width: int, cap: int) -> int:
+    """Largest ``B`` with ``Σ_pair min(rem, B) + min(Σ_fb min(rem, B), cap·B) >= B·width``."""
+    pair, fb = rem[~fallback], rem[fallback]
+
+    def ok(b: int) -> bool:
+        sp = int(np.minimum(pair, b).sum())
+        sf = int(np.minimum(fb, b).sum())
+        return sp + min(sf, cap * b) >= b * width
+
+    lo, hi = 0, int(rem.sum()) // width
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _runs(ids: IntArray, lengths: IntArray) -> tuple[IntArray, IntArray]:
+    """Expand runs: ``(identity per position, offset within the run)``."""
+    total = int(lengths.sum())
+    ident = np.repeat(ids, lengths)
+    first = np.cumsum(lengths) - lengths
+    offset = np.arange(total, dtype=np.int64) - np.repeat(first, lengths)
+    return ident, offset
+
+
+def _layout(seq: IntArray, run: IntArray, width: int, b: int, rng: np.random.Generator) -> IntArray:
+    """Place ``width·b`` chunks into ``b`` batches of ``width`` with distinct runs per batch.
+
+    ``seq`` lists chunk rows as contiguous runs (one run per identity, each of length ``<= b``,
+    ``run`` numbers them). Filling a ``width × b`` grid row-major puts a run's chunks in distinct
+    columns (batches). Chunks of runs lying inside one grid row are then permuted within that row
+    (any permutation keeps the columns of such a run distinct); runs that cross a row boundary
+    stay pinned. Finally the columns are permuted. Returns ``[b, width]`` chunk rows.
+    """
+    n = width * b
+    grid_row = np.arange(n, dtype=np.int64) // b
+    change = np.ones(n, dtype=np.bool_)
+    change[1:] = run[1:] != run[:-1]
+    run_no = np.cumsum(change) - 1
+    first = np.flatnonzero(change)
+    last = np.append(first[1:] - 1, n - 1)
+    crosses = grid_row[first] != grid_row[last]
+    free = np.flatnonzero(~crosses[run_no])
+    out = seq.copy()
+    if free.size:
+        shuffled = _stable_group_shuffle(grid_row[free], width, rng)
+        out[free] = seq[free[shuffled]]
+    grid = out.reshape(width, b)
+    return np.ascontiguousarray(grid[:, rng.permutation(b)].T)
+
+
+def _schedule(
+    chunk_counts: IntArray,
+    chunk_base: IntArray,
+    fallback: BoolArray,
+    p: int,
+    replicas: int,
+    cap: int | None,
+    rng: np.random.Generator,
+) -> IntArray:
+    """Global plan: ``[steps, p·replicas]`` chunk rows (see the module docstring)."""
+    width = p * replicas
+    rem = chunk_counts.copy()
+    used = np.zeros_like(rem)
+    phases: list[IntArray] = []
+    while True:
+        alive = rem > 0
+        if int(alive.sum()) < width:
+            break
+        if cap is None:
+            fb = np.zeros_like(fallback)
+            total_cap = width
+        else:
+            fb = fallback
+            n_pair = int((alive & ~fb).sum())
+            per_rank = min(p, max(cap, p - n_pair // replicas))
+            total_cap = per_rank * replicas
+        b = _max_batches(rem, fb, width, total_cap)
+        if b == 0:
+            break
+        take = np.minimum(rem, b)
+        pair_ids = rng.permutation(np.flatnonzero(alive & ~fb))
+        fb_ids = rng.permutation(np.flatnonzero(alive & fb))
+        slots = width * b
+        pid, poff = _runs(pair_ids, take[pair_ids])
+        pid, poff = pid[:slots], poff[:slots]
+        need = slots - pid.shape[0]
+        fid, foff = _runs(fb_ids, take[fb_ids])
+        fid, foff = fid[:need], foff[:need]
+        ident = np.concatenate([pid, fid])
+        off = np.concatenate([poff, foff])
+        seq = chunk_base[ident] + used[ident] + off
+        phases.append(_layout(seq, ident, width, b, rng))
+        placed = np.bincount(ident, minlength=rem.shape[0])
+        used += placed
+        rem -= placed
+    if not phases:
+        return np.zeros((0, width), dtype=np.int64)
+    return np.concatenate(phases, axis=0)
+
+
+def _epoch_batches(
+    index: IdentityIndex,
+    p: int,
+    k: int,
+    replicas: int,
+    rank: int,
+    strict: bool,
+    cap: int,
+    seed: int,
+    epoch: int,
+) -> IntArray:
+    """This rank's batches for one epoch, ``[num_batches, p·k]`` dataset indices."""
+    rng = np.random.default_rng([seed, epoch])
+    pairable = index.pairable if (strict and k >= 2) else np.zeros(index.num_identities, bool)
+    chunks, c, base = _make_chunks(index, k, pairable, rng)
+    use_cap = cap if pairable.any() else None
+    if p * replicas <= index.num_identities:
+        plan = _schedule(c, base, ~pairable, p, replicas, use_cap, rng)
+        mine = plan[:, rank::replicas]
+    else:
+        plan = _schedule(c, base, ~pairable, p, 1, use_cap, rng)
+        steps = plan.shape[0] // replicas
+        mine = plan[rank::replicas][:steps]
+    # random order of the P chunks inside each batch
+    within = np.argsort(rng.random(mine.shape), axis=1)
+    mine = np.take_along_axis(mine, within, axis=1)
+    return chunks[mine].reshape(mine.shape[0], p * k)
+
+
+# ----------------------------------------------------------------------------------------------
+# samplers
+# ----------------------------------------------------------------------------------------------
+
+
+class _PKSamplerBase:
+    _strict = False
+
+    def __init__(
+        self,
+        labels: Iterable[Any] | npt.ArrayLike | torch.Tensor,
+        modalities: Iterable[object] | npt.ArrayLike | torch.Tensor | None,
+        num_identities: int,
+        num_instances: int,
+        *,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        fallback_ratio: float = 1.0,
+    ) -> None:
+        self.num_identities = _check_int("num_identities", num_identities, 1)
+        self.num_instances = _check_int("num_instances", num_instances, 1)
+        self.seed = _check_int("seed", seed, 0)
+        if num_replicas is None:
+            num_replicas = get_world_size() if is_dist() else 1
+        if rank is None:
+            rank = get_rank() if is_dist() else 0
+        self.num_replicas = _check_int("num_replicas", num_replicas, 1)
+        self.rank = _check_int("rank", rank, 0)
+        if self.rank >= self.num_replicas:
+            raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
+        self.index = build_identity_index(labels, modalities)
+        if self.num_identities > self.index.num_identities:
+            raise ValueError(
+                f"num_identities (P={self.num_identities}) must be <= the number of distinct "
+                f"identities in labels ({self.index.num_identities})"
+            )
+        self._cap = math.ceil(fallback_ratio * self.num_identities)
+        self._epoch = 0
+        self._next = 0
+        self._cache: tuple[int, IntArray] | None = None
+
+    # -- epoch --------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration draws."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (reshuffles deterministically); resets the resume position to 0."""
+        e = _check_int("epoch", epoch, 0)
+        if e != self._epoch:
+            self._next = 0
+        self._epoch = e
+
+    def batches(self, epoch: int | None = None) -> IntArray:
+        """All of this rank's batches of an epoch as a read-only ``[len, P·K]`` int64 array."""
+        e = self._epoch if epoch is None else _check_int("epoch", epoch, 0)
+        if self._cache is not None and self._cache[0] == e:
+            return self._cache[1]
+        arr = _epoch_batches(
+            self.index,
+            self.num_identities,
+            self.num_instances,
+            self.num_replicas,
+            self.rank,
+            self._strict,
+            self._cap,
+            self.seed,
+            e,
+        )
+        arr.setflags(write=False)
+        self._cache = (e, arr)
+        return arr
+
+    def __len__(self) -> int:
+        return int(self.batches().shape[0])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self._next
+        lists: list[list[int]] = self.batches()[start:].tolist()
+        for i, batch in enumerate(lists, start=start + 1):
+            self._next = i
+            yield batch
+        self._next = 0
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, int]:
+        return {
+            "seed": self.seed,
+            "num_identities": self.num_identities,
+            "num_instances": self.num_instances,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
+            "num_samples": self.index.num_samples,
+        }
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "next_batch"}`` plus the settings that must match on reload (ints only)."""
+        return {"epoch": self._epoch, "next_batch": self._next, **self._fingerprint()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next iteration starts at batch ``next_batch`` of epoch ``epoch``.
+
+        Raises:
+            ValueError: a key is missing, or the state was saved with other settings (seed,
+                P, K, replicas, rank or dataset size).
+        """
+        for key in ("epoch", "next_batch"):
+            if key not in state:
+                raise ValueError(f"state_dict is missing {key!r}")
+        for key, value in self._fingerprint().items():
+            if key in state and int(state[key]) != value:
+                raise ValueError(
+                    f"state_dict was saved with {key}={int(state[key])}, this sampler has {value}"
+                )
+        epoch = _check_int("epoch", state["epoch"], 0)
+        nxt = _check_int("next_batch", state["next_batch"], 0)
+        self._epoch = epoch
+        n = len(self)
+        if nxt > n:
+            raise ValueError(f"next_batch must be <= {n} (batches in epoch {epoch}), got {nxt}")
+        self._next = nxt
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def coverage_report(self, batches: Iterable[Sequence[int]] | None = None) -> CoverageReport:
+        """:func:`coverage_report` of ``batches`` (default: this rank's current epoch).
+
+        Raises:
+            ValueError: the sampler was built without modalities.
+        """
+        if not self.index.has_modalities:
+            raise ValueError("coverage_report needs modalities; this sampler was built without")
+        mods = np.where(self.index.sample_is_rgb, int(Modality.RGB), int(Modality.NIR))
+        lab = self.index.sample_identity
+        return coverage_report(self.batches() if batches is None else batches, lab, mods)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(P={self.num_identities}, K={self.num_instances}, "
+            f"identities={self.index.num_identities}, samples={self.index.num_samples}, "
+            f"seed={self.seed}, replicas={self.num_replicas}, rank={self.rank})"
+        )
+
+
+class ModalAwarePKSampler(_PKSamplerBase):
+    """Plain P×K batch sampler (modality-agnostic), vectorised and resumable.
+
+    See the module docstring for the epoch semantics. ``modalities`` is only used by
+    :meth:`coverage_report` and may be ``None``.
+
+    Args:
+        labels: identity label of each dataset item (integers or strings).
+        modalities: modality of each dataset item (any accepted form) or ``None``.
+        num_identities: ``P``, distinct identities per batch (``1 <= P <= #identities``).
+        num_instances: ``K``, indices per identity (``>= 1``).
+        seed: non-negative base seed.
+        num_replicas: number of ranks (default: the initialised world size, else 1).
+        rank: this rank (default: the initialised rank, else 0).
+
+    Raises:
+        ValueError: empty labels, length mismatch, ``P``/``K`` < 1, ``P`` > #identities,
+            rank out of range.
+
+    Example:
+        >>> from sdmreid.samplers import ModalAwarePKSampler
+        >>> labels = [0, 0, 1, 1, 2, 2, 3, 3]
+        >>> s = ModalAwarePKSampler(labels, None, num_identities=2, num_instances=2, seed=1)
+        >>> len(s), [len(b) for b in s]
+        (2, [4, 4])
+        >>> sorted(i for b in s for i in b)
+        [0, 1, 2, 3, 4, 5, 6, 7]
+    """
+
+    def __init__(
+        self,
+        labels: Iterable[Any] | npt.ArrayLike | torch.Tensor,
+        modalities: Iterable[object] | npt.ArrayLike | torch.Tensor | None,
+        num_identities: int,
+        num_instances: int,
+        *,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(
+            labels,
+            modalities,
+            num_identities,
+            num_instances,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+
+
+class ModalAwarePKSampler_Strict(_PKSamplerBase):  # noqa: N801 (contract name)
+    """P×K batch sampler whose pairable identities always bring an RGB↔non-RGB pair.
+
+    See the module docstring for the exact epoch, fallback and replica semantics.
+
+    Args:
+        labels: identity label of each dataset item (integers or strings).
+        modalities: modality of each dataset item, any form
+            :func:`sdmreid.modality.as_modality_array` accepts.
+        num_identities: ``P``, distinct identities per batch (``1 <= P <= #identities``).
+        num_instances: ``K``, indices per identity (``>= 1``; strong pairs need ``K >= 2``).
+        retry_limit: the seed's retry budget (``>= 0``). Pairable identities never need a retry
+            here (their chunks are strong pairs by construction), so it does not change batches.
+        fallback_ratio: in ``[0, 1]``; at most ``⌈fallback_ratio·P⌉`` fallback identities per
+            batch while enough pairable identities remain.
+        seed: non-negative base seed.
+        num_replicas: number of ranks (default: the initialised world size, else 1).
+        rank: this rank (default: the initialised rank, else 0).
+
+    Raises:
+        ValueError: empty labels, length mismatch, ``P``/``K`` < 1, ``P`` > #identities,
+            ``fallback_ratio`` outside ``[0, 1]``, ``retry_limit`` < 0, rank out of range.
+
+    Example:
+        >>> from sdmreid.samplers import ModalAwarePKSampler_Strict
+        >>> labels = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+        >>> mods = ["rgb", "rgb", "rgb", "ir"] * 3
+        >>> s = ModalAwarePKSampler_Strict(labels, mods, num_identities=3, num_instances=2)
+        >>> len(s)
+        2
+        >>> all(len(b) == 6 for b in s)
+        True
+        >>> s.coverage_report().coverage  # every chunk is an RGB + IR pair
+        1.0
+    """
+
+    _strict = True
+
+    def __init__(
+        self,
+        labels: Iterable[Any] | npt.ArrayLike | torch.Tensor,
+        modalities: Iterable[object] | npt.ArrayLike | torch.Tensor,
+        num_identities: int,
+        num_instances: int,
+        *,
+        retry_limit: int = 3,
+        fallback_ratio: float = 0.3,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if modalities is None:
+            raise ValueError("ModalAwarePKSampler_Strict needs modalities, got None")
+        self.retry_limit = _check_int("retry_limit", retry_limit, 0)
+        if isinstance(fallback_ratio, bool) or not isinstance(
+            fallback_ratio, float | int | np.floating | np.integer
+        ):
+            raise TypeError(f"fallback_ratio must be a float, got {fallback_ratio!r}")
+        fr = float(fallback_ratio)
+        if not 0.0 <= fr <= 1.0:  # also rejects nan
+            raise ValueError(f"fallback_ratio must be in [0, 1], got {fallback_ratio}")
+        self.fallback_ratio = fr
+        super().__init__(
+            labels,
+            modalities,
+            num_identities,
+            num_instances,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+            fallback_ratio=fr,
+        )
+
+    @property
+    def max_fallback(self) -> int:
+        """``⌈fallback_ratio·P⌉``."""
+        return self._cap
