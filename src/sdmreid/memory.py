@@ -483,7 +483,7 @@ class CrossBatchMemory(nn.Module):
         warnings.warn(
             f"CrossBatchMemory dropped {n_bad} row(s) with NaN or Inf features",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=3,
         )
         return (selected & ~bad).nonzero().flatten()
 

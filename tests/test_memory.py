@@ -1,0 +1,554 @@
+"""Tests for sdmreid.memory.CrossBatchMemory against independent references.
+
+Step mode is checked against ``collections.deque(maxlen=N)`` of batches + concatenation (the seed's
+code), item mode against a plain Python list of every stored row sliced to its last N entries.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sdmreid.memory import UNKNOWN_MODALITY, CrossBatchMemory, MemoryView
+from sdmreid.modality import Modality
+
+DIM = 3
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def make_batch(rng: np.random.Generator, n: int, counter: int, dim: int = DIM):
+    """Distinct, recognisable rows: feature[:, 0] is a running row counter."""
+    feats = rng.standard_normal((n, dim)).astype(np.float32)
+    feats[:, 0] = np.arange(counter, counter + n, dtype=np.float32)
+    labels = rng.integers(-5, 1000, size=n)
+    mods = rng.integers(0, 5, size=n)
+    return torch.from_numpy(feats), torch.from_numpy(labels), torch.from_numpy(mods)
+
+
+def keep_mask_reference(kind: str, mods: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Which rows a keep spec selects, computed without the library."""
+    if kind == "none":
+        return np.ones(len(mods), dtype=bool)
+    if kind in ("mask", "mask_list", "mask_np"):
+        return mask
+    if kind in ("rgb", "rgb_alias", "rgb_int"):
+        return mods == 0
+    if kind == "set":
+        return (mods == 1) | (mods == 4)
+    if kind == "callable":
+        return mods >= 2
+    raise AssertionError(kind)
+
+
+def keep_arg(kind: str, mask: np.ndarray):
+    return {
+        "none": None,
+        "mask": torch.from_numpy(mask),
+        "mask_list": [bool(x) for x in mask],
+        "mask_np": mask,
+        "rgb": Modality.RGB,
+        "rgb_alias": "Visible",
+        "rgb_int": 0,
+        "set": {"ir", Modality.TEXT},
+        "callable": lambda m: m >= 2,
+    }[kind]
+
+
+KEEP_KINDS = ["none", "mask", "mask_list", "mask_np", "rgb", "rgb_alias", "rgb_int", "set",
+              "callable"]  # fmt: skip
+
+steps_strategy = st.lists(
+    st.tuples(st.integers(0, 300), st.sampled_from(KEEP_KINDS), st.booleans()),
+    min_size=1,
+    max_size=14,
+)
+
+
+def assert_memory_equals(mem: CrossBatchMemory, feats, labels, mods) -> None:
+    assert len(mem) == feats.shape[0]
+    torch.testing.assert_close(mem.features(), feats, rtol=0, atol=0)
+    assert mem.labels().tolist() == labels.tolist()
+    assert mem.modalities().tolist() == mods.tolist()
+    view = mem.get()
+    assert isinstance(view, MemoryView)
+    torch.testing.assert_close(view.features, feats, rtol=0, atol=0)
+    assert view.labels.dtype == torch.int64 and view.modalities.dtype == torch.int64
+
+
+def run_and_check(mem: CrossBatchMemory, steps, seed: int, reference) -> None:
+    rng = np.random.default_rng(seed)
+    counter = 0
+    for n, kind, with_mods in steps:
+        if not with_mods and kind not in ("none", "mask", "mask_list", "mask_np"):
+            kind = "mask"
+        feats, labels, mods = make_batch(rng, n, counter)
+        counter += n
+        mask = rng.random(n) < 0.5
+        sel = keep_mask_reference(kind, mods.numpy(), mask)
+        if kind == "mask_list" and n == 0:
+            kind = "mask"  # an empty list cannot be told apart from an empty collection
+        stored_mods = mods if with_mods else torch.full((n,), UNKNOWN_MODALITY)
+        ret = mem.enqueue(
+            feats, labels, modalities=mods if with_mods else None, keep=keep_arg(kind, mask)
+        )
+        assert ret == int(sel.sum())
+        sel_t = torch.from_numpy(sel)
+        reference.push(feats[sel_t], labels[sel_t], stored_mods[sel_t])
+        assert_memory_equals(mem, *reference.contents())
+
+
+class DequeReference:
+    """The seed: deque(maxlen=N) of per-step tensors, concatenated on read."""
+
+    def __init__(self, n: int) -> None:
+        self.q: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=n)
+
+    def push(self, f, lab, m) -> None:
+        self.q.append((f.clone(), lab.clone(), m.clone()))
+
+    def contents(self):
+        if not self.q:
+            return torch.zeros(0, DIM), torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        return tuple(torch.cat([e[i] for e in self.q]) for i in range(3))
+
+
+class ListReference:
+    """Item mode: every stored row in a list, the last N of them."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.rows: list[tuple[torch.Tensor, int, int]] = []
+
+    def push(self, f, lab, m) -> None:
+        self.rows += [(f[i].clone(), int(lab[i]), int(m[i])) for i in range(f.shape[0])]
+
+    def contents(self):
+        last = self.rows[-self.n :]
+        if not last:
+            return torch.zeros(0, DIM), torch.zeros(0, dtype=torch.int64), torch.zeros(0)
+        return (
+            torch.stack([r[0] for r in last]),
+            torch.tensor([r[1] for r in last]),
+            torch.tensor([r[2] for r in last]),
+        )
+
+
+# --- contents vs references ------------------------------------------------------------------
+
+
+@settings(max_examples=40)
+@given(max_steps=st.integers(1, 8), steps=steps_strategy, seed=st.integers(0, 2**32 - 1))
+def test_step_mode_matches_deque_reference(max_steps, steps, seed):
+    mem = CrossBatchMemory(DIM, max_steps=max_steps)
+    run_and_check(mem, steps, seed, DequeReference(max_steps))
+    assert mem.steps_seen == len(steps)
+
+
+@settings(max_examples=40)
+@given(max_items=st.integers(1, 700), steps=steps_strategy, seed=st.integers(0, 2**32 - 1))
+def test_item_mode_matches_list_slice_reference(max_items, steps, seed):
+    mem = CrossBatchMemory(DIM, max_items=max_items)
+    run_and_check(mem, steps, seed, ListReference(max_items))
+    assert len(mem) <= max_items
+
+
+def test_zero_row_step_evicts_oldest_step():
+    mem = CrossBatchMemory(DIM, max_steps=2)
+    mem.enqueue(torch.ones(2, DIM), torch.tensor([1, 1]))
+    mem.enqueue(torch.ones(3, DIM), torch.tensor([2, 2, 2]))
+    mem.enqueue(torch.ones(0, DIM), torch.tensor([], dtype=torch.int64))
+    assert mem.labels().tolist() == [2, 2, 2]
+    mem.enqueue(torch.ones(4, DIM), [3, 3, 3, 3], keep=torch.zeros(4, dtype=torch.bool))
+    assert len(mem) == 0 and mem.steps_seen == 4
+
+
+def test_item_mode_batch_larger_than_capacity_keeps_its_last_rows():
+    mem = CrossBatchMemory(DIM, max_items=3)
+    mem.enqueue(torch.zeros(2, DIM), [0, 1])
+    feats = torch.arange(7 * DIM, dtype=torch.float32).reshape(7, DIM)
+    mem.enqueue(feats, list(range(10, 17)), keep=torch.tensor([1, 1, 0, 1, 1, 0, 1]).bool())
+    assert mem.labels().tolist() == [13, 14, 16]
+    torch.testing.assert_close(mem.features(), feats[[3, 4, 6]])
+
+
+def test_string_modalities_and_alias_keep():
+    mem = CrossBatchMemory(DIM)
+    mem.enqueue(
+        torch.zeros(4, DIM), [1, 2, 3, 4], modalities=["rgb", "IR", "vis", "sketch"], keep="visible"
+    )
+    assert mem.labels().tolist() == [1, 3]
+    assert mem.modalities().tolist() == [0, 0]
+
+
+def test_modalities_none_stores_unknown():
+    mem = CrossBatchMemory(DIM)
+    mem.enqueue(torch.zeros(2, DIM), [1, 2])
+    assert mem.modalities().tolist() == [UNKNOWN_MODALITY] * 2 == [-1, -1]
+
+
+def test_reset_behaves_like_fresh_memory():
+    rng = np.random.default_rng(0)
+    steps = [(5, "none", True), (9, "rgb", True), (0, "none", True), (4, "set", True)]
+    mem = CrossBatchMemory(DIM, max_steps=2)
+    run_and_check(mem, steps, 1, DequeReference(2))
+    mem.reset()
+    assert len(mem) == 0 and mem.steps_seen == 0
+    assert mem.features().shape == (0, DIM)
+    run_and_check(mem, steps, int(rng.integers(100)), DequeReference(2))
+
+
+# --- checkpointing ---------------------------------------------------------------------------
+
+
+def _roundtrip(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@settings(max_examples=25)
+@given(
+    item_mode=st.booleans(),
+    cap=st.integers(1, 400),
+    steps=st.lists(
+        st.tuples(st.one_of(st.just(0), st.integers(0, 200)), st.booleans()),
+        min_size=2,
+        max_size=12,
+    ),
+    cut=st.integers(0, 12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_state_dict_round_trip_mid_sequence_continues_exactly(item_mode, cap, steps, cut, seed):
+    def fresh():
+        if item_mode:
+            return CrossBatchMemory(DIM, max_items=cap)
+        return CrossBatchMemory(DIM, max_steps=min(cap, 9))
+
+    rng = np.random.default_rng(seed)
+    batches = []
+    counter = 0
+    for n, rgb_only in steps:
+        f, lab, m = make_batch(rng, n, counter)
+        counter += n
+        batches.append((f, lab, m, Modality.RGB if rgb_only else None))
+    cut = min(cut, len(batches))
+    straight, first = fresh(), fresh()
+    for f, lab, m, keep in batches[:cut]:
+        straight.enqueue(f, lab, modalities=m, keep=keep)
+        first.enqueue(f, lab, modalities=m, keep=keep)
+    resumed = fresh()
+    resumed.load_state_dict(_roundtrip(first.state_dict()))
+    assert resumed.steps_seen == straight.steps_seen
+    for f, lab, m, keep in batches[cut:]:
+        straight.enqueue(f, lab, modalities=m, keep=keep)
+        resumed.enqueue(f, lab, modalities=m, keep=keep)
+        assert_memory_equals(resumed, straight.features(), straight.labels(), straight.modalities())
+    assert resumed.steps_seen == straight.steps_seen
+
+
+def test_round_trip_keeps_empty_steps_in_the_window():
+    mem = CrossBatchMemory(DIM, max_steps=3)
+    mem.enqueue(torch.ones(2, DIM), [1, 2])
+    mem.enqueue(torch.ones(0, DIM), [])
+    mem.enqueue(torch.ones(1, DIM), [3])
+    restored = CrossBatchMemory(DIM, max_steps=3)
+    restored.load_state_dict(_roundtrip(mem.state_dict()))
+    for m in (mem, restored):
+        m.enqueue(torch.ones(1, DIM), [4])  # evicts step 0 only
+        assert m.labels().tolist() == [3, 4]
+        m.enqueue(torch.ones(1, DIM), [5])  # evicts the empty step
+        assert m.labels().tolist() == [3, 4, 5]
+
+
+def test_state_dict_keys_and_nested_prefix():
+    parent = torch.nn.Module()
+    parent.mem = CrossBatchMemory(DIM, max_steps=3)
+    parent.mem.enqueue(torch.ones(2, DIM), [4, 5])
+    sd = parent.state_dict()
+    assert set(sd) == {
+        f"mem.{k}" for k in ("features", "labels", "modalities", "step_ids", "counters", "config")
+    }
+    assert sd["mem.features"].shape == (2, DIM)
+    other = torch.nn.Module()
+    other.mem = CrossBatchMemory(DIM, max_steps=3)
+    other.load_state_dict(sd)
+    assert other.mem.labels().tolist() == [4, 5]
+
+
+def test_load_state_dict_rejects_other_config_and_missing_keys():
+    sd = CrossBatchMemory(DIM, max_steps=3).state_dict()
+    with pytest.raises(RuntimeError, match="config"):
+        CrossBatchMemory(DIM, max_steps=4).load_state_dict(sd)
+    with pytest.raises(RuntimeError, match="config"):
+        CrossBatchMemory(DIM + 1, max_steps=3).load_state_dict(sd)
+    del sd["step_ids"]
+    with pytest.raises(RuntimeError, match="step_ids"):
+        CrossBatchMemory(DIM, max_steps=3).load_state_dict(sd)
+    sd2 = CrossBatchMemory(DIM, max_steps=3).state_dict()
+    sd2["bogus"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="bogus"):
+        CrossBatchMemory(DIM, max_steps=3).load_state_dict(sd2)
+
+
+def test_state_of_empty_memory_keeps_dtype_lazy():
+    src = CrossBatchMemory(DIM)
+    dst = CrossBatchMemory(DIM)
+    dst.load_state_dict(src.state_dict())
+    dst.enqueue(torch.ones(1, DIM, dtype=torch.float64), [1])
+    assert dst.features().dtype == torch.float64
+
+
+# --- gradients, NaN, validation ----------------------------------------------------------------
+
+
+def test_stored_rows_are_detached_copies():
+    x = torch.randn(4, DIM, requires_grad=True)
+    feats = x * 2
+    mem = CrossBatchMemory(DIM)
+    mem.enqueue(feats, [1, 2, 3, 4])
+    stored = mem.features()
+    assert not stored.requires_grad and stored.grad_fn is None
+    expected = feats.detach().clone()
+    with torch.no_grad():
+        feats.add_(100.0)  # the caller reuses its tensor: the memory must not change
+    torch.testing.assert_close(mem.features(), expected)
+    loss = (x.sum() + (mem.features() * 3).sum()) if mem.features().requires_grad else x.sum()
+    loss.backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+
+
+def test_autograd_raises_if_a_saved_view_is_overwritten_before_backward():
+    mem = CrossBatchMemory(DIM, max_items=2)
+    mem.enqueue(torch.randn(2, DIM), [1, 2])
+    q = torch.randn(3, DIM, requires_grad=True)
+    loss = (q @ mem.features().T).sum()  # autograd saves the view
+    mem.enqueue(torch.randn(2, DIM), [3, 4])
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
+    q2 = torch.randn(3, DIM, requires_grad=True)
+    loss2 = (q2 @ mem.features(copy=True).T).sum()
+    mem.enqueue(torch.randn(2, DIM), [5, 6])
+    loss2.backward()  # a copy is unaffected
+    assert q2.grad is not None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_rows_raise_and_leave_memory_unchanged(bad):
+    mem = CrossBatchMemory(DIM, max_steps=2)
+    mem.enqueue(torch.ones(2, DIM), [1, 2])
+    feats = torch.zeros(3, DIM)
+    feats[1, 2] = bad
+    with pytest.raises(ValueError, match=r"1 row\(s\) with NaN or Inf.*row 1"):
+        mem.enqueue(feats, [7, 8, 9])
+    assert mem.labels().tolist() == [1, 2] and mem.steps_seen == 1
+    # a non-finite row that keep does not select is not stored, so it is no error
+    mem.enqueue(feats, [7, 8, 9], keep=torch.tensor([True, False, True]))
+    assert mem.labels().tolist() == [1, 2, 7, 9]
+
+
+@settings(max_examples=30)
+@given(
+    n=st.integers(1, 40),
+    data=st.data(),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
+)
+def test_drop_mode_never_stores_nonfinite_rows(n, data, dtype):
+    bad_rows = data.draw(st.lists(st.integers(0, n - 1), max_size=n, unique=True))
+    values = data.draw(
+        st.lists(
+            st.sampled_from([math.nan, math.inf, -math.inf]),
+            min_size=len(bad_rows),
+            max_size=len(bad_rows),
+        )
+    )
+    feats = torch.arange(n * DIM, dtype=torch.float32).reshape(n, DIM).to(dtype)
+    for r, v in zip(bad_rows, values, strict=True):
+        feats[r, r % DIM] = v
+    mem = CrossBatchMemory(DIM, max_items=1000, on_nonfinite="drop")
+    expected = [i for i in range(n) if i not in set(bad_rows)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stored = mem.enqueue(feats, list(range(n)))
+    assert stored == len(expected)
+    assert mem.labels().tolist() == expected
+    assert bool(torch.isfinite(mem.features()).all())
+    drop_warnings = [w for w in caught if "dropped" in str(w.message)]
+    assert len(drop_warnings) == (1 if bad_rows else 0)
+    if bad_rows:
+        assert f"{len(bad_rows)} row(s)" in str(drop_warnings[0].message)
+        assert drop_warnings[0].filename == __file__  # points at the caller
+
+
+def test_large_finite_values_whose_sum_overflows_are_stored():
+    feats = torch.full((4, DIM), 3e38)  # finite, but the sum overflows float32
+    mem = CrossBatchMemory(DIM)
+    assert mem.enqueue(feats, [1, 2, 3, 4]) == 4
+    half = torch.full((4, DIM), 60000.0, dtype=torch.float16)
+    mem16 = CrossBatchMemory(DIM)
+    assert mem16.enqueue(half, [1, 2, 3, 4]) == 4
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="not both"):
+        CrossBatchMemory(DIM, max_steps=6, max_items=10)
+    with pytest.raises(ValueError, match="not both"):
+        CrossBatchMemory(DIM, max_steps=3, max_items=10)
+    assert CrossBatchMemory(DIM, max_items=10).max_steps is None
+    assert CrossBatchMemory(DIM).max_steps == 6
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        CrossBatchMemory(DIM, max_steps=0)
+    with pytest.raises(ValueError, match="max_items must be >= 1"):
+        CrossBatchMemory(DIM, max_items=0)
+    with pytest.raises(ValueError, match="dim must be >= 1"):
+        CrossBatchMemory(0)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        CrossBatchMemory(True)
+    with pytest.raises(TypeError, match="max_steps must be an int"):
+        CrossBatchMemory(DIM, max_steps=2.0)
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        CrossBatchMemory(DIM, on_nonfinite="ignore")
+    with pytest.raises(TypeError, match="dtype"):
+        CrossBatchMemory(DIM, dtype=torch.int64)
+
+
+def test_enqueue_validation_leaves_memory_unchanged():
+    mem = CrossBatchMemory(DIM)
+    mem.enqueue(torch.ones(1, DIM), [1])
+    cases = [
+        ((torch.zeros(2, DIM + 1), [1, 2]), {}, ValueError, "feats must have shape"),
+        ((torch.zeros(2), [1, 2]), {}, ValueError, "feats must have shape"),
+        ((torch.zeros(2, DIM), [1, 2, 3]), {}, ValueError, "labels must have shape"),
+        ((torch.zeros(2, DIM), torch.tensor([1.0, 2.0])), {}, ValueError, "labels must be int"),
+        ((torch.zeros(2, DIM), torch.tensor([True, False])), {}, ValueError, "labels must be int"),
+        ((torch.zeros(2, DIM, dtype=torch.int64), [1, 2]), {}, TypeError, "floating"),
+        (([[0.0] * DIM], [1]), {}, TypeError, "feats must be a torch.Tensor"),
+        ((torch.zeros(2, DIM), [1, 2]), {"modalities": [0]}, ValueError, "modalities must have"),
+        ((torch.zeros(2, DIM), [1, 2]), {"modalities": ["rgb", "x"]}, ValueError, "unknown"),
+        ((torch.zeros(2, DIM), [1, 2]), {"keep": Modality.RGB}, ValueError, "modalities=None"),
+        ((torch.zeros(2, DIM), [1, 2]), {"keep": lambda m: m == 0}, ValueError, "modalities=None"),
+        ((torch.zeros(2, DIM), [1, 2]), {"keep": torch.ones(3, dtype=torch.bool)}, ValueError,
+         "shape \\[2\\]"),
+        ((torch.zeros(2, DIM), [1, 2]), {"modalities": [0, 1], "keep": lambda m: m},
+         TypeError, "boolean"),
+        ((torch.zeros(2, DIM), [1, 2]), {"modalities": [0, 1], "keep": 1.5}, TypeError, "keep"),
+    ]  # fmt: skip
+    for args, kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            mem.enqueue(*args, **kwargs)
+    assert mem.labels().tolist() == [1] and mem.steps_seen == 1
+
+
+# --- dtype, device, views, allocation --------------------------------------------------------
+
+
+def test_dtype_follows_constructor_else_first_batch():
+    mem = CrossBatchMemory(DIM, dtype=torch.float64)
+    assert mem.features().dtype == torch.float64
+    mem.enqueue(torch.ones(2, DIM), [1, 2])
+    assert mem.features().dtype == torch.float64
+    lazy = CrossBatchMemory(DIM)
+    lazy.enqueue(torch.ones(2, DIM, dtype=torch.float16), [1, 2])
+    lazy.enqueue(torch.ones(2, DIM, dtype=torch.float32), [1, 2])
+    assert lazy.features().dtype == torch.float16
+    moved = CrossBatchMemory(DIM).to(torch.float64)
+    moved.enqueue(torch.ones(2, DIM), [1, 2])
+    assert moved.features().dtype == torch.float64
+    moved.to(torch.float32)
+    assert moved.features().dtype == torch.float32 and moved.labels().tolist() == [1, 2]
+
+
+def test_labels_of_other_integer_dtypes_are_stored_as_int64():
+    mem = CrossBatchMemory(DIM)
+    mem.enqueue(
+        torch.ones(2, DIM),
+        torch.tensor([3, 4], dtype=torch.int32),
+        modalities=np.array([0, 1], dtype=np.int8),
+        keep=torch.tensor([True, True]),
+    )
+    mem.enqueue(torch.ones(2, DIM), np.array([5, 6], dtype=np.uint8))
+    assert mem.labels().dtype == torch.int64 and mem.labels().tolist() == [3, 4, 5, 6]
+
+
+def test_copy_survives_enqueue_and_views_are_views():
+    mem = CrossBatchMemory(DIM, max_items=2)
+    mem.enqueue(torch.ones(2, DIM), [1, 2])
+    snapshot = mem.get(copy=True)
+    view = mem.features()
+    assert view.data_ptr() != snapshot.features.data_ptr()
+    for k in range(5):
+        mem.enqueue(torch.full((2, DIM), float(k)), [10 + k, 20 + k])
+    assert snapshot.labels.tolist() == [1, 2]
+    torch.testing.assert_close(snapshot.features, torch.ones(2, DIM))
+
+
+def test_no_storage_allocation_after_warm_up():
+    g = torch.Generator().manual_seed(0)
+    for mem in (CrossBatchMemory(8, max_steps=4), CrossBatchMemory(8, max_items=300)):
+        sizes = torch.randint(0, 100, (200,), generator=g).tolist()
+        for n in sizes[:20]:
+            mem.enqueue(torch.randn(n, 8, generator=g), torch.zeros(n, dtype=torch.int64))
+        mem.enqueue(torch.randn(99, 8, generator=g), torch.zeros(99, dtype=torch.int64))
+        mem.enqueue(torch.randn(99, 8, generator=g), torch.zeros(99, dtype=torch.int64))
+        ptr = mem.features().untyped_storage().data_ptr()
+        cap = mem.capacity
+        for n in sizes[20:]:
+            mem.enqueue(torch.randn(n, 8, generator=g), torch.zeros(n, dtype=torch.int64))
+            assert mem.features().untyped_storage().data_ptr() == ptr
+            assert mem.labels().is_contiguous() and mem.features().is_contiguous()
+        # step mode: 4 * 99 rows fit after growth; item mode capacity is max_items from the start
+        assert mem.capacity == cap
+
+
+def test_gather_without_process_group_is_local_enqueue():
+    mem, ref = CrossBatchMemory(DIM), CrossBatchMemory(DIM)
+    f = torch.randn(5, DIM)
+    mem.enqueue(f, [1, 2, 3, 4, 5], modalities=[0, 1, 0, 1, 0], keep="rgb", gather=True)
+    ref.enqueue(f, [1, 2, 3, 4, 5], modalities=[0, 1, 0, 1, 0], keep="rgb")
+    assert_memory_equals(mem, ref.features(), ref.labels(), ref.modalities())
+
+
+def test_memory_view_feeds_sdm_loss_including_empty():
+    sdm = pytest.importorskip("sdmreid.losses.sdm")
+    g = torch.Generator().manual_seed(0)
+    q, gal = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    mem = CrossBatchMemory(8, max_steps=2)
+    empty = sdm.sdm_loss(q, gal, y, y, memory=mem.get())
+    plain = sdm.sdm_loss(q, gal, y, y)
+    torch.testing.assert_close(empty.loss, plain.loss)
+    mem.enqueue(torch.randn(3, 8, generator=g), [0, 1, 9])
+    with_mem = sdm.sdm_loss(q, gal, y, y, memory=mem.get())
+    explicit = sdm.sdm_loss(q, gal, y, y, memory=(mem.features(copy=True), mem.labels(copy=True)))
+    torch.testing.assert_close(with_mem.loss, explicit.loss)
+    assert not torch.allclose(with_mem.loss, plain.loss)
+
+
+@pytest.mark.gpu
+def test_cuda_storage_with_cpu_labels_and_modalities():
+    mem = CrossBatchMemory(DIM, max_steps=2)
+    dev = torch.device("cuda")
+    for k in range(4):
+        mem.enqueue(
+            torch.full((3, DIM), float(k), device=dev),
+            [k, k, k],
+            modalities=torch.tensor([0, 1, 0]),
+            keep=Modality.RGB,
+        )
+    assert mem.features().device.type == "cuda" and mem.labels().device.type == "cuda"
+    assert mem.labels().tolist() == [2, 2, 3, 3]
+    cpu = CrossBatchMemory(DIM, max_steps=2)
+    cpu.load_state_dict(mem.state_dict())
+    assert cpu.features().device.type == "cuda"  # lazy memory follows the checkpoint
+    cpu2 = CrossBatchMemory(DIM, max_steps=2, device="cpu")
+    cpu2.load_state_dict(mem.state_dict())
+    assert cpu2.features().device.type == "cpu" and cpu2.labels().tolist() == [2, 2, 3, 3]
