@@ -277,15 +277,14 @@ class PairCoverageMeter:
         self.update(rows, without)
 
     def _local_totals(self) -> torch.Tensor:
-        """[Σ rows, Σ without, invalid flag, filled slots] as int64 on the buffer's device."""
+        """[Σ rows, Σ without, invalid flag] as int64 on the buffer's device."""
         sums = self._buf.sum(dim=0)
         inv = (
             self._invalid.to(torch.int64).reshape(1)
             if self._invalid is not None
             else torch.zeros(1, dtype=torch.int64, device=self._buf.device)
         )
-        filled = torch.tensor([self._filled], dtype=torch.int64, device=self._buf.device)
-        return torch.cat([sums, inv, filled])
+        return torch.cat([sums, inv])
 
     def _totals(self) -> torch.Tensor:
         if self._synced is not None and self._synced_at == self._num_updates:
