@@ -1,0 +1,257 @@
+"""Build the data side of a run from the config: splits, transforms, sampler, loaders, protocols.
+
+* The **synthetic** family uses :class:`~reid_example.data.synthetic.SyntheticMultiModalReID`
+  presets (``demo``, ``sysu``, ``regdb``, ``prcv2025``); every split is its own identity-disjoint
+  dataset and its evaluation protocols come from ``dataset.protocols()`` (every non-RGB modality
+  → RGB, plus RGB → RGB).
+* **Real layouts** (``sysu``, ``regdb``, ``prcv``) read records with the data package's loader
+  for that layout, carve a validation split from the training identities when the layout has
+  none (:func:`~reid_example.data.protocols.make_splits`) and use the benchmark protocol presets.
+
+The training loader uses the modality-aware P×K batch sampler (strict by default), the seed's
+DataLoader settings, and a per-sample augmentation generator seeded from (seed, epoch, index), so
+batches are bit-identical whatever the number of workers — which is what makes an exact resume
+possible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from reid_example.config import Config
+from reid_example.data.collate import collate_multimodal
+from reid_example.data.text import WordTokenizer
+from reid_example.data.transforms import eval_transform, train_transform
+from sdmreid.modality import Modality
+from sdmreid.samplers import ModalAwarePKSampler, ModalAwarePKSampler_Strict
+
+__all__ = ["BatchWindow", "DataBundle", "build_data", "build_train_loader"]
+
+log = logging.getLogger("reid_example")
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """The datasets of a run and how to evaluate them."""
+
+    name: str
+    train: Any
+    val: Any
+    test: Any
+    tokenizer: WordTokenizer
+    image_size: tuple[int, int]
+    protocol_fn: Callable[[Any], list[Any]]
+    collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]] = collate_multimodal
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train.num_classes)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.vocab_size)
+
+    def eval_set(self, split: str) -> Any:
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        return self.val if split == "val" else self.test
+
+    def protocols(self, split: str, only: Sequence[str] = ()) -> list[Any]:
+        ps = self.protocol_fn(self.eval_set(split))
+        if only:
+            missing = sorted(set(only) - {p.name for p in ps})
+            if missing:
+                raise ValueError(
+                    f"eval.protocols names {missing}, not among {[p.name for p in ps]}"
+                )
+            ps = [p for p in ps if p.name in only]
+        return ps
+
+    def describe(self) -> str:
+        def counts(ds: Any) -> str:
+            mods = np.asarray(ds.modalities)
+            return ", ".join(
+                f"{Modality(m).name}={int((mods == m).sum())}" for m in sorted(set(mods.tolist()))
+            )
+
+        return (
+            f"data {self.name}: train {len(self.train)} samples / {self.num_classes} ids "
+            f"({counts(self.train)}); val {len(self.val)}; test {len(self.test)}; "
+            f"image {self.image_size[0]}x{self.image_size[1]}; vocab {self.vocab_size}"
+        )
+
+
+def _synthetic(cfg: Config) -> DataBundle:
+    from reid_example.data.synthetic import PRESETS, SyntheticMultiModalReID
+
+    key = {"prcv": "prcv2025"}.get(cfg.data.preset, cfg.data.preset)
+    native = PRESETS[key].image_size if key in PRESETS else (128, 64)
+    size = (cfg.data.image_height or native[0], cfg.data.image_width or native[1])
+    tokenizer = WordTokenizer()
+    pad = max(1, size[1] // 16)
+    train_tf = train_transform(size, padding=pad) if cfg.data.augment else eval_transform(size)
+    overrides: dict[str, Any] = {}
+    if cfg.data.num_identities:
+        if len(cfg.data.num_identities) != 3:
+            raise ValueError(
+                "data.num_identities must be (train, val, test), got "
+                f"{list(cfg.data.num_identities)}"
+            )
+        overrides["num_identities"] = tuple(cfg.data.num_identities)
+    common = {
+        **overrides,
+        "seed": cfg.data.data_seed,
+        "image_size": size,
+        "tokenizer": tokenizer,
+        "max_text_len": cfg.data.text_length,
+    }
+    train = SyntheticMultiModalReID.preset(
+        cfg.data.preset, split="train", transform=train_tf, **common
+    )
+    val = SyntheticMultiModalReID.preset(cfg.data.preset, split="val", **common)
+    test = SyntheticMultiModalReID.preset(cfg.data.preset, split="test", **common)
+    return DataBundle(
+        name=f"synthetic/{cfg.data.preset}",
+        train=train,
+        val=val,
+        test=test,
+        tokenizer=tokenizer,
+        image_size=size,
+        protocol_fn=lambda ds: ds.protocols(),
+    )
+
+
+def _real_layout(cfg: Config) -> DataBundle:  # pragma: no cover - needs the data on disk
+    from reid_example import data as data_pkg
+    from reid_example.data.protocols import make_splits, regdb_protocol, sysu_protocol
+    from reid_example.data.records import RecordDataset
+
+    loader = getattr(data_pkg, f"load_{cfg.data.dataset}", None)
+    if loader is None:
+        raise ValueError(
+            f"data.dataset={cfg.data.dataset!r}: no loader reid_example.data.load_"
+            f"{cfg.data.dataset} for this layout"
+        )
+    if not cfg.data.root:
+        raise ValueError(f"data.root must point at the {cfg.data.dataset} directory")
+    splits = make_splits(loader(cfg.data.root), seed=cfg.data.data_seed)
+    size = (cfg.data.image_height or 256, cfg.data.image_width or 128)
+    tokenizer = WordTokenizer()
+    train_tf = train_transform(size) if cfg.data.augment else eval_transform(size)
+    kw = {"tokenizer": tokenizer, "max_text_len": cfg.data.text_length, "image_size": size}
+    train = RecordDataset(splits.train, train_tf, label_map=splits.label_map, **kw)
+    val = RecordDataset(splits.val, **kw)
+    test = RecordDataset(splits.test, **kw)
+
+    def protocols(ds: Any) -> list[Any]:
+        if cfg.data.dataset == "sysu":
+            return [
+                sysu_protocol(ds.identities, ds.modalities, ds.cameras, mode=m)
+                for m in ("all", "indoor")
+            ]
+        if cfg.data.dataset == "regdb":
+            return [
+                regdb_protocol(ds.modalities, direction=d)
+                for d in ("visible_to_thermal", "thermal_to_visible")
+            ]
+        from reid_example.data.protocols import all_to_rgb_protocols
+
+        return all_to_rgb_protocols(ds.identities, ds.modalities, seed=1)
+
+    return DataBundle(cfg.data.dataset, train, val, test, tokenizer, size, protocols)
+
+
+def build_data(cfg: Config) -> DataBundle:
+    """The datasets and protocols named by ``cfg.data``."""
+    if cfg.data.dataset == "synthetic":
+        return _synthetic(cfg)
+    return _real_layout(cfg)
+
+
+class BatchWindow:
+    """Batch-sampler view for one epoch: resume position and a per-epoch step cap.
+
+    ``start`` batches are skipped through the sampler's own ``load_state_dict`` (the resume
+    position), and at most ``limit - start`` batches are yielded (``limit <= 0``: all).
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.start = 0
+        self.limit = 0
+
+    def configure(self, epoch: int, start: int, limit: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.sampler.load_state_dict({"epoch": epoch, "next_batch": start})
+        self.start, self.limit = start, limit
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        if self.limit > 0:
+            n = min(n, self.limit)
+        return max(0, n - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        remaining = len(self)
+        if remaining == 0:
+            return
+        for batch in self.sampler:
+            yield batch
+            remaining -= 1
+            if remaining == 0:
+                return
+
+
+def build_train_loader(
+    cfg: Config, data: DataBundle, device: torch.device, *, rank: int = 0, world: int = 1
+) -> tuple[DataLoader[Any], BatchWindow]:
+    """DataLoader over the train split with the configured P×K batch sampler."""
+    s = cfg.sampler
+    labels, mods = data.train.labels, data.train.modalities
+    sampler: Any
+    if s.kind == "strict":
+        sampler = ModalAwarePKSampler_Strict(
+            labels,
+            mods,
+            s.num_identities,
+            s.num_instances,
+            retry_limit=s.retry_limit,
+            fallback_ratio=s.fallback_ratio,
+            seed=cfg.train.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+    else:
+        sampler = ModalAwarePKSampler(
+            labels,
+            mods,
+            s.num_identities,
+            s.num_instances,
+            seed=cfg.train.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+    window = BatchWindow(sampler)
+    workers = cfg.data.num_workers
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs = {
+            "persistent_workers": cfg.data.persistent_workers,
+            "prefetch_factor": cfg.data.prefetch_factor,
+        }
+    loader = DataLoader(
+        data.train,
+        batch_sampler=window,
+        num_workers=workers,
+        collate_fn=data.collate,
+        pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        **kwargs,
+    )
+    return loader, window

@@ -1,0 +1,89 @@
+"""Glue between the trainer and :class:`sdmreid.HealthMonitor`.
+
+* Step level (every ``health.every_steps`` global steps): the pair-coverage reading and the
+  classifier weight norm go to :meth:`HealthMonitor.observe_step`.
+* Epoch level: the epoch's mean CE and whether SDM was on go to
+  :meth:`HealthMonitor.observe_epoch`. With ``health.act = true`` the monitor is given the SDM
+  weight scheduler, so a ``ce_near_chance`` finding rolls SDM back one stage at once (sticky,
+  recorded in the scheduler's state). Other actions (reduce P/K, regularise, lower the head LR)
+  are suggestions: they are logged with their suggested settings, never applied silently.
+
+Every finding is logged as one ``[health] ...`` line and kept for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from reid_example.config import Config
+from sdmreid.monitoring import HealthMonitor
+
+__all__ = ["HealthAdapter"]
+
+
+class HealthAdapter:
+    """Feeds the monitor, logs findings, applies the rollback action when configured."""
+
+    def __init__(
+        self, cfg: Config, sdm_scheduler: Any, log: logging.Logger, num_classes: int
+    ) -> None:
+        self.enabled = cfg.health.enabled
+        self.act = cfg.health.act
+        self.every_steps = max(1, cfg.health.every_steps)
+        self.sdm_enabled = cfg.loss.sdm
+        self.scheduler = sdm_scheduler
+        self.log = log
+        self.monitor = HealthMonitor(
+            num_classes=max(2, num_classes),
+            ce_ceiling=cfg.health.ce_ceiling,
+            coverage_target=cfg.train.coverage_target,
+            # readings arrive every `every_steps` steps; the window is in steps
+            coverage_window=max(1, cfg.train.coverage_window),
+        )
+        self.history: list[str] = []
+
+    def _report(self, findings: list[Any]) -> None:
+        for f in findings:
+            line = str(f)
+            if f.suggested:
+                line += " (suggested: " + ", ".join(f"{k}={v:g}" for k, v in f.suggested) + ")"
+            if f.action == "rollback_sdm":
+                line += " -> SDM rolled back" if self.act else " (health.act=false: not applied)"
+            self.history.append(line)
+            (self.log.warning if f.severity != "info" else self.log.info)(line)
+
+    def step(self, epoch: int, global_step: int, meter: Any, head_weight: Any) -> None:
+        """Every ``every_steps`` steps: coverage reading + classifier weight norm."""
+        if not self.enabled or global_step % self.every_steps:
+            return
+        coverage = float(meter.value)
+        head_norm = float(head_weight.detach().float().norm())
+        cov = coverage if math.isfinite(coverage) else None
+        self._report(
+            self.monitor.observe_step(
+                epoch, global_step, coverage=cov, classifier_weight_norm=head_norm
+            )
+        )
+
+    def check(self, epoch: int, train_ce: float) -> list[Any]:
+        if not self.enabled or not math.isfinite(train_ce):
+            return []
+        sdm_on = bool(self.sdm_enabled and self.scheduler.use_sdm(epoch))
+        findings = self.monitor.observe_epoch(
+            epoch,
+            train_ce=train_ce,
+            sdm_on=sdm_on,
+            scheduler=self.scheduler if (self.act and self.sdm_enabled) else None,
+        )
+        self._report(findings)
+        return findings
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor.state_dict(), "history": list(self.history)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.monitor.load_state_dict(state["monitor"])
+        self.history = [str(x) for x in state["history"]]

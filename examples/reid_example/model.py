@@ -1,0 +1,435 @@
+"""The embedding network of the reference trainer.
+
+Per-modality stems map each input to a token sequence in one shared width:
+
+* image modalities (RGB, NIR, SKETCH, CPENCIL) each own a small conv stem + a patchifying conv
+  (their own learned position embeddings);
+* TEXT owns a token embedding + learned positions (token id 0 is padding and is masked out of
+  attention).
+
+A shared small ViT trunk (pre-norm blocks whose attention calls
+:func:`torch.nn.functional.scaled_dot_product_attention`) reads a CLS token; a BNNeck (BatchNorm
+with a frozen bias) and a bias-free classifier form the ``head`` parameter group.
+
+The SDPA backend is chosen with the :func:`torch.nn.attention.sdpa_kernel` context manager from a
+configuration option (``auto`` / ``flash`` / ``efficient`` / ``math`` / ``cudnn``). The requested
+backend is probed once per device/dtype and mask kind; when it cannot run there the model falls
+back to the automatic choice and says so in one log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdmreid.modality import Modality
+
+__all__ = [
+    "IMAGE_MODALITIES",
+    "EmbeddingOutput",
+    "ReIDModel",
+    "SDPAPolicy",
+    "build_model",
+    "param_groups",
+]
+
+log = logging.getLogger("reid_example")
+
+IMAGE_MODALITIES: tuple[Modality, ...] = (
+    Modality.RGB,
+    Modality.NIR,
+    Modality.SKETCH,
+    Modality.CPENCIL,
+)
+
+
+class SDPAPolicy:
+    """Which SDPA backend(s) the attention layers may use, with a probed fallback.
+
+    ``name`` is one of ``auto | flash | efficient | math | cudnn``. ``context(q, masked)``
+    returns the context manager to wrap one attention call in. The first call for a given
+    (device type, dtype, masked) combination runs a tiny probe; if the requested backend has no
+    kernel there, one ``WARNING`` line is logged and the automatic choice is used instead.
+    """
+
+    _BACKENDS: ClassVar[dict[str, str]] = {
+        "flash": "FLASH_ATTENTION",
+        "efficient": "EFFICIENT_ATTENTION",
+        "math": "MATH",
+        "cudnn": "CUDNN_ATTENTION",
+    }
+
+    def __init__(self, name: str = "auto") -> None:
+        if name != "auto" and name not in self._BACKENDS:
+            raise ValueError(
+                f"sdpa_backend must be one of auto, {', '.join(self._BACKENDS)}; got {name!r}"
+            )
+        self.name = name
+        self._ok: dict[tuple[str, torch.dtype, bool], bool] = {}
+        self.fallbacks: list[str] = []
+
+    def _backend(self) -> object | None:
+        if self.name == "auto":
+            return None
+        try:
+            from torch.nn.attention import SDPBackend
+        except ImportError:  # pragma: no cover - torch < 2.3
+            return None
+        return getattr(SDPBackend, self._BACKENDS[self.name], None)
+
+    def _probe(self, q: torch.Tensor, masked: bool) -> bool:
+        backend = self._backend()
+        if backend is None:
+            return self.name == "auto"
+        from torch.nn.attention import sdpa_kernel
+
+        x = torch.zeros(1, 1, 4, q.shape[-1], device=q.device, dtype=q.dtype)
+        mask = torch.ones(1, 1, 4, 4, device=q.device, dtype=torch.bool) if masked else None
+        try:
+            with torch.no_grad(), sdpa_kernel([backend]):  # type: ignore[list-item]
+                F.scaled_dot_product_attention(x, x, x, attn_mask=mask)
+        except RuntimeError:
+            return False
+        return True
+
+    def context(self, q: torch.Tensor, masked: bool) -> contextlib.AbstractContextManager[None]:
+        """Context manager selecting the backend for an attention call on ``q``'s device/dtype."""
+        if self.name == "auto":
+            return contextlib.nullcontext()
+        key = (q.device.type, q.dtype, masked)
+        ok = self._ok.get(key)
+        if ok is None:
+            ok = self._probe(q, masked)
+            self._ok[key] = ok
+            if not ok:
+                what = "with a padding mask " if masked else ""
+                msg = (
+                    f"sdpa backend {self.name!r} is unavailable {what}on {q.device.type}/"
+                    f"{str(q.dtype).replace('torch.', '')}; falling back to automatic selection"
+                )
+                # One clear line per run; further combinations go to the debug log.
+                (log.debug if self.fallbacks else log.warning)(msg)
+                self.fallbacks.append(msg)
+        if not ok:
+            return contextlib.nullcontext()
+        from torch.nn.attention import sdpa_kernel
+
+        return sdpa_kernel([self._backend()])  # type: ignore[list-item]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float, policy: SDPAPolicy) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({heads})")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+        self.policy = policy
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        with self.policy.context(q, masked=mask is not None):
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, policy: SDPAPolicy
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout, policy)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class ImageStem(nn.Module):
+    """Small conv stem + patchify conv + learned positions for one image modality."""
+
+    def __init__(self, dim: int, patch: int, channels: int, height: int, width: int) -> None:
+        super().__init__()
+        if height % patch or width % patch:
+            raise ValueError(f"image size {height}x{width} must be divisible by patch_size {patch}")
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.GELU(),
+        )
+        self.patch = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.pos = nn.Parameter(torch.zeros(1, (height // patch) * (width // patch), dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch(self.conv(images))
+        return x.flatten(2).transpose(1, 2) + self.pos
+
+
+class TextStem(nn.Module):
+    """Token embedding + learned positions (id 0 = padding)."""
+
+    def __init__(self, dim: int, vocab_size: int, max_len: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.pos = nn.Parameter(torch.zeros(1, max_len, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        with torch.no_grad():
+            self.embed.weight[0].zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[1] > self.pos.shape[1]:
+            raise ValueError(
+                f"token sequences of length {tokens.shape[1]} exceed text_length "
+                f"{self.pos.shape[1]}"
+            )
+        return self.embed(tokens) + self.pos[:, : tokens.shape[1]]
+
+
+@dataclass
+class EmbeddingOutput:
+    """Model output in batch order: raw trunk feature, BNNeck embedding, classifier logits."""
+
+    features: torch.Tensor
+    embeddings: torch.Tensor
+    logits: torch.Tensor
+
+
+class ReIDModel(nn.Module):
+    """Per-modality stems → shared ViT trunk → BNNeck + classifier.
+
+    ``forward`` takes the collated batch pieces and returns an :class:`EmbeddingOutput` whose rows
+    follow the batch order given by ``image_rows`` / ``text_rows``.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        vocab_size: int,
+        image_size: tuple[int, int],
+        text_length: int,
+        embed_dim: int = 96,
+        depth: int = 3,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        patch_size: int = 4,
+        stem_channels: int = 32,
+        dropout: float = 0.0,
+        sdpa_backend: str = "auto",
+        trunk: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.policy = SDPAPolicy(sdpa_backend)
+        h, w = image_size
+        self.image_stems = nn.ModuleDict(
+            {
+                m.name.lower(): ImageStem(embed_dim, patch_size, stem_channels, h, w)
+                for m in IMAGE_MODALITIES
+            }
+        )
+        self.text_stem = TextStem(embed_dim, max(vocab_size, 2), text_length)
+        # A learned modality token helps the shared trunk know what it reads.
+        self.cls = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        self.blocks = nn.ModuleList(
+            [Block(embed_dim, num_heads, mlp_ratio, dropout, self.policy) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.external_trunk = trunk
+        self.bnneck = nn.BatchNorm1d(embed_dim)
+        self.bnneck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(embed_dim, num_classes, bias=False)
+        self.embed_dim = embed_dim
+        self.apply(self._init)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        if trunk is not None:
+            # An external trunk (timm) replaces the built-in blocks; it brings its own norm.
+            self.blocks = nn.ModuleList()
+            self.norm = nn.Identity()  # type: ignore[assignment]
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.bnneck.parameters()
+        yield from self.classifier.parameters()
+
+    def _trunk(self, tokens: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        cls = self.cls.expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1)
+        if key_mask is not None:
+            key_mask = torch.cat(
+                [torch.ones_like(key_mask[:, :1]), key_mask], dim=1
+            )  # CLS always visible
+        if self.external_trunk is not None:
+            return self._external(x, key_mask)
+        for blk in self.blocks:
+            x = blk(x, key_mask)
+        return self.norm(x[:, 0])
+
+    def _external(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        trunk = self.external_trunk
+        assert trunk is not None
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        for blk in trunk.blocks:  # type: ignore[union-attr]
+            x = blk(x) if mask is None else blk(x, attn_mask=mask)
+        return trunk.norm(x)[:, 0]  # type: ignore[operator,no-any-return]
+
+    def encode(
+        self,
+        images: torch.Tensor | None,
+        image_modalities: torch.Tensor | None,
+        tokens: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Trunk features of the image rows and of the text rows (each in its input order)."""
+        img_feat: torch.Tensor | None = None
+        if images is not None and images.shape[0] > 0:
+            assert image_modalities is not None
+            img_feat = images.new_zeros((images.shape[0], self.embed_dim), dtype=torch.float32)
+            present = torch.unique(image_modalities).tolist()
+            for code in present:
+                sel = (image_modalities == code).nonzero(as_tuple=True)[0]
+                name = Modality(int(code)).name.lower()
+                if name not in self.image_stems:
+                    raise ValueError(f"no image stem for modality {Modality(int(code)).name}")
+                toks = self.image_stems[name](images.index_select(0, sel))
+                img_feat = img_feat.index_copy(0, sel, self._trunk(toks, None).float())
+        txt_feat: torch.Tensor | None = None
+        if tokens is not None and tokens.shape[0] > 0:
+            mask = tokens != 0
+            txt_feat = self._trunk(self.text_stem(tokens), mask).float()
+        return img_feat, txt_feat
+
+    def forward(
+        self,
+        images: torch.Tensor | None,
+        image_rows: torch.Tensor | None,
+        tokens: torch.Tensor | None,
+        text_rows: torch.Tensor | None,
+        modalities: torch.Tensor,
+    ) -> EmbeddingOutput:
+        batch = modalities.shape[0]
+        img_mods = None if image_rows is None else modalities.index_select(0, image_rows)
+        img_feat, txt_feat = self.encode(images, img_mods, tokens)
+        feats = modalities.new_zeros((batch, self.embed_dim), dtype=torch.float32)
+        if img_feat is not None and image_rows is not None:
+            feats = feats.index_copy(0, image_rows, img_feat)
+        if txt_feat is not None and text_rows is not None:
+            feats = feats.index_copy(0, text_rows, txt_feat)
+        emb = self.bnneck(feats)
+        logits = self.classifier(emb)
+        return EmbeddingOutput(features=feats, embeddings=emb, logits=logits)
+
+
+def _timm_trunk(name: str) -> nn.Module:  # pragma: no cover - optional dependency
+    try:
+        import timm
+    except ImportError as err:
+        raise RuntimeError(
+            f"model.backbone={name!r} needs the optional 'timm' package; use model.backbone=vit"
+        ) from err
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    if not (hasattr(model, "blocks") and hasattr(model, "norm") and hasattr(model, "embed_dim")):
+        raise ValueError(
+            f"timm model {name!r} is not a ViT-style model (needs .blocks, .norm, .embed_dim)"
+        )
+    log.info("timm trunk %s (random init, no pretrained download)", name)
+    return model  # type: ignore[no-any-return]
+
+
+def build_model(
+    model_cfg: object,
+    *,
+    num_classes: int,
+    vocab_size: int,
+    image_size: tuple[int, int],
+    text_length: int,
+) -> ReIDModel:
+    """Build :class:`ReIDModel` from a :class:`~reid_example.config.ModelConfig`."""
+    from reid_example.config import ModelConfig
+
+    if not isinstance(model_cfg, ModelConfig):
+        raise TypeError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+    trunk: nn.Module | None = None
+    embed_dim = model_cfg.embed_dim
+    if model_cfg.backbone.startswith("timm:"):
+        # The timm ViT's blocks + final norm become the shared trunk; the per-modality stems
+        # project into its width. Its own patch embedding and head are not used.
+        trunk = _timm_trunk(model_cfg.backbone.split(":", 1)[1])
+        embed_dim = int(trunk.embed_dim)  # type: ignore[arg-type]
+    elif model_cfg.backbone != "vit":
+        raise ValueError(
+            f"model.backbone must be 'vit' or 'timm:<name>', got {model_cfg.backbone!r}"
+        )
+    return ReIDModel(
+        num_classes=num_classes,
+        vocab_size=model_cfg.vocab_size or vocab_size,
+        image_size=image_size,
+        text_length=text_length,
+        embed_dim=embed_dim,
+        depth=model_cfg.depth,
+        num_heads=model_cfg.num_heads,
+        mlp_ratio=model_cfg.mlp_ratio,
+        patch_size=model_cfg.patch_size,
+        stem_channels=model_cfg.stem_channels,
+        dropout=model_cfg.dropout,
+        sdpa_backend=model_cfg.sdpa_backend,
+        trunk=trunk,
+    )
+
+
+def param_groups(
+    model: ReIDModel, *, lr: float, head_lr: float, weight_decay: float
+) -> list[dict[str, object]]:
+    """Optimiser groups: ``backbone`` (decayed), ``backbone_no_decay``, ``head``.
+
+    Norms, biases, position/CLS parameters and embeddings are not decayed.
+    """
+    head_ids = {id(p) for p in model.head_parameters()}
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in head_ids:
+            continue
+        if p.ndim <= 1 or name.endswith(".pos") or name == "cls" or "embed" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    head = [p for p in model.head_parameters() if p.requires_grad]
+    return [
+        {"name": "backbone", "params": decay, "lr": lr, "weight_decay": weight_decay},
+        {"name": "backbone_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
+        {"name": "head", "params": head, "lr": head_lr, "weight_decay": weight_decay},
+    ]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
