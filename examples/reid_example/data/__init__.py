@@ -1,0 +1,81 @@
+"""Data layer of the reference trainer: the embedded synthetic data set, real data-set layouts,
+tensor transforms, the caption tokenizer, splits/protocols and the multi-modal collate function.
+"""
+
+from reid_example.data.collate import collate_multimodal
+from reid_example.data.layouts import (
+    RecordList,
+    load_csv_manifest,
+    load_json_manifest,
+    load_llcm,
+    load_regdb,
+    load_sysu_mm01,
+)
+from reid_example.data.protocols import (
+    DataSplits,
+    RetrievalProtocol,
+    all_to_rgb_protocols,
+    llcm_protocol,
+    make_splits,
+    regdb_protocol,
+    sysu_protocol,
+)
+from reid_example.data.records import (
+    ImageDecodeError,
+    RecordDataset,
+    ReIDRecord,
+    build_label_map,
+    load_image,
+    remap_labels,
+)
+from reid_example.data.synthetic import PRESETS, SyntheticMultiModalReID, SyntheticSpec
+from reid_example.data.text import WordTokenizer
+from reid_example.data.transforms import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomErasing,
+    RandomHorizontalFlip,
+    Resize,
+    ToFloat,
+    eval_transform,
+    sample_generator,
+    train_transform,
+)
+
+__all__ = [
+    "PRESETS",
+    "Compose",
+    "DataSplits",
+    "ImageDecodeError",
+    "Normalize",
+    "RandomCrop",
+    "RandomErasing",
+    "RandomHorizontalFlip",
+    "ReIDRecord",
+    "RecordDataset",
+    "RecordList",
+    "Resize",
+    "RetrievalProtocol",
+    "SyntheticMultiModalReID",
+    "SyntheticSpec",
+    "ToFloat",
+    "WordTokenizer",
+    "all_to_rgb_protocols",
+    "build_label_map",
+    "collate_multimodal",
+    "eval_transform",
+    "llcm_protocol",
+    "load_csv_manifest",
+    "load_image",
+    "load_json_manifest",
+    "load_llcm",
+    "load_regdb",
+    "load_sysu_mm01",
+    "make_splits",
+    "regdb_protocol",
+    "remap_labels",
+    "sample_generator",
+    "sysu_protocol",
+    "train_transform",
+]

@@ -1,0 +1,268 @@
+"""The record type shared by every data source, label remapping, image decoding and the
+dataset that turns records into training samples.
+
+A :class:`ReIDRecord` names one sample: an image ``path`` (image modalities) or a caption
+``text`` (TEXT), the ``identity`` as the data set numbers it, the contiguous class id ``label``
+used by the classifier (``-1`` until :func:`remap_labels` assigns one), its
+:class:`sdmreid.Modality` code, a ``camera`` id (``0`` = none/unknown) and the ``split`` name.
+
+:class:`RecordDataset` exposes ``labels``, ``identities``, ``modalities`` and ``cameras`` as
+``int64`` NumPy arrays so samplers and evaluators are built without touching a single item.
+``labels`` are always ``label_map[identity]``: each dataset numbers its own identities
+``0..num_classes-1`` (sorted by original id) unless a ``label_map`` is passed.
+
+Every ``__getitem__`` returns the sample dict the collate function expects::
+
+    {"image": FloatTensor[3, H, W] | None, "tokens": LongTensor[L] | None,
+     "label": int, "modality": int, "camera": int, "index": int}
+
+Single-channel images (NIR, thermal, sketches) are replicated to three channels on decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import Dataset
+
+from reid_example.data.text import WordTokenizer
+from reid_example.data.transforms import Transform, eval_transform, sample_generator
+from sdmreid.modality import Modality
+
+__all__ = [
+    "EpochMixin",
+    "ImageDecodeError",
+    "ReIDRecord",
+    "RecordDataset",
+    "Sample",
+    "build_label_map",
+    "load_image",
+    "remap_labels",
+]
+
+#: One item as returned by the datasets' ``__getitem__``.
+Sample = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReIDRecord:
+    """One sample of a ReID data set.
+
+    Attributes:
+        path: image file (``None`` for TEXT records).
+        text: caption (``None`` for image records).
+        identity: person id as numbered by the data set.
+        label: contiguous class id (``-1`` when not assigned, e.g. test identities).
+        modality: :class:`sdmreid.Modality` code.
+        camera: camera id, ``0`` when the modality has none (text, sketches).
+        split: ``"train"``, ``"val"`` or ``"test"`` (free-form for custom manifests).
+
+    Example:
+        >>> r = ReIDRecord(path="cam3/0001/0001.jpg", text=None, identity=1, label=-1,
+        ...                modality=1, camera=3, split="test")
+        >>> r.modality == Modality.NIR
+        True
+    """
+
+    path: str | None
+    text: str | None
+    identity: int
+    label: int
+    modality: int
+    camera: int
+    split: str
+
+    def __post_init__(self) -> None:
+        is_text = self.modality == int(Modality.TEXT)
+        if not 0 <= int(self.modality) < len(Modality):
+            raise ValueError(f"modality must be a Modality code 0..4, got {self.modality!r}")
+        if is_text and self.text is None:
+            raise ValueError(f"a TEXT record needs text (identity {self.identity})")
+        if not is_text and self.path is None:
+            raise ValueError(f"an image record needs a path (identity {self.identity})")
+
+
+class ImageDecodeError(OSError):
+    """An image file is missing or cannot be decoded; the message names the file."""
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file with Pillow into a ``uint8`` ``[3, H, W]`` tensor.
+
+    Grey-scale, palette and RGBA images are converted to RGB (grey replicated to 3 channels).
+
+    Raises:
+        ImageDecodeError: the file is missing, unreadable or not a decodable image (the
+            message names the file).
+
+    Example:
+        >>> import tempfile, os
+        >>> from PIL import Image
+        >>> d = tempfile.mkdtemp(); p = os.path.join(d, "x.png")
+        >>> Image.new("L", (4, 6), 200).save(p)
+        >>> img = load_image(p); img.shape, img.dtype, int(img[2, 0, 0])
+        (torch.Size([3, 6, 4]), torch.uint8, 200)
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            arr = np.asarray(rgb, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"image file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot decode image file {path}: {exc}") from exc
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def build_label_map(identities: Iterable[int]) -> dict[int, int]:
+    """Map the distinct identities, sorted, to ``0..n-1``.
+
+    Example:
+        >>> build_label_map([17, 3, 17, 250])
+        {3: 0, 17: 1, 250: 2}
+    """
+    return {int(pid): i for i, pid in enumerate(sorted({int(p) for p in identities}))}
+
+
+def remap_labels(
+    records: Sequence[ReIDRecord], label_map: Mapping[int, int] | None = None
+) -> tuple[list[ReIDRecord], dict[int, int]]:
+    """Return copies of ``records`` with ``label = label_map[identity]``, and the map used.
+
+    Args:
+        records: the records.
+        label_map: original identity → class id; built with :func:`build_label_map` when
+            ``None``.
+
+    Raises:
+        ValueError: an identity is missing from ``label_map``.
+
+    Example:
+        >>> recs = [ReIDRecord("a.png", None, 9, -1, 0, 1, "train"),
+        ...         ReIDRecord("b.png", None, 4, -1, 1, 3, "train")]
+        >>> new, m = remap_labels(recs)
+        >>> [r.label for r in new], m
+        ([1, 0], {4: 0, 9: 1})
+    """
+    lm = build_label_map(r.identity for r in records) if label_map is None else dict(label_map)
+    missing = sorted({r.identity for r in records if r.identity not in lm})
+    if missing:
+        raise ValueError(f"label_map has no entry for identities {missing[:10]}")
+    return [dataclasses.replace(r, label=lm[r.identity]) for r in records], lm
+
+
+class EpochMixin:
+    """Epoch bookkeeping visible to DataLoader worker processes.
+
+    The epoch lives in a one-element shared-memory tensor, so ``set_epoch`` in the main process
+    reaches persistent workers too (call it *before* creating the epoch's iterator). Each sample's
+    random augmentation uses ``sample_generator(seed, epoch, index)``.
+    """
+
+    seed: int
+    _epoch: torch.Tensor
+
+    def _init_epoch(self, seed: int) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = int(seed)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (a non-negative int)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def generator(self, index: int) -> torch.Generator:
+        """The augmentation generator of sample ``index`` in the current epoch."""
+        return sample_generator(self.seed, self.epoch, index)
+
+
+def _int64(values: Iterable[int]) -> npt.NDArray[np.int64]:
+    return np.fromiter((int(v) for v in values), dtype=np.int64)
+
+
+class RecordDataset(EpochMixin, Dataset[Sample]):
+    """A dataset over :class:`ReIDRecord` items (real image files and captions).
+
+    Args:
+        records: the samples (any order; the dataset keeps it).
+        transform: image transform ``(uint8 [3,H,W], generator) -> float [3,H,W]``; defaults to
+            :func:`~reid_example.data.transforms.eval_transform` at ``image_size``. It must
+            produce a fixed size for batching.
+        tokenizer: caption tokenizer (default :class:`WordTokenizer`).
+        label_map: original identity → class id; built from ``records`` when ``None``.
+        max_text_len: token budget per caption.
+        seed: augmentation seed (see :class:`EpochMixin`).
+        image_size: ``(height, width)`` of the default transform.
+
+    Example:
+        >>> recs = [ReIDRecord(None, "a person in a red shirt", 7, -1, 4, 0, "test")]
+        >>> ds = RecordDataset(recs)
+        >>> item = ds[0]
+        >>> item["image"] is None, item["label"], item["modality"], ds.label_map
+        (True, 0, 4, {7: 0})
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ReIDRecord],
+        transform: Transform | None = None,
+        tokenizer: WordTokenizer | None = None,
+        *,
+        label_map: Mapping[int, int] | None = None,
+        max_text_len: int = 64,
+        seed: int = 0,
+        image_size: tuple[int, int] = (256, 128),
+    ) -> None:
+        self._init_epoch(seed)
+        self.records, self.label_map = remap_labels(list(records), label_map)
+        self.transform = transform if transform is not None else eval_transform(image_size)
+        self.tokenizer = tokenizer if tokenizer is not None else WordTokenizer()
+        if max_text_len < 1:
+            raise ValueError(f"max_text_len must be >= 1, got {max_text_len}")
+        self.max_text_len = max_text_len
+        self.labels = _int64(r.label for r in self.records)
+        self.identities = _int64(r.identity for r in self.records)
+        self.modalities = _int64(r.modality for r in self.records)
+        self.cameras = _int64(r.camera for r in self.records)
+        self.num_classes = len(self.label_map)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} records")
+        index %= len(self)
+        r = self.records[index]
+        image: torch.Tensor | None = None
+        tokens: torch.Tensor | None = None
+        if r.modality == int(Modality.TEXT):
+            assert r.text is not None  # guaranteed by ReIDRecord
+            tokens = self.tokenizer.encode(r.text, self.max_text_len)
+        else:
+            assert r.path is not None
+            image = self.transform(load_image(r.path), self.generator(index))
+        return {
+            "image": image,
+            "tokens": tokens,
+            "label": r.label,
+            "modality": r.modality,
+            "camera": r.camera,
+            "index": index,
+        }
