@@ -36,7 +36,7 @@ Implementation: queries are processed in chunks so the full query×gallery matri
 at once. For each chunk, the positive scores of every query are sorted (few per query) and each
 gallery negative is placed among them with a batched binary search, which yields the rank of
 every positive without sorting the gallery (``O(G log P)`` per query instead of ``O(G log G)``).
-Everything runs on the device of the features. Scores are computed in fixed 64-row query blocks,
+Everything runs on the device of the features. Scores are computed in fixed 256-row query blocks,
 so the result does not depend on ``chunk_size`` at all (bit for bit).
 """
 
@@ -68,7 +68,7 @@ Metric = Literal["cosine", "euclidean"]
 
 # Scores are computed in blocks of this many query rows, aligned to multiples of it, so that
 # matrix-multiplication rounding never depends on the chunk size.
-_SCORE_BLOCK = 64
+_SCORE_BLOCK = 256
 # Default number of query×gallery elements processed per chunk.
 _DEFAULT_CHUNK_ELEMENTS = 1 << 23
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -218,33 +218,44 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _order_keys(order_value: torch.Tensor) -> torch.Tensor:
-    """int64 keys whose ascending order is (order_value ascending, gallery index ascending).
+def _fill_order_values(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    g_t: torch.Tensor,
+    q_sqnorm: torch.Tensor | None,
+    g_sqnorm: torch.Tensor | None,
+) -> None:
+    """Write values whose ascending order is the ranking into ``out`` (one chunk of queries).
+
+    ``q`` is pre-negated for cosine (so ``q @ g_t`` is ``-cos``, exactly). Matrix products are
+    taken in blocks of :data:`_SCORE_BLOCK` rows aligned to the chunk start (a multiple of the
+    block), so every value is bit-identical whatever the chunk size.
+    """
+    for b in range(0, q.shape[0], _SCORE_BLOCK):
+        torch.mm(q[b : b + _SCORE_BLOCK], g_t, out=out[b : b + _SCORE_BLOCK])
+    if q_sqnorm is not None and g_sqnorm is not None:  # squared Euclidean distance
+        out.mul_(-2.0).add_(q_sqnorm[:, None]).add_(g_sqnorm[None, :])
+    out.add_(0.0)  # -0.0 -> +0.0 so both zeros tie
+
+
+def _order_keys(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose ascending order is (value ascending, gallery index ascending).
 
     All keys of a row are distinct, so comparing keys is a total order with index tie-breaks.
     """
-    c, g = order_value.shape
-    idx = torch.arange(g, device=order_value.device, dtype=torch.int64)
-    v = order_value + 0.0  # -0.0 -> +0.0 so both zeros tie
-    if v.dtype == torch.float32:
-        bits = v.view(torch.int32).to(torch.int64)
-        # order-preserving map of IEEE-754 bits to signed integers
-        mono = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-        return mono * (1 << 32) + idx
+    c, g = values.shape
+    idx = torch.arange(g, device=values.device, dtype=torch.int64)
+    if values.dtype == torch.float32:
+        # order-preserving map of IEEE-754 bits to signed integers (sign-extended to int64):
+        # negative floats get their 31 low bits flipped
+        out.copy_(values.view(torch.int32))
+        flip = torch.bitwise_right_shift(out, 31).bitwise_and_(0x7FFFFFFF)
+        out.bitwise_xor_(flip)
+        del flip
+        return out.mul_(1 << 32).add_(idx)
     # float64: dense rank of the values in this chunk (exact), then the index
-    dense: torch.Tensor = torch.unique(v.reshape(-1), sorted=True, return_inverse=True)[1]
-    return dense.reshape(c, g).to(torch.int64) * g + idx
-
-
-def _order_values(
-    q: torch.Tensor, g: torch.Tensor, g_sqnorm: torch.Tensor | None, metric: Metric
-) -> torch.Tensor:
-    """Per block of query rows: values whose ascending order is the ranking."""
-    sim = q @ g.T
-    if metric == "cosine":
-        return -sim
-    assert g_sqnorm is not None  # internal invariant
-    return (q * q).sum(1, keepdim=True) + g_sqnorm[None, :] - 2.0 * sim
+    dense: torch.Tensor = torch.unique(values.reshape(-1), sorted=True, return_inverse=True)[1]
+    return out.copy_(dense.reshape(c, g)).mul_(g).add_(idx)
 
 
 def camera_pair_ignore(
@@ -336,7 +347,7 @@ def evaluate_retrieval(
             always computed).
         metric: ``"cosine"`` (default) or ``"euclidean"``.
         chunk_size: number of queries per chunk; ``None`` picks about 8M query×gallery
-            elements per chunk. Rounded up to a multiple of 64. The result never depends on it.
+            elements per chunk. Rounded up to a multiple of 256. The result never depends on it.
         dedup_cmc: rank distinct identities for the CMC (official SYSU-MM01 rule).
         ignore: an extra :data:`IgnoreRule` (applied on top of the camera rule).
 
@@ -396,12 +407,14 @@ def evaluate_retrieval(
     compute_dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
     qf = qf.to(compute_dtype)
     gf = gf.to(compute_dtype)
-    g_sqnorm = None
+    q_sqnorm = g_sqnorm = None
     if metric == "cosine":
-        qf = F.normalize(qf, dim=1)
+        qf = -F.normalize(qf, dim=1)  # q @ g.T is then -cos: ascending order = ranking
         gf = F.normalize(gf, dim=1)
     else:
+        q_sqnorm = (qf * qf).sum(1)
         g_sqnorm = (gf * gf).sum(1)
+    g_t = gf.T.contiguous()
 
     g_codes = None
     num_ids = 0
@@ -413,16 +426,20 @@ def evaluate_retrieval(
     ap = torch.zeros(nq, dtype=torch.float64, device=device)
     inp = torch.zeros(nq, dtype=torch.float64, device=device)
 
+    rows_max = min(chunk, nq)
+    val_buf = torch.empty((rows_max, ng), dtype=compute_dtype, device=device)
+    key_buf = torch.empty((rows_max, ng), dtype=torch.int64, device=device)
     for start in range(0, nq, chunk):
         stop = min(start + chunk, nq)
-        vals = torch.cat(
-            [
-                _order_values(qf[b : min(b + _SCORE_BLOCK, stop)], gf, g_sqnorm, metric)
-                for b in range(start, stop, _SCORE_BLOCK)
-            ]
+        vals = val_buf[: stop - start]
+        _fill_order_values(
+            vals,
+            qf[start:stop],
+            g_t,
+            None if q_sqnorm is None else q_sqnorm[start:stop],
+            g_sqnorm,
         )
-        keys = _order_keys(vals)
-        del vals
+        keys = _order_keys(vals, key_buf[: stop - start])
         c = stop - start
         ql_c = ql[start:stop]
         same_id = gl[None, :] == ql_c[:, None]
@@ -451,12 +468,12 @@ def evaluate_retrieval(
         pkeys = torch.full((c, pmax), _INT64_MAX, dtype=torch.int64, device=device)
         pkeys[rows, slot] = keys[rows, cols]
         pkeys = torch.sort(pkeys, dim=1).values
-        # number of positives ranked before each gallery item
+        # number of positives ranked before each gallery item (reuses the key buffer)
         before = torch.searchsorted(pkeys, keys)
-        neg = ~same_id if invalid is None else ~(same_id | invalid)
-        bucket = torch.where(neg, before, torch.full_like(before, pmax))
+        not_neg = same_id if invalid is None else same_id | invalid
+        before.masked_fill_(not_neg, pmax)  # non-negatives go to a dummy bucket
         hist = torch.zeros((c, pmax + 1), dtype=torch.int64, device=device)
-        hist.scatter_add_(1, bucket, torch.ones_like(bucket))
+        hist.scatter_add_(1, before, torch.ones((), dtype=torch.int64, device=device).expand(c, ng))
         neg_before = torch.cumsum(hist[:, :pmax], 1)
         slots = torch.arange(pmax, device=device)
         pos_rank = neg_before + slots[None, :] + 1  # rank of the i-th positive (1-based)
@@ -471,7 +488,7 @@ def evaluate_retrieval(
         inp_c = npos_f / last.to(torch.float64)
         if dedup_cmc:
             assert g_codes is not None  # internal invariant
-            ahead = neg & (before == 0)
+            ahead = before == 0  # negatives ranked before the first positive
             code = torch.where(ahead, g_codes[None, :], torch.full_like(before, num_ids))
             seen = torch.zeros((c, num_ids + 1), dtype=torch.bool, device=device)
             seen.scatter_(1, code, True)
