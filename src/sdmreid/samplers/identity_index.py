@@ -24,7 +24,7 @@ import torch
 
 from sdmreid.modality import Modality, as_modality_array
 
-__all__ = ["IdentityIndex", "as_label_array", "build_identity_index"]
+__all__ = ["IdentityIndex", "as_label_array", "build_identity_index", "stable_argsort_small"]
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -58,6 +58,47 @@ def as_label_array(labels: Iterable[Any] | npt.ArrayLike | torch.Tensor) -> npt.
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
     raise TypeError(f"labels must be integers or strings, got dtype {arr.dtype}")
+
+
+def stable_argsort_small(keys: npt.NDArray[np.integer[Any]]) -> IntArray:
+    """Stable argsort of non-negative integer keys ``< 2**32`` using 16-bit radix passes.
+
+    NumPy's stable sort is a radix sort for 16-bit keys (several times faster than its timsort
+    on 64-bit keys), so wider keys are sorted by their low and then their high 16 bits.
+
+    Example:
+        >>> import numpy as np
+        >>> from sdmreid.samplers.identity_index import stable_argsort_small
+        >>> stable_argsort_small(np.array([70000, 3, 70000, 1])).tolist()
+        [3, 1, 0, 2]
+    """
+    k = np.asarray(keys)
+    if k.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    top = int(k.max())
+    if int(k.min()) < 0 or top >= 2**32:
+        return np.argsort(k, kind="stable").astype(np.int64, copy=False)
+    if top < 2**16:
+        return np.argsort(k.astype(np.uint16), kind="stable").astype(np.int64, copy=False)
+    k32 = k.astype(np.uint32)
+    first = np.argsort((k32 & 0xFFFF).astype(np.uint16), kind="stable")
+    second = np.argsort((k32[first] >> 16).astype(np.uint16), kind="stable")
+    return first[second].astype(np.int64, copy=False)
+
+
+def _dense_inverse(lab: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], IntArray]:
+    """``np.unique(lab, return_inverse=True)``, by counting when integer labels span little."""
+    if lab.dtype.kind in "iu":
+        lo, hi = int(lab.min()), int(lab.max())
+        span = hi - lo + 1
+        if span <= 4 * lab.shape[0] + 1024:
+            dense = (lab - lo).astype(np.int64, copy=False)
+            present = np.bincount(dense, minlength=span) > 0
+            remap = np.cumsum(present, dtype=np.int64) - 1
+            identities = (np.flatnonzero(present) + lo).astype(lab.dtype)
+            return identities, remap[dense]
+    identities, inverse = np.unique(lab, return_inverse=True)
+    return identities, inverse.reshape(-1).astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +159,7 @@ class IdentityIndex:
     @property
     def position_identity(self) -> IntArray:
         """``[N]`` identity number of each position of :attr:`order` (non-decreasing)."""
-        return np.repeat(np.arange(self.num_identities, dtype=np.int64), self.counts)
+        return self.sample_identity[self.order]
 
 
 def build_identity_index(
@@ -157,11 +198,10 @@ def build_identity_index(
             )
         is_rgb = mod == int(Modality.RGB)
         has_mod = True
-    identities, inverse = np.unique(lab, return_inverse=True)
-    inverse = inverse.reshape(-1).astype(np.int64, copy=False)
+    identities, inverse = _dense_inverse(lab)
     n_ids = int(identities.shape[0])
-    key = inverse * 2 + (~is_rgb).astype(np.int64)
-    order = np.argsort(key, kind="stable").astype(np.int64, copy=False)
+    key = inverse * 2 + (~is_rgb)
+    order = stable_argsort_small(key)
     counts = np.bincount(inverse, minlength=n_ids).astype(np.int64)
     rgb_counts = np.bincount(inverse[is_rgb], minlength=n_ids).astype(np.int64)
     starts = np.zeros(n_ids, dtype=np.int64)

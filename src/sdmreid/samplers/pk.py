@@ -85,6 +85,7 @@ from sdmreid.samplers.identity_index import (
     IdentityIndex,
     as_label_array,
     build_identity_index,
+    stable_argsort_small,
 )
 
 __all__ = [
@@ -164,7 +165,7 @@ def coverage_report(
         flat = arr.reshape(-1)
         batch_of = np.repeat(np.arange(arr.shape[0], dtype=np.int64), arr.shape[1])
     else:
-        lists = [list(b) for b in batches]  # type: ignore[union-attr]
+        lists = [list(b) for b in batches]  # type: ignore[union-attr, arg-type]
         sizes = np.asarray([len(b) for b in lists], dtype=np.int64)
         flat = np.asarray([i for b in lists for i in b], dtype=np.int64).reshape(-1)
         batch_of = np.repeat(np.arange(len(lists), dtype=np.int64), sizes)
@@ -199,24 +200,14 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return v
 
 
-def _stable_group_shuffle(group: IntArray, num_groups: int, rng: np.random.Generator) -> IntArray:
+def _stable_group_shuffle(group: IntArray, rng: np.random.Generator) -> IntArray:
     """Permutation of ``arange(len(group))`` that sorts by ``group`` with random ties.
 
     ``group`` must be non-decreasing; the result keeps each group's block in place and shuffles
-    positions within it (a random permutation + a stable radix/tim sort on the group keys).
+    positions within it (a random permutation + a stable radix sort on the group keys).
     """
     perm = rng.permutation(group.shape[0])
-    keys = group[perm]
-    if num_groups <= np.iinfo(np.uint16).max:
-        keys = keys.astype(np.uint16)
-    return perm[np.argsort(keys, kind="stable")].astype(np.int64, copy=False)
-
-
-def _segment_rank(flag: BoolArray, seg: IntArray, starts: IntArray) -> IntArray:
-    """For each position, how many ``flag`` positions precede it inside its segment."""
-    cs = np.cumsum(flag, dtype=np.int64)
-    before = cs - flag
-    return before - before[starts][seg]
+    return perm[stable_argsort_small(group[perm])]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,62 +215,107 @@ def _segment_rank(flag: BoolArray, seg: IntArray, starts: IntArray) -> IntArray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _make_chunks(
-    index: IdentityIndex, k: int, strong: BoolArray, rng: np.random.Generator
-) -> tuple[IntArray, IntArray, IntArray]:
-    """Cut every identity into ``c_i = max(1, n_i // k)`` chunks of ``k`` dataset indices.
+class _ChunkPlan:
+    """Everything about cutting identities into K-chunks that does not depend on the epoch.
 
-    Returns ``(chunks [C, k], chunk_counts [I], chunk_base [I])``: identity ``i``'s chunks are
-    rows ``chunk_base[i] .. chunk_base[i] + c_i - 1``. ``strong[i]`` selects strong-pair chunks
-    (slot 0 RGB, slot 1 non-RGB) for identity ``i``.
+    Identity ``i`` gets ``c_i = max(1, n_i // k)`` chunks, rows ``base[i] .. base[i] + c_i - 1``
+    of the chunk matrix. Each epoch shuffles the samples inside fixed groups of positions of
+    ``index.order`` (the identity; for the strict sampler the identity's RGB block and its
+    non-RGB block separately) and scatters position ``t`` to a fixed cell ``dest[t]``:
+
+    * plain identities: the ``q``-th position of the identity goes to cell ``q`` (row-major) if
+      ``q < c_i·k``, i.e. the first ``c_i·k`` shuffled samples are used;
+    * strong identities (``strong[i]``): the ``j``-th RGB position to slot 0 of chunk ``j`` and the
+      ``j``-th non-RGB position to slot 1 (``j < c_i``); the remaining RGB and non-RGB positions
+      are merged by their fractional rank inside their block (a proportional interleave, so the
+      extra slots get the two modalities in proportion) and fill slots ``2..k-1`` of chunks
+      ``0, 1, …`` in turn; what does not fit is skipped;
+    * cells left empty (``n_i < k``; a strong identity's minority modality with fewer than
+      ``c_i`` samples) are static and get draws with replacement from the identity (slot 0/1 of
+      a strong identity: from its RGB/non-RGB samples).
     """
-    counts, starts = index.counts, index.starts
-    n_ids, n = index.num_identities, index.num_samples
-    c = np.maximum(counts // k, 1)
-    base = np.cumsum(c) - c
-    chunks = np.full((int(c.sum()), k), -1, dtype=np.int64)
 
-    pid = index.position_identity
-    pos = _stable_group_shuffle(pid, n_ids, rng)  # positions of `order`, random within identity
-    samples = index.order[pos]
-    q = np.arange(n, dtype=np.int64) - starts[pid]  # rank inside the identity (shuffled order)
-    ci = c[pid]
-    strong_pos = strong[pid]
-
-    plain = ~strong_pos & (q < ci * k)
-    chunks[base[pid[plain]] + q[plain] // k, q[plain] % k] = samples[plain]
-
-    if strong_pos.any():
-        is_r = index.sample_is_rgb[samples]
-        rank_r = _segment_rank(is_r, pid, starts)
-        rank_n = q - rank_r
-        anchor_r = strong_pos & is_r & (rank_r < ci)
-        anchor_n = strong_pos & ~is_r & (rank_n < ci)
-        chunks[base[pid[anchor_r]] + rank_r[anchor_r], 0] = samples[anchor_r]
-        chunks[base[pid[anchor_n]] + rank_n[anchor_n], 1] = samples[anchor_n]
-        if k > 2:
-            extra = strong_pos & ~anchor_r & ~anchor_n
-            rank_x = _segment_rank(extra, pid, starts)
-            extra &= rank_x < ci * (k - 2)
-            chunks[base[pid[extra]] + rank_x[extra] // (k - 2), 2 + rank_x[extra] % (k - 2)] = (
-                samples[extra]
-            )
-
-    miss_row, miss_col = np.nonzero(chunks < 0)
-    if miss_row.size:
-        ident = np.repeat(np.arange(n_ids, dtype=np.int64), c)[miss_row]
-        u = rng.random(miss_row.shape[0])
+    def __init__(self, index: IdentityIndex, k: int, strong: BoolArray, by_modality: bool) -> None:
+        self.index, self.k = index, k
+        counts, starts, rgb_counts = index.counts, index.starts, index.rgb_counts
+        n_ids, n = index.num_identities, index.num_samples
+        c = np.maximum(counts // k, 1)
+        self.counts_c = c
+        self.base = np.cumsum(c) - c
+        self.num_chunks = int(c.sum())
+        self.strong = strong
+        pid = index.position_identity
+        self.group = (
+            pid * 2 + (np.arange(n) - starts[pid] >= rgb_counts[pid]) if by_modality else pid
+        )
+        base = self.base
+        dest = np.full(n, -1, dtype=np.int64)
+        ids = np.flatnonzero(~strong)
+        ident, off = _runs(ids, np.minimum(counts, c * k)[ids])
+        dest[starts[ident] + off] = base[ident] * k + off
+        ids = np.flatnonzero(strong)
+        if ids.size and k >= 2:
+            n_r = rgb_counts[ids]
+            n_n = counts[ids] - n_r
+            cs = c[ids]
+            local = np.arange(ids.shape[0], dtype=np.int64)
+            for col, size, offset in ((0, n_r, np.zeros_like(n_r)), (1, n_n, n_r)):
+                loc, j = _runs(local, np.minimum(size, cs))
+                ident = ids[loc]
+                dest[starts[ident] + offset[loc] + j] = (base[ident] + j) * k + col
+            if k > 2:
+                # The leftovers of both blocks are merged by fractional rank: leftover t of a
+                # block with `own` leftovers comes after the other block's leftovers s with
+                # (s + .5)/other < (t + .5)/own (ties: RGB first); counted in closed form.
+                left_r = np.maximum(n_r - cs, 0)
+                left_n = np.maximum(n_n - cs, 0)
+                for own, other, offset, rgb in (
+                    (left_r, left_n, cs, True),
+                    (left_n, left_r, n_r + cs, False),
+                ):
+                    loc, t = _runs(local, own)
+                    ident = ids[loc]
+                    o, a = other[loc], own[loc]
+                    x = (2 * t + 1) * o - a
+                    d = 2 * np.maximum(a, 1)
+                    before = -(-x // d) if rgb else x // d + 1
+                    rank_x = t + np.clip(before, 0, o)
+                    fits = rank_x < cs[loc] * (k - 2)
+                    pos = starts[ident] + offset[loc] + t
+                    dest[pos[fits]] = (
+                        (base[ident] + rank_x // (k - 2)) * k + 2 + rank_x % (k - 2)
+                    )[fits]
+        used = dest >= 0
+        self.src_pos = np.flatnonzero(used)
+        self.dest = dest[used]
+        # static empty cells
+        filled = np.zeros(self.num_chunks * k, dtype=np.bool_)
+        filled[self.dest] = True
+        miss = np.flatnonzero(~filled)
+        ident_rows = np.repeat(np.arange(n_ids, dtype=np.int64), c)
+        ident = ident_rows[miss // k]
+        slot = miss % k
         lo = starts[ident].copy()
         size = counts[ident].copy()
         s = strong[ident]
-        rgb_slot = s & (miss_col == 0)
-        non_slot = s & (miss_col == 1)
-        size[rgb_slot] = index.rgb_counts[ident[rgb_slot]]
-        lo[non_slot] += index.rgb_counts[ident[non_slot]]
-        size[non_slot] = counts[ident[non_slot]] - index.rgb_counts[ident[non_slot]]
-        pick = lo + np.minimum((u * size).astype(np.int64), size - 1)
-        chunks[miss_row, miss_col] = index.order[pick]
-    return chunks, c, base
+        rgb_slot = s & (slot == 0)
+        non_slot = s & (slot == 1)
+        size[rgb_slot] = rgb_counts[ident[rgb_slot]]
+        lo[non_slot] += rgb_counts[ident[non_slot]]
+        size[non_slot] = counts[ident[non_slot]] - rgb_counts[ident[non_slot]]
+        self.miss_dest, self.miss_lo, self.miss_size = miss, lo, size
+
+    def draw(self, rng: np.random.Generator) -> IntArray:
+        """One epoch's chunk matrix ``[num_chunks, k]`` of dataset indices."""
+        pos = _stable_group_shuffle(self.group, rng)  # random order inside each group
+        flat = np.empty(self.num_chunks * self.k, dtype=np.int64)
+        flat[self.dest] = self.index.order[pos[self.src_pos]]
+        if self.miss_dest.size:
+            u = rng.random(self.miss_dest.shape[0])
+            size = self.miss_size
+            pick = self.miss_lo + np.minimum((u * size).astype(np.int64), size - 1)
+            flat[self.miss_dest] = self.index.order[pick]
+        return flat.reshape(self.num_chunks, self.k)
 
 
 def _max_batches(rem: IntArray, fallback: BoolArray, width: int, cap: int) -> int:
@@ -330,7 +366,7 @@ def _layout(seq: IntArray, run: IntArray, width: int, b: int, rng: np.random.Gen
     free = np.flatnonzero(~crosses[run_no])
     out = seq.copy()
     if free.size:
-        shuffled = _stable_group_shuffle(grid_row[free], width, rng)
+        shuffled = _stable_group_shuffle(grid_row[free], rng)
         out[free] = seq[free[shuffled]]
     grid = out.reshape(width, b)
     return np.ascontiguousarray(grid[:, rng.permutation(b)].T)
@@ -387,32 +423,30 @@ def _schedule(
 
 
 def _epoch_batches(
-    index: IdentityIndex,
+    plan: _ChunkPlan,
     p: int,
-    k: int,
     replicas: int,
     rank: int,
-    strict: bool,
     cap: int,
     seed: int,
     epoch: int,
 ) -> IntArray:
     """This rank's batches for one epoch, ``[num_batches, p·k]`` dataset indices."""
     rng = np.random.default_rng([seed, epoch])
-    pairable = index.pairable if (strict and k >= 2) else np.zeros(index.num_identities, bool)
-    chunks, c, base = _make_chunks(index, k, pairable, rng)
-    use_cap = cap if pairable.any() else None
-    if p * replicas <= index.num_identities:
-        plan = _schedule(c, base, ~pairable, p, replicas, use_cap, rng)
-        mine = plan[:, rank::replicas]
+    chunks = plan.draw(rng)
+    fallback = ~plan.strong
+    use_cap = cap if plan.strong.any() else None
+    if p * replicas <= plan.index.num_identities:
+        sched = _schedule(plan.counts_c, plan.base, fallback, p, replicas, use_cap, rng)
+        mine = sched[:, rank::replicas]
     else:
-        plan = _schedule(c, base, ~pairable, p, 1, use_cap, rng)
-        steps = plan.shape[0] // replicas
-        mine = plan[rank::replicas][:steps]
+        sched = _schedule(plan.counts_c, plan.base, fallback, p, 1, use_cap, rng)
+        steps = sched.shape[0] // replicas
+        mine = sched[rank::replicas][:steps]
     # random order of the P chunks inside each batch
     within = np.argsort(rng.random(mine.shape), axis=1)
     mine = np.take_along_axis(mine, within, axis=1)
-    return chunks[mine].reshape(mine.shape[0], p * k)
+    return chunks[mine].reshape(mine.shape[0], p * plan.k)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,6 +487,13 @@ class _PKSamplerBase:
                 f"identities in labels ({self.index.num_identities})"
             )
         self._cap = math.ceil(fallback_ratio * self.num_identities)
+        strong = self.index.pairable if (self._strict and self.num_instances >= 2) else None
+        self._plan = _ChunkPlan(
+            self.index,
+            self.num_instances,
+            strong if strong is not None else np.zeros(self.index.num_identities, np.bool_),
+            by_modality=self._strict,
+        )
         self._epoch = 0
         self._next = 0
         self._cache: tuple[int, IntArray] | None = None
@@ -476,15 +517,7 @@ class _PKSamplerBase:
         if self._cache is not None and self._cache[0] == e:
             return self._cache[1]
         arr = _epoch_batches(
-            self.index,
-            self.num_identities,
-            self.num_instances,
-            self.num_replicas,
-            self.rank,
-            self._strict,
-            self._cap,
-            self.seed,
-            e,
+            self._plan, self.num_identities, self.num_replicas, self.rank, self._cap, self.seed, e
         )
         arr.setflags(write=False)
         self._cache = (e, arr)
@@ -611,7 +644,7 @@ class ModalAwarePKSampler(_PKSamplerBase):
         )
 
 
-class ModalAwarePKSampler_Strict(_PKSamplerBase):  # noqa: N801 (contract name)
+class ModalAwarePKSampler_Strict(_PKSamplerBase):
     """P×K batch sampler whose pairable identities always bring an RGB↔non-RGB pair.
 
     See the module docstring for the exact epoch, fallback and replica semantics.
