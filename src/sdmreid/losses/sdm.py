@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
@@ -169,8 +168,10 @@ def _check_labels(y: object, name: str, n: int, device: torch.device) -> Tensor:
 
 
 def _check_finite(x: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    # a row's 2-norm is finite iff all its entries are (barring overflow of huge values), and
+    # unlike torch.isfinite(x) it needs no temporary of x's size
+    if not bool(torch.isfinite(torch.linalg.vector_norm(x, dim=1)).all()):
+        raise ValueError(f"{name} contains NaN or Inf values (or values whose norm overflows)")
 
 
 def _unpack_memory(memory: object) -> tuple[Any, Any]:
@@ -215,6 +216,11 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]
 # ----------------------------------------------------------------------------------------------
 
 
+def _inv_norm(x: Tensor) -> Tensor:
+    """``1 / max(||x_i||, 1e-12)`` per row (the clamp of :func:`torch.nn.functional.normalize`)."""
+    return torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12).reciprocal()
+
+
 def _positive_counts(row_labels: Tensor, col_labels: Tensor) -> Tensor:
     """For each row label, how many column labels equal it (O((R + C) log C) memory-free)."""
     if col_labels.numel() == 0:
@@ -256,14 +262,18 @@ def _col_stats_empty(gn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class _FusedSDM(torch.autograd.Function):
-    """Both SDM directions on one similarity block; gradients written during the forward pass."""
+    """Both SDM directions on one similarity block; gradients written during the forward pass.
+
+    Takes raw (un-normalised) features and folds the L2 normalisation, its backward and the
+    ``logit_scale`` gradient into the same pass, so no normalised copy of any side is made.
+    """
 
     @staticmethod
     def forward(
         ctx: FunctionCtx,
-        qn: Tensor,
-        gn: Tensor,
-        mn: Tensor,
+        q: Tensor,
+        g: Tensor,
+        m: Tensor,
         scale: Tensor,
         q_labels: Tensor,
         c_labels: Tensor,
@@ -277,76 +287,106 @@ class _FusedSDM(torch.autograd.Function):
         do_cols: bool,
         need_grad: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        b, n = qn.shape[0], gn.shape[0]
-        cols = torch.cat([gn, mn], 0) if mn.shape[0] > 0 else gn
+        b, n, n_mem = q.shape[0], g.shape[0], m.shape[0]
+        width = n + n_mem
+        rq = _inv_norm(q)
+        rg = _inv_norm(g)
+        rc = torch.cat([rg, _inv_norm(m)]) if n_mem > 0 else rg
         g_labels = c_labels[:n]
-        zero = qn.new_zeros(())
+        zero = q.new_zeros(())
         loss1, loss2, mass1 = zero.clone(), zero.clone(), zero.clone()
-        mass2_cols = qn.new_zeros(n)
-        dq = torch.zeros_like(qn) if need_grad else qn[:0]
-        dg = torch.zeros_like(gn) if need_grad else gn[:0]
+        mass2_cols = q.new_zeros(n)
+        dq = torch.empty_like(q) if need_grad else q[:0]
+        u = torch.zeros_like(g) if need_grad else g[:0]
         ds = zero.clone()
+        delta1 = t1pos - log_eps
+        delta2 = t2pos - log_eps
         starts = range(0, b, chunk)
         single = chunk >= b
+
+        def logits(i0: int, gallery_only: bool) -> tuple[Tensor, Tensor]:
+            qh = q[i0 : i0 + chunk] * rq[i0 : i0 + chunk, None]
+            qs = qh * scale
+            z = q.new_empty((qh.shape[0], n if gallery_only else width))
+            torch.mm(qs, g.T, out=z[:, :n])
+            if n_mem > 0 and not gallery_only:
+                torch.mm(qs, m.T, out=z[:, n:])
+            z.mul_(rg if gallery_only else rc)
+            return z, qh
 
         lse2 = l2 = zero
         if do_cols and not single:
             # pass 1: per-column streaming log-sum-exp and KL numerator over all query rows
             stats = None
             for i0 in starts:
-                qc = qn[i0 : i0 + chunk]
-                z2 = (qc @ gn.T).mul_(scale)
+                z2, _ = logits(i0, True)
                 y2 = q_labels[i0 : i0 + chunk, None] == g_labels[None, :]
                 part = _col_stats(z2, y2, t2pos, log_eps)
                 del z2, y2
                 stats = part if stats is None else _merge_col_stats(stats, part)
-            m_run, s_run, a_run = stats if stats is not None else _col_stats_empty(gn)
+            m_run, s_run, a_run = stats if stats is not None else _col_stats_empty(g)
             log_s = s_run.log()
             lse2, l2 = m_run + log_s, a_run / s_run - log_s
 
         for i0 in starts:
-            qc = qn[i0 : i0 + chunk]
-            s_blk = qc @ cols.T  # [r, N + M] cosine block, computed once
-            y = q_labels[i0 : i0 + chunk, None] == c_labels[None, :]
-            if do_cols and single:
-                m_c, s_c, a_c = _col_stats(s_blk[:, :n] * scale, y[:, :n], t2pos, log_eps)
-                log_s = s_c.log()
-                lse2, l2 = m_c + log_s, a_c / s_c - log_s
+            z, qh = logits(i0, False)  # scaled cosine logits [r, N + M], computed once
+            yf = (q_labels[i0 : i0 + chunk, None] == c_labels[None, :]).to(z.dtype)
+            g2 = None
+            if do_cols:
+                y2f = yf[:, :n]
+                if single:
+                    m_c, s_c, a_c = _col_stats(z[:, :n], y2f > 0, t2pos, log_eps)
+                    log_s = s_c.log()
+                    lse2, l2 = m_c + log_s, a_c / s_c - log_s
+                g2 = z[:, :n] - lse2  # log p (gallery -> query, softmax over query rows)
+                p2 = g2.exp()
+                mass2_cols += (p2 * y2f).sum(0)
+                if need_grad:  # w2 * p2 * (log p2 - log q~ - L2)
+                    g2.sub_(l2 + log_eps).addcmul_(y2f, delta2, value=-1.0).mul_(p2).mul_(w2)
+                del p2
             if do_rows:
                 wc = w1[i0 : i0 + chunk]
-                g_blk = s_blk * scale
-                g_blk.sub_(torch.logsumexp(g_blk, 1, keepdim=True))  # log p
-                p = g_blk.exp()
-                mass1 = mass1 + (wc * torch.where(y, p, 0.0).sum(1)).sum()
-                g_blk.sub_(torch.where(y, t1pos[i0 : i0 + chunk, None], log_eps))  # log p - log q̃
-                row_loss = (p * g_blk).sum(1)
-                loss1 = loss1 + (wc * row_loss).sum()
-                if need_grad:
-                    g_blk.sub_(row_loss[:, None]).mul_(p).mul_(wc[:, None])  # dL/dz
+                dc = delta1[i0 : i0 + chunk]
+                z.sub_(torch.logsumexp(z, 1, keepdim=True))  # log p
+                p = z.exp()
+                pos_mass = torch.linalg.vecdot(p, yf)
+                row_loss = torch.linalg.vecdot(p, z) - log_eps - dc * pos_mass
+                loss1 += (wc * row_loss).sum()
+                mass1 += (wc * pos_mass).sum()
+                if need_grad:  # w1 * p * (log p - log q~ - L1)
+                    z.sub_((row_loss + log_eps)[:, None]).addcmul_(yf, dc[:, None], value=-1.0)
+                    z.mul_(p.mul_(wc[:, None]))
                 del p
-            else:
-                g_blk = torch.zeros_like(s_blk) if need_grad else s_blk[:, :0]
-            if do_cols:
-                y2 = y[:, :n]
-                lp2 = (s_blk[:, :n] * scale).sub_(lse2)
-                p2 = lp2.exp()
-                mass2_cols = mass2_cols + torch.where(y2, p2, 0.0).sum(0)
-                if need_grad:
-                    lp2.sub_(torch.where(y2, t2pos, log_eps)).sub_(l2).mul_(p2).mul_(w2)
-                    g_blk[:, :n] += lp2
-                del lp2, p2
+                grad_blk = z
+            elif need_grad:
+                grad_blk = torch.zeros_like(z)
             if need_grad:
-                ds = ds + (g_blk * s_blk).sum()
-                g_blk.mul_(scale)  # dL/d cos
-                dq[i0 : i0 + chunk] = g_blk @ cols
-                dg.addmm_(g_blk[:, :n].T, qc)
-            del s_blk, g_blk, y
+                if g2 is not None:
+                    grad_blk[:, :n] += g2
+                grad_blk.mul_(rc)  # dL/dz · ||c||⁻¹: gradients w.r.t. raw columns
+                qc = q[i0 : i0 + chunk]
+                rqc = rq[i0 : i0 + chunk]
+                gc = grad_blk[:, :n] @ g  # Σ_j dL/dz_ij ĉ_j
+                if n_mem > 0:
+                    gc.addmm_(grad_blk[:, n:], m)
+                dot = torch.linalg.vecdot(qc, gc)
+                ds += (rqc * dot).sum()
+                # through q̂ = q / ||q||: dq = s/||q|| (gc - q̂ (q̂·gc))
+                gc.sub_(qc * (rqc * rqc * dot)[:, None]).mul_((rqc * scale)[:, None])
+                dq[i0 : i0 + chunk] = gc
+                u.addmm_(grad_blk[:, :n].T, qh)
+            del z, yf, g2
 
         if do_cols:
             loss2 = (w2 * l2).sum()
             mass2 = (w2 * mass2_cols).sum()
         else:
             mass2 = zero.clone()
+        if need_grad:  # through ĝ = g / ||g||
+            dg = u.addcmul_(g, (rg * rg * torch.linalg.vecdot(g, u))[:, None], value=-1.0)
+            dg.mul_(scale)
+        else:
+            dg = u
         ctx.grads = (dq, dg, ds)  # type: ignore[attr-defined]
         total = loss1 + loss2
         ctx.mark_non_differentiable(loss1, loss2, mass1, mass2)
@@ -517,9 +557,9 @@ def sdm_loss(
             _check_finite(mem_f, "memory features")
 
     with _no_autocast(dev):
-        qn = F.normalize(q.to(cdt), dim=1)
-        gn = F.normalize(g.to(cdt), dim=1)
-        mn = F.normalize(mem_f.to(cdt), dim=1) if mem_f is not None else qn.new_zeros((0, d))
+        qn = q.to(cdt)
+        gn = g.to(cdt)
+        mn = mem_f.to(cdt) if mem_f is not None else qn.new_zeros((0, d))
         ml = mem_l if mem_l is not None else ql.new_zeros(0)
         if isinstance(scale, Tensor):
             s_t = scale.to(device=dev, dtype=cdt)
