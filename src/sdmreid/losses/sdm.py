@@ -218,7 +218,8 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]
 
 def _inv_norm(x: Tensor) -> Tensor:
     """``1 / max(||x_i||, 1e-12)`` per row (the clamp of :func:`torch.nn.functional.normalize`)."""
-    return torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12).reciprocal()
+    norms: Tensor = torch.linalg.vector_norm(x, dim=1)
+    return norms.clamp_min(1e-12).reciprocal()
 
 
 def _positive_counts(row_labels: Tensor, col_labels: Tensor) -> Tensor:
