@@ -270,6 +270,21 @@ def test_round_trip_keeps_empty_steps_in_the_window():
         assert m.labels().tolist() == [3, 4, 5]
 
 
+def test_state_dict_records_the_step_of_every_row():
+    items = CrossBatchMemory(DIM, max_items=5)
+    items.enqueue(torch.ones(3, DIM), [0, 1, 2])
+    items.enqueue(torch.ones(0, DIM), [])
+    items.enqueue(torch.ones(4, DIM), [3, 4, 5, 6])
+    sd = items.state_dict()
+    assert sd["step_ids"].tolist() == [0, 2, 2, 2, 2]
+    assert sd["labels"].tolist() == [2, 3, 4, 5, 6]
+    assert sd["counters"][0].item() == 3  # steps seen
+    steps = CrossBatchMemory(DIM, max_steps=2)
+    for k, n in enumerate([2, 1, 0, 3]):
+        steps.enqueue(torch.ones(n, DIM), [k] * n)
+    assert steps.state_dict()["step_ids"].tolist() == [3, 3, 3]
+
+
 def test_state_dict_keys_and_nested_prefix():
     parent = torch.nn.Module()
     parent.mem = CrossBatchMemory(DIM, max_steps=3)

@@ -13,9 +13,11 @@ Capacity
       together with an explicit ``max_steps`` is a :class:`ValueError`.
 
 Storage and reads
-    Rows live in preallocated buffers of ``2 * capacity`` rows. New rows are appended after the
-    live window; when the end of the buffer is reached, the surviving rows are moved to its front
-    (at most once every ``capacity`` appended rows, so at most one extra row copy per stored row).
+    Rows live in preallocated buffers of ``capacity + slack`` rows, where the slack is 3 ×
+    capacity while that keeps the storage under 64 MiB and at least 1 × capacity otherwise. New
+    rows are appended after the live window; when the end of the buffer is reached, the surviving
+    rows are moved to its front (at most once every ``slack`` appended rows, so at most
+    ``capacity / slack`` — between 1/3 and 1 — extra row copies per stored row).
     Every read (:meth:`~CrossBatchMemory.features`, :meth:`~CrossBatchMemory.labels`,
     :meth:`~CrossBatchMemory.modalities`, :meth:`~CrossBatchMemory.get`) is therefore one contiguous
     slice, oldest row first, returned **without a copy**. In step mode the capacity grows
@@ -114,6 +116,7 @@ class _DefaultSteps(int):
 
 _DEFAULT_MAX_STEPS = _DefaultSteps(6)
 _NONFINITE_POLICIES = ("raise", "drop")
+_SLACK_BYTES = 64 << 20  # storage beyond 2 x capacity only while under this size
 _STATE_KEYS = ("features", "labels", "modalities", "step_ids", "counters", "config")
 
 
@@ -123,6 +126,49 @@ def _check_positive_int(value: object, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return int(value)
+
+
+class _Ring:
+    """Plain mutable state of a :class:`CrossBatchMemory` (kept off ``nn.Module.__setattr__``).
+
+    The storage tensors are deliberately not registered buffers: their shapes differ between
+    memories that saw different batches, which would break ``DistributedDataParallel``'s buffer
+    broadcast if a memory sits inside a wrapped model. ``CrossBatchMemory._apply`` moves them and
+    ``state_dict`` stores the live window explicitly.
+    """
+
+    __slots__ = (
+        "capacity",
+        "device_fixed",
+        "dtype_fixed",
+        "end",
+        "feats",
+        "labels",
+        "materialised",
+        "mods",
+        "rows",
+        "scratch",
+        "segments",
+        "start",
+        "steps_seen",
+    )
+
+    def __init__(self, feats: torch.Tensor, *, dtype_fixed: bool, device_fixed: bool) -> None:
+        self.feats = feats  # [rows, dim]; placeholder [0, dim] until the first enqueue
+        self.labels = torch.zeros(0, dtype=torch.int64, device=feats.device)
+        self.mods = torch.zeros(0, dtype=torch.int64, device=feats.device)
+        self.dtype_fixed = dtype_fixed
+        self.device_fixed = device_fixed
+        self.materialised = False
+        self.capacity = 0
+        self.rows = 0  # storage rows: capacity + slack, slack >= capacity
+        self.start = 0
+        self.end = 0
+        self.steps_seen = 0
+        # [step id, rows] of the steps covering the window, oldest first. In step mode: the last
+        # min(max_steps, steps_seen) steps, empty ones included; in item mode: non-empty ones.
+        self.segments: deque[list[int]] = deque()
+        self.scratch: torch.Tensor | None = None  # reused 0-dim result of the finiteness test
 
 
 class CrossBatchMemory(nn.Module):
@@ -167,10 +213,6 @@ class CrossBatchMemory(nn.Module):
         torch.Size([0, 2])
     """
 
-    _feats: torch.Tensor
-    _labels: torch.Tensor
-    _mods: torch.Tensor
-
     def __init__(
         self,
         dim: int,
@@ -202,36 +244,26 @@ class CrossBatchMemory(nn.Module):
             not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
         ):
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-        self._dtype_fixed = dtype is not None
-        self._device_fixed = device is not None
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        self.register_buffer(
-            "_feats", torch.zeros(0, self.dim, dtype=dtype or torch.float32, device=dev), False
+        self._r = _Ring(
+            torch.zeros(0, self.dim, dtype=dtype or torch.float32, device=dev),
+            dtype_fixed=dtype is not None,
+            device_fixed=device is not None,
         )
-        self.register_buffer("_labels", torch.zeros(0, dtype=torch.int64, device=dev), False)
-        self.register_buffer("_mods", torch.zeros(0, dtype=torch.int64, device=dev), False)
-        self._materialised = False
-        self._capacity = 0
-        self._start = 0
-        self._end = 0
-        self._steps_seen = 0
-        # [step id, rows] of the steps covering the window, oldest first. In step mode: the last
-        # min(max_steps, steps_seen) steps, empty ones included; in item mode: non-empty ones.
-        self._segments: deque[list[int]] = deque()
 
     # ------------------------------------------------------------------ properties and reads
     @property
     def capacity(self) -> int:
-        """Rows the window can hold without reallocating (storage holds twice as many)."""
-        return self._capacity
+        """Rows the window can hold without reallocating (the storage holds 2-4 times as many)."""
+        return self._r.capacity
 
     @property
     def steps_seen(self) -> int:
         """Number of ``enqueue`` calls since construction or the last :meth:`reset`."""
-        return self._steps_seen
+        return self._r.steps_seen
 
     def __len__(self) -> int:
-        return self._end - self._start
+        return self._r.end - self._r.start
 
     def features(self, *, copy: bool = False) -> torch.Tensor:
         """The stored features ``[M, dim]``, oldest first.
@@ -240,12 +272,12 @@ class CrossBatchMemory(nn.Module):
             copy: return a copy instead of a view of the storage. A view is valid only until the
                 next ``enqueue``/``reset``/``load_state_dict``/``.to()``.
         """
-        view = self._feats[self._start : self._end]
+        view = self._r.feats[self._r.start : self._r.end]
         return view.clone() if copy else view
 
     def labels(self, *, copy: bool = False) -> torch.Tensor:
         """The stored ``int64`` labels ``[M]``, oldest first (``copy`` as in :meth:`features`)."""
-        view = self._labels[self._start : self._end]
+        view = self._r.labels[self._r.start : self._r.end]
         return view.clone() if copy else view
 
     def modalities(self, *, copy: bool = False) -> torch.Tensor:
@@ -253,7 +285,7 @@ class CrossBatchMemory(nn.Module):
 
         ``copy`` as in :meth:`features`.
         """
-        view = self._mods[self._start : self._end]
+        view = self._r.mods[self._r.start : self._r.end]
         return view.clone() if copy else view
 
     def get(self, *, copy: bool = False) -> MemoryView:
@@ -269,15 +301,17 @@ class CrossBatchMemory(nn.Module):
             >>> view.labels.tolist(), view.modalities.tolist()
             ([1, 2, 3, 4], [-1, -1, -1, -1])
         """
-        return MemoryView(
-            self.features(copy=copy), self.labels(copy=copy), self.modalities(copy=copy)
-        )
+        r = self._r
+        s, e = r.start, r.end
+        if copy:
+            return MemoryView(r.feats[s:e].clone(), r.labels[s:e].clone(), r.mods[s:e].clone())
+        return MemoryView(r.feats[s:e], r.labels[s:e], r.mods[s:e])
 
     def reset(self) -> None:
         """Forget every stored row and the step count (the storage is kept for reuse)."""
-        self._start = self._end = 0
-        self._steps_seen = 0
-        self._segments.clear()
+        self._r.start = self._r.end = 0
+        self._r.steps_seen = 0
+        self._r.segments.clear()
 
     def extra_repr(self) -> str:
         mode = (
@@ -286,8 +320,8 @@ class CrossBatchMemory(nn.Module):
             else f"max_items={self.max_items}"
         )
         return (
-            f"dim={self.dim}, {mode}, rows={len(self)}, steps_seen={self._steps_seen}, "
-            f"dtype={self._feats.dtype}, device={self._feats.device}"
+            f"dim={self.dim}, {mode}, rows={len(self)}, steps_seen={self._r.steps_seen}, "
+            f"dtype={self._r.feats.dtype}, device={self._r.feats.device}"
         )
 
     # ------------------------------------------------------------------ enqueue
@@ -340,7 +374,7 @@ class CrossBatchMemory(nn.Module):
             if gather and is_dist():
                 feats, label_t, mods = self._gather(feats, label_t, mods, idx)
                 idx = None
-            if not self._materialised:
+            if not self._r.materialised:
                 self._materialise(feats)
             idx = self._finite_selection(feats, idx)
             n = feats.shape[0] if idx is None else int(idx.numel())
@@ -447,7 +481,9 @@ class CrossBatchMemory(nn.Module):
             feats = feats.index_select(0, idx)
             labels = labels.index_select(0, idx.to(labels.device))
             mods = mods.index_select(0, idx.to(mods.device))
-        target = self._feats.dtype if (self._materialised or self._dtype_fixed) else feats.dtype
+        target = (
+            self._r.feats.dtype if (self._r.materialised or self._r.dtype_fixed) else feats.dtype
+        )
         return (
             all_gather_no_grad(feats.to(target)),
             all_gather_no_grad(labels.to(torch.int64)),
@@ -461,9 +497,13 @@ class CrossBatchMemory(nn.Module):
         if feats.numel() == 0:
             return idx
         acc = torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
-        # One reduction: NaN/Inf anywhere make the sum non-finite. A non-finite sum of finite
-        # values (overflow) is resolved by the exact per-row test below.
-        if math.isfinite(torch.sum(feats, dtype=acc).item()):
+        scratch = self._r.scratch
+        if scratch is None or scratch.dtype != acc or scratch.device != feats.device:
+            scratch = self._r.scratch = torch.zeros((), dtype=acc, device=feats.device)
+        # One reduction (into a reused scalar, so nothing is allocated): NaN/Inf anywhere make the
+        # sum non-finite. A non-finite sum of finite values (overflow) is resolved by the exact
+        # per-row test below.
+        if math.isfinite(torch.sum(feats, dim=(0, 1), dtype=acc, out=scratch).item()):
             return idx
         bad = ~torch.isfinite(feats).all(dim=1)
         selected = (
@@ -489,46 +529,49 @@ class CrossBatchMemory(nn.Module):
 
     # ------------------------------------------------------------------ storage
     def _materialise(self, feats: torch.Tensor) -> None:
-        dtype = self._feats.dtype if self._dtype_fixed else feats.dtype
-        device = self._feats.device if self._device_fixed else feats.device
+        dtype = self._r.feats.dtype if self._r.dtype_fixed else feats.dtype
+        device = self._r.feats.device if self._r.device_fixed else feats.device
         if self.max_items is not None:
             capacity = self.max_items
         else:  # a first guess; grows geometrically while the windows get larger
             capacity = max(1, (self.max_steps or 1) * feats.shape[0])
         self._allocate(capacity, dtype, device)
-        self._materialised = True
+        self._r.materialised = True
 
     def _allocate(self, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
-        rows = 2 * capacity
-        self._feats = torch.zeros(rows, self.dim, dtype=dtype, device=device)
-        self._labels = torch.zeros(rows, dtype=torch.int64, device=device)
-        self._mods = torch.zeros(rows, dtype=torch.int64, device=device)
-        self._capacity = capacity
+        row_bytes = self.dim * torch.empty((), dtype=dtype).element_size() + 16
+        slack = max(capacity, min(3 * capacity, _SLACK_BYTES // row_bytes))
+        rows = capacity + slack
+        self._r.rows = rows
+        self._r.feats = torch.zeros(rows, self.dim, dtype=dtype, device=device)
+        self._r.labels = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._r.mods = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._r.capacity = capacity
 
     def _grow(self, needed: int) -> None:
         """Reallocate for a window of ``needed`` rows, moving the live window to the front."""
-        old_f, old_l, old_m = self._feats, self._labels, self._mods
-        s, e = self._start, self._end
-        new_cap = max(needed, self._capacity + self._capacity // 2)
+        old_f, old_l, old_m = self._r.feats, self._r.labels, self._r.mods
+        s, e = self._r.start, self._r.end
+        new_cap = max(needed, self._r.capacity + self._r.capacity // 2)
         if self.max_items is not None:
             new_cap = max(needed, self.max_items)
         self._allocate(new_cap, old_f.dtype, old_f.device)
         r = e - s
         if r:
-            self._feats[:r].copy_(old_f[s:e])
-            self._labels[:r].copy_(old_l[s:e])
-            self._mods[:r].copy_(old_m[s:e])
-        self._start, self._end = 0, r
+            self._r.feats[:r].copy_(old_f[s:e])
+            self._r.labels[:r].copy_(old_l[s:e])
+            self._r.mods[:r].copy_(old_m[s:e])
+        self._r.start, self._r.end = 0, r
 
     def _compact(self) -> None:
         """Move the live window to the front of the storage (source and target never overlap)."""
-        s, e = self._start, self._end
+        s, e = self._r.start, self._r.end
         r = e - s
         if r:
-            self._feats[:r].copy_(self._feats[s:e])
-            self._labels[:r].copy_(self._labels[s:e])
-            self._mods[:r].copy_(self._mods[s:e])
-        self._start, self._end = 0, r
+            self._r.feats[:r].copy_(self._r.feats[s:e])
+            self._r.labels[:r].copy_(self._r.labels[s:e])
+            self._r.mods[:r].copy_(self._r.mods[s:e])
+        self._r.start, self._r.end = 0, r
 
     def _store(
         self,
@@ -538,12 +581,13 @@ class CrossBatchMemory(nn.Module):
         idx: torch.Tensor | None,
         n: int,
     ) -> None:
-        segments = self._segments
-        if self.max_items is None:
+        r = self._r
+        segments = r.segments
+        cap_items = self.max_items
+        if cap_items is None:
             if len(segments) == self.max_steps:
-                self._start += segments.popleft()[1]
+                r.start += segments.popleft()[1]
         else:
-            cap_items = self.max_items
             if n > cap_items:  # keep the last max_items selected rows
                 if idx is None:
                     off = feats.shape[0] - cap_items
@@ -552,8 +596,8 @@ class CrossBatchMemory(nn.Module):
                 else:
                     idx = idx[n - cap_items :]
                 n = cap_items
-            drop = max(0, len(self) + n - cap_items)
-            self._start += drop
+            drop = max(0, r.end - r.start + n - cap_items)
+            r.start += drop
             while drop:
                 seg = segments[0]
                 if seg[1] <= drop:
@@ -562,16 +606,16 @@ class CrossBatchMemory(nn.Module):
                 else:
                     seg[1] -= drop
                     drop = 0
-        needed = len(self) + n
-        if needed > self._capacity:
+        needed = r.end - r.start + n
+        if needed > r.capacity:
             self._grow(needed)
-        elif self._end + n > 2 * self._capacity:
+        elif r.end + n > r.rows:
             self._compact()
-        e = self._end
         if n:
-            f_dst = self._feats[e : e + n]
-            l_dst = self._labels[e : e + n]
-            m_dst = self._mods[e : e + n]
+            e = r.end
+            f_dst = r.feats[e : e + n]
+            l_dst = r.labels[e : e + n]
+            m_dst = r.mods[e : e + n]
             if idx is None:
                 f_dst.copy_(feats)
                 l_dst.copy_(labels)
@@ -586,25 +630,28 @@ class CrossBatchMemory(nn.Module):
                     m_dst.fill_(UNKNOWN_MODALITY)
                 else:
                     _select_into(mods, idx, m_dst)
-            self._end = e + n
-        if n or self.max_items is None:
-            segments.append([self._steps_seen, n])
-        self._steps_seen += 1
+            r.end = e + n
+        if n or cap_items is None:
+            segments.append([r.steps_seen, n])
+        r.steps_seen += 1
 
     # ------------------------------------------------------------------ nn.Module plumbing
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
-        device, dtype = self._feats.device, self._feats.dtype
+        r = self._r
+        device, dtype = r.feats.device, r.feats.dtype
         out = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
-        if self._feats.device != device:
-            self._device_fixed = True
-        if self._feats.dtype != dtype:
-            self._dtype_fixed = True
+        r.feats, r.labels, r.mods = fn(r.feats), fn(r.labels), fn(r.mods)
+        r.scratch = None
+        if r.feats.device != device:
+            r.device_fixed = True
+        if r.feats.dtype != dtype:
+            r.dtype_fixed = True
         return out
 
     def _step_ids(self) -> torch.Tensor:
-        counts = torch.tensor([s[1] for s in self._segments], dtype=torch.int64)
-        ids = torch.tensor([s[0] for s in self._segments], dtype=torch.int64)
-        return torch.repeat_interleave(ids, counts).to(self._feats.device)
+        counts = torch.tensor([s[1] for s in self._r.segments], dtype=torch.int64)
+        ids = torch.tensor([s[0] for s in self._r.segments], dtype=torch.int64)
+        return torch.repeat_interleave(ids, counts).to(self._r.feats.device)
 
     def _save_to_state_dict(
         self, destination: dict[str, Any], prefix: str, keep_vars: bool
@@ -615,7 +662,7 @@ class CrossBatchMemory(nn.Module):
         destination[prefix + "modalities"] = self.modalities(copy=True)
         destination[prefix + "step_ids"] = self._step_ids()
         destination[prefix + "counters"] = torch.tensor(
-            [self._steps_seen, int(self._materialised), self._capacity], dtype=torch.int64
+            [self._r.steps_seen, int(self._r.materialised), self._r.capacity], dtype=torch.int64
         )
         destination[prefix + "config"] = torch.tensor(
             [self.dim, self.max_steps or 0, self.max_items or 0], dtype=torch.int64
@@ -675,25 +722,25 @@ class CrossBatchMemory(nn.Module):
                 f"steps_seen={steps_seen}"
             )
             return
-        fixed = self._materialised
-        dtype = self._feats.dtype if (fixed or self._dtype_fixed) else feats.dtype
-        device = self._feats.device if (fixed or self._device_fixed) else feats.device
+        fixed = self._r.materialised
+        dtype = self._r.feats.dtype if (fixed or self._r.dtype_fixed) else feats.dtype
+        device = self._r.feats.device if (fixed or self._r.device_fixed) else feats.device
         self.reset()
         if materialised or fixed:
             self._allocate(max(capacity, m, self.max_items or 0), dtype, device)
-            self._materialised = True
-            self._feats[:m].copy_(feats)
-            self._labels[:m].copy_(labels)
-            self._mods[:m].copy_(mods)
-            self._start, self._end = 0, m
-        self._steps_seen = steps_seen
+            self._r.materialised = True
+            self._r.feats[:m].copy_(feats)
+            self._r.labels[:m].copy_(labels)
+            self._r.mods[:m].copy_(mods)
+            self._r.start, self._r.end = 0, m
+        self._r.steps_seen = steps_seen
         if self.max_items is None:
             first = max(0, steps_seen - (self.max_steps or 0))
             counts = torch.bincount(step_ids - first, minlength=steps_seen - first).tolist()
-            self._segments.extend([first + i, int(c)] for i, c in enumerate(counts))
+            self._r.segments.extend([first + i, int(c)] for i, c in enumerate(counts))
         else:
             uniq, counts_t = torch.unique_consecutive(step_ids, return_counts=True)
-            self._segments.extend(
+            self._r.segments.extend(
                 [int(s), int(c)] for s, c in zip(uniq.tolist(), counts_t.tolist(), strict=True)
             )
 
