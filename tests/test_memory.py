@@ -451,6 +451,8 @@ def test_enqueue_validation_leaves_memory_unchanged():
         ((torch.zeros(2, DIM), [1, 2]), {"modalities": ["rgb", "x"]}, ValueError, "unknown"),
         ((torch.zeros(2, DIM), [1, 2]), {"keep": Modality.RGB}, ValueError, "modalities=None"),
         ((torch.zeros(2, DIM), [1, 2]), {"keep": lambda m: m == 0}, ValueError, "modalities=None"),
+        ((torch.zeros(2, DIM), [1, 2]), {"keep": torch.ones(2, 1, dtype=torch.bool)}, ValueError,
+         "shape \\[2\\]"),
         ((torch.zeros(2, DIM), [1, 2]), {"keep": torch.ones(3, dtype=torch.bool)}, ValueError,
          "shape \\[2\\]"),
         ((torch.zeros(2, DIM), [1, 2]), {"modalities": [0, 1], "keep": lambda m: m},

@@ -423,7 +423,7 @@ class CrossBatchMemory(nn.Module):
         if keep is None:
             return None
         mask: torch.Tensor
-        if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and keep.ndim == 1:
+        if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
             mask = keep
         elif isinstance(keep, np.ndarray) and keep.dtype == np.bool_:
             mask = torch.from_numpy(keep)
@@ -447,7 +447,7 @@ class CrossBatchMemory(nn.Module):
                         f"{getattr(mask, 'dtype', type(mask).__name__)}"
                     )
             elif isinstance(keep, (Modality, int, str, np.integer)) or (
-                isinstance(keep, torch.Tensor) and keep.ndim == 0
+                isinstance(keep, torch.Tensor) and keep.ndim == 0  # a 0-dim integer tensor
             ):
                 mask = mods == int(parse_modality(keep))
             elif isinstance(keep, (Collection, torch.Tensor, np.ndarray)):
