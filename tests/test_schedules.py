@@ -328,3 +328,19 @@ def test_switch_errors() -> None:
         HeadLRSwitch(object(), group=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="epoch"):
         HeadLRSwitch(opt, group=0).step(0)
+
+
+def test_rollback_without_epoch_uses_latest_queried_epoch() -> None:
+    s = SDMWeightScheduler()
+    with pytest.raises(ValueError, match="epoch must be given"):
+        s.rollback()
+    assert [s.weight(e) for e in (1, 2, 3)] == [0.0, 0.1, 0.3]
+    s.weight(2)  # asking about an earlier epoch does not move "latest" back
+    rb = s.rollback()
+    assert (rb.epoch, rb.from_stage, rb.to_stage) == (3, 1, 0)
+    assert [s.weight(e) for e in (2, 3, 4, 9)] == [0.1, 0.1, 0.1, 0.1]
+    # the latest epoch (now 9) survives a checkpoint round trip
+    t = SDMWeightScheduler()
+    t.load_state_dict(s.state_dict())
+    assert t.rollback().epoch == 9
+    assert t.weight(9) == 0.0

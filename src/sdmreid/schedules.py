@@ -9,12 +9,13 @@ training logs. With ``warmup_epochs=W`` and ``schedule=(w_0, ..., w_{S-1})``:
 
 With the defaults (``W=1``, ``(0.1, 0.3, 0.5)``): epoch 1 → 0.0, 2 → 0.1, 3 → 0.3, ≥ 4 → 0.5.
 
-**Rollback.** ``rollback(epoch)`` lowers the stage in force at ``epoch`` by one and *caps* every
-later epoch at that lowered stage: the schedule does not climb back to the weight that misbehaved.
-Rolling back from the first stage (or during warm-up) turns SDM off for good. Rollbacks are
-sticky, recorded as :class:`Rollback` entries with their epoch, and saved by
-:meth:`SDMWeightScheduler.state_dict`; epochs before a rollback keep their original weights, so
-``weight(epoch)`` stays a pure function of the epoch and the recorded history.
+**Rollback.** ``rollback(epoch)`` (or ``rollback()``: the latest epoch queried) lowers the stage
+in force at ``epoch`` by one and *caps* every later epoch at that lowered stage: the schedule does
+not climb back to the weight that misbehaved. Rolling back from the first stage (or during
+warm-up) turns SDM off for good. Rollbacks are sticky, recorded as :class:`Rollback` entries with
+their epoch, and saved by :meth:`SDMWeightScheduler.state_dict`; epochs before a rollback keep
+their original weights, so ``weight(epoch)`` stays a pure function of the epoch and the recorded
+history.
 
 **Per-step ramp.** With ``ramp_steps=R > 0``, ``weight(epoch, step=s)`` (``s`` counted from 0 within
 the epoch) moves linearly from the previous epoch's weight to this epoch's over the first ``R``
@@ -112,6 +113,7 @@ class SDMWeightScheduler:
         self._schedule = self._check_schedule(schedule)
         self._ramp_steps = _check_int("ramp_steps", ramp_steps, 0)
         self._rollbacks: list[Rollback] = []
+        self._latest_epoch: int | None = None
 
     @staticmethod
     def _check_schedule(schedule: object) -> tuple[float, ...]:
@@ -173,6 +175,8 @@ class SDMWeightScheduler:
 
     def _epoch_weight(self, epoch: int) -> float:
         s = self.stage(epoch)
+        if self._latest_epoch is None or epoch > self._latest_epoch:
+            self._latest_epoch = epoch
         return 0.0 if s == STAGE_OFF else self._schedule[s]
 
     def weight(self, epoch: int, step: int | None = None) -> float:
@@ -220,16 +224,23 @@ class SDMWeightScheduler:
         return f"[sdm] epoch={epoch} weight={w:.3f} use_sdm={self.use_sdm(epoch)}"
 
     # -- rollback -----------------------------------------------------------------------------
-    def rollback(self, epoch: int) -> Rollback:
+    def rollback(self, epoch: int | None = None) -> Rollback:
         """Lower the stage in force at ``epoch`` by one, for ``epoch`` and every later epoch.
 
         Args:
             epoch: Epoch (from 1) from which the lower stage applies; must not precede the last
-                recorded rollback (history is append-only).
+                recorded rollback (history is append-only). Omitted: the latest epoch this
+                scheduler has been asked about through :meth:`weight`, :meth:`use_sdm` or
+                :meth:`log_line` (the epoch being trained, in a normal loop) — pass it explicitly
+                when you can.
 
         Returns:
             The recorded :class:`Rollback`. Rolling back when SDM is already off records a no-op
             entry (``from_stage == to_stage == -1``).
+
+        Raises:
+            ValueError: ``epoch`` is omitted and the scheduler has not been queried yet, or
+                ``epoch`` precedes the last recorded rollback.
 
         Example:
             >>> s = SDMWeightScheduler()
@@ -237,7 +248,19 @@ class SDMWeightScheduler:
             Rollback(epoch=2, from_stage=0, to_stage=-1)
             >>> s.use_sdm(2), s.use_sdm(10)
             (False, False)
+            >>> t = SDMWeightScheduler()
+            >>> t.weight(3)
+            0.3
+            >>> t.rollback()  # the latest epoch asked about: 3
+            Rollback(epoch=3, from_stage=1, to_stage=0)
         """
+        if epoch is None:
+            if self._latest_epoch is None:
+                raise ValueError(
+                    "epoch must be given: rollback() without an epoch applies from the latest "
+                    "epoch passed to weight()/use_sdm()/log_line(), and none has been yet"
+                )
+            epoch = self._latest_epoch
         e = _check_epoch(epoch)
         if self._rollbacks and e < self._rollbacks[-1].epoch:
             raise ValueError(
@@ -261,6 +284,7 @@ class SDMWeightScheduler:
             "schedule": list(self._schedule),
             "ramp_steps": self._ramp_steps,
             "rollbacks": [[r.epoch, r.from_stage, r.to_stage] for r in self._rollbacks],
+            "latest_epoch": self._latest_epoch,
         }
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
@@ -297,7 +321,9 @@ class SDMWeightScheduler:
                 raise ValueError(f"invalid rollback record {list(item)!r} in state")
             rollbacks.append(Rollback(epoch=e, from_stage=f, to_stage=t))
             last = e
+        latest = state.get("latest_epoch")
         self._rollbacks = rollbacks
+        self._latest_epoch = None if latest is None else int(latest)
 
     def __repr__(self) -> str:
         return (
