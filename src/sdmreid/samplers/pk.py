@@ -436,17 +436,21 @@ def _epoch_batches(
     chunks = plan.draw(rng)
     fallback = ~plan.strong
     use_cap = cap if plan.strong.any() else None
-    if p * replicas <= plan.index.num_identities:
-        sched = _schedule(plan.counts_c, plan.base, fallback, p, replicas, use_cap, rng)
-        mine = sched[:, rank::replicas]
+    shared_steps = p * replicas <= plan.index.num_identities
+    r = replicas if shared_steps else 1
+    sched = _schedule(plan.counts_c, plan.base, fallback, p, r, use_cap, rng)
+    # [steps, r, p]: rank q of a shared step holds layout rows q, q + r, q + 2r, ...
+    groups = sched.reshape(sched.shape[0], p, r).transpose(0, 2, 1)
+    # random order of the P chunks inside each batch (drawn for every rank alike)
+    within = np.argsort(rng.random(groups.shape), axis=2)
+    groups = np.take_along_axis(groups, within, axis=2)
+    if shared_steps:
+        mine = groups[:, rank, :]
     else:
-        sched = _schedule(plan.counts_c, plan.base, fallback, p, 1, use_cap, rng)
-        steps = sched.shape[0] // replicas
-        mine = sched[rank::replicas][:steps]
-    # random order of the P chunks inside each batch
-    within = np.argsort(rng.random(mine.shape), axis=1)
-    mine = np.take_along_axis(mine, within, axis=1)
-    return chunks[mine].reshape(mine.shape[0], p * plan.k)
+        steps = groups.shape[0] // replicas
+        mine = groups[rank::replicas, 0, :][:steps]
+    out: IntArray = chunks[mine].reshape(mine.shape[0], p * plan.k)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
