@@ -17,12 +17,20 @@ import torch
 __all__ = ["collate_multimodal"]
 
 
-def collate_multimodal(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def collate_multimodal(
+    samples: Sequence[dict[str, Any]], image_size: tuple[int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """Collate sample dicts (see :class:`~reid_example.data.records.RecordDataset`).
 
+    Args:
+        samples: the batch, in sampler order.
+        image_size: ``(H, W)`` used for the shape of an image-less batch's ``images``
+            (``[0, 3, H, W]``); bind it with ``functools.partial`` when batches may hold only
+            captions. Without it such a batch gets ``[0, 3, 0, 0]``.
+
     Returns:
-        ``images`` float ``[Bi, 3, H, W]`` (``[0, 3, H, W]`` without images; ``H, W`` are then
-        ``0``), ``image_rows`` long ``[Bi]``, ``tokens`` long ``[Bt, L]`` (``0`` = pad, ``L`` =
+        ``images`` float ``[Bi, 3, H, W]`` (``[0, 3, H, W]`` without images), ``image_rows``
+        long ``[Bi]``, ``tokens`` long ``[Bt, L]`` (``0`` = pad, ``L`` =
         longest caption; ``[0, 0]`` without text), ``text_rows`` long ``[Bt]``, and ``labels``,
         ``modalities``, ``cameras``, ``indices`` long ``[B]``.
 
@@ -71,7 +79,8 @@ def collate_multimodal(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Ten
     if images:
         images_t = torch.stack(images).to(torch.float32)
     else:
-        images_t = torch.zeros((0, 3, 0, 0), dtype=torch.float32)
+        h, w = image_size if image_size is not None else (0, 0)
+        images_t = torch.zeros((0, 3, h, w), dtype=torch.float32)
     if tokens:
         length = max(int(t.numel()) for t in tokens)
         tokens_t = torch.zeros((len(tokens), length), dtype=torch.int64)

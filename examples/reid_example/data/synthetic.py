@@ -775,13 +775,23 @@ class SyntheticMultiModalReID(EpochMixin, Dataset[Sample]):
     def render(self, indices: Sequence[int] | npt.NDArray[np.integer[Any]]) -> torch.Tensor:
         """Render the raw images of ``indices`` (image modalities) → float ``[n, 3, H, W]``.
 
-        No augmentation and no normalisation; independent of the cache.
+        No augmentation and no normalisation; independent of the cache. Runs single-threaded
+        (the thread count is restored afterwards).
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"indices out of range for {len(self)} samples")
         if (self.modalities[idx] == int(Modality.TEXT)).any():
             raise ValueError("render() takes image samples only (TEXT samples have no image)")
+        threads = torch.get_num_threads()
+        # Small-tensor work: intra-op threads only add overhead (and collapse under contention).
+        torch.set_num_threads(1)
+        try:
+            return self._render_rows(idx)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _render_rows(self, idx: npt.NDArray[np.int64]) -> torch.Tensor:
         h, w = self.spec.image_size
         out = torch.empty((len(idx), 3, h, w))
         for m in np.unique(self.modalities[idx]).tolist():

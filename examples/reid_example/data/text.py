@@ -38,7 +38,7 @@ pinstriped dotted dots spotted thick fine narrow bold faint left right side fron
 arms black white grey gray silver dark light pale bright deep red maroon crimson pink rose
 orange brown yellow gold beige khaki olive green lime teal cyan turquoise blue navy sky purple
 violet magenta lavender colored coloured color colour also too very quite rather slightly
-fairly
+fairly across down up along
 """
 _WORDS = _WORD_TEXT.split()
 
