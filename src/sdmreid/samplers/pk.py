@@ -31,8 +31,10 @@ Epoch semantics (both samplers)
   ``K >= 2`` *every* chunk of a pairable identity is a **strong pair**: it holds at least one RGB
   and at least one non-RGB index. When one modality of the identity has fewer samples than the
   identity has chunks, that minority modality is reused (drawn with replacement) so that each
-  chunk still gets one; all other samples are used at most once. The construction therefore never
-  needs to retry a pairable identity: the seed's "unless its retries ran out" exception does not
+  chunk still gets one (``c_i - m_i`` repeats, ``m_i`` the minority count); all other samples are
+  used at most once, so ``n_i - c_i·K + max(0, c_i - m_i)`` samples of the identity are skipped
+  that epoch. The remaining slots get the two modalities in proportion. The construction never
+  retries a pairable identity: the seed's "unless its retries ran out" exception does not
   occur, and ``retry_limit`` is accepted (and validated) for configuration compatibility but does
   not change the batches.
 * Identities that cannot form a strong pair (RGB-only, non-RGB-only, or any identity when
