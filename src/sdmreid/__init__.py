@@ -1,18 +1,52 @@
 """sdmreid: typed PyTorch components for SDM training in cross-modal person re-identification.
 
-The public API (see the documentation for each name):
+The public API (each name is documented where it is defined):
 
-* :class:`Modality`, :func:`parse_modality` — the modality vocabulary.
+* :class:`Modality`, :func:`parse_modality` — the modality vocabulary (:mod:`sdmreid.modality`).
+* :func:`sdm_loss`, :class:`SDMLoss`, :class:`SDMResult` — similarity distribution matching
+  (:mod:`sdmreid.losses`).
+* :class:`CrossBatchMemory`, :class:`MemoryView` — a queue of recent RGB embeddings
+  (:mod:`sdmreid.memory`).
+* :class:`ModalAwarePKSampler`, :class:`ModalAwarePKSampler_Strict`, :func:`coverage_report`,
+  :class:`CoverageReport` — P×K batch samplers (:mod:`sdmreid.samplers`).
+* :class:`SDMWeightScheduler`, :class:`HeadLRSwitch` — schedules (:mod:`sdmreid.schedules`).
+* :class:`PairCoverageMeter`, :class:`HealthMonitor`, :class:`Finding`, :class:`Severity`,
+  :class:`Action` — training health (:mod:`sdmreid.monitoring`).
+* :func:`sdmreid.evaluation.evaluate_retrieval` and the protocol presets
+  (:mod:`sdmreid.evaluation`).
 """
 
 from __future__ import annotations
 
+from sdmreid.losses import SDMLoss, SDMResult, sdm_loss
 from sdmreid.modality import Modality, parse_modality
+from sdmreid.monitoring import Action, Finding, HealthMonitor, PairCoverageMeter, Severity
+from sdmreid.samplers import (
+    CoverageReport,
+    ModalAwarePKSampler,
+    ModalAwarePKSampler_Strict,
+    coverage_report,
+)
+from sdmreid.schedules import HeadLRSwitch, SDMWeightScheduler
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
+    "CoverageReport",
+    "Finding",
+    "HeadLRSwitch",
+    "HealthMonitor",
+    "ModalAwarePKSampler",
+    "ModalAwarePKSampler_Strict",
     "Modality",
+    "PairCoverageMeter",
+    "SDMLoss",
+    "SDMResult",
+    "SDMWeightScheduler",
+    "Severity",
     "__version__",
+    "coverage_report",
     "parse_modality",
+    "sdm_loss",
 ]
