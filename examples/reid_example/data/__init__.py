@@ -9,6 +9,7 @@ from reid_example.data.layouts import (
     load_json_manifest,
     load_llcm,
     load_regdb,
+    load_sysu,
     load_sysu_mm01,
 )
 from reid_example.data.protocols import (
@@ -71,6 +72,7 @@ __all__ = [
     "load_json_manifest",
     "load_llcm",
     "load_regdb",
+    "load_sysu",
     "load_sysu_mm01",
     "make_splits",
     "regdb_protocol",
