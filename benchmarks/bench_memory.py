@@ -233,7 +233,7 @@ def scenario_a(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
 
 def scenario_b(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     dim, max_steps, rows = 2048, 16, 256
-    steps = 60 if args.quick else 400
+    steps = 60 if args.quick else 200
     batches = make_batches(dim, [rows] * (steps + 20), pool=20, device=device, seed=args.seed)
     impls: dict[str, tuple[Callable[[], Any], Step]] = {
         "CrossBatchMemory (step mode)": (ours(dim, max_steps=max_steps), step_ours),

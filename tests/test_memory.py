@@ -189,6 +189,29 @@ def test_string_modalities_and_alias_keep():
     assert mem.modalities().tolist() == [0, 0]
 
 
+def test_integer_modality_tensors_are_validated_and_stored_as_int64():
+    mem = CrossBatchMemory(DIM)
+    for bad in (torch.tensor([0, 5]), torch.tensor([-1, 0], dtype=torch.int8)):
+        with pytest.raises(ValueError, match="unknown modality code"):
+            mem.enqueue(torch.zeros(2, DIM), [1, 2], modalities=bad)
+    seen = []
+    mem.enqueue(
+        torch.zeros(3, DIM),
+        [1, 2, 3],
+        modalities=torch.tensor([4, 1, 0], dtype=torch.uint8),
+        keep=lambda m: seen.append(m.dtype) or m > 0,
+    )
+    assert seen == [torch.int64]
+    mem.enqueue(
+        torch.zeros(2, DIM),
+        [4, 5],
+        modalities=torch.tensor([2, 3], dtype=torch.int16),
+        keep={"sketch"},
+    )
+    assert mem.modalities().tolist() == [4, 1, 2] and mem.modalities().dtype == torch.int64
+    assert mem.labels().tolist() == [1, 2, 4] and len(mem) == 3
+
+
 def test_modalities_none_stores_unknown():
     mem = CrossBatchMemory(DIM)
     mem.enqueue(torch.zeros(2, DIM), [1, 2])

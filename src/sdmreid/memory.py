@@ -23,6 +23,9 @@ Storage and reads
     slice, oldest row first, returned **without a copy**. In step mode the capacity grows
     (geometrically) while the windows seen get larger; once it covers the largest window an
     ``enqueue`` allocates no storage. In item mode the capacity is ``max_items`` from the start.
+    Without ``keep`` a warmed-up ``enqueue`` allocates nothing at all (the finiteness test reduces
+    into a reused scalar); ``keep`` adds a ``[B]`` mask and index vector, never a feature copy
+    (selected rows are gathered straight into the storage).
 
     A view returned by a read is valid until the next :meth:`~CrossBatchMemory.enqueue`,
     :meth:`~CrossBatchMemory.reset`, ``load_state_dict`` or ``.to()``: these may overwrite or
@@ -408,7 +411,7 @@ class CrossBatchMemory(nn.Module):
             )
         mods: torch.Tensor | None = None
         if modalities is not None:
-            mods = as_modality_tensor(modalities, name="modalities")
+            mods = _modality_codes(modalities)
             if mods.shape != (b,):
                 raise ValueError(
                     f"modalities must have length {b} to match feats {tuple(feats.shape)}, "
@@ -440,7 +443,7 @@ class CrossBatchMemory(nn.Module):
                     "pass modalities, or a boolean mask as keep"
                 )
             if callable(keep) and not isinstance(keep, (torch.Tensor, Modality)):
-                mask = keep(mods)
+                mask = keep(mods.to(torch.int64))
                 if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
                     raise TypeError(
                         "a keep callable must return a boolean tensor, got "
@@ -452,7 +455,7 @@ class CrossBatchMemory(nn.Module):
                 mask = mods == int(parse_modality(keep))
             elif isinstance(keep, (Collection, torch.Tensor, np.ndarray)):
                 codes = as_modality_tensor(keep, name="keep")
-                mask = torch.isin(mods, codes.to(mods.device))
+                mask = torch.isin(mods, codes.to(mods.device, mods.dtype))
             else:
                 raise TypeError(
                     "keep must be a modality, a collection of modalities, a boolean mask or a "
@@ -487,7 +490,7 @@ class CrossBatchMemory(nn.Module):
         return (
             all_gather_no_grad(feats.to(target)),
             all_gather_no_grad(labels.to(torch.int64)),
-            all_gather_no_grad(mods),
+            all_gather_no_grad(mods.to(torch.int64)),
         )
 
     def _finite_selection(
@@ -743,6 +746,23 @@ class CrossBatchMemory(nn.Module):
             self._r.segments.extend(
                 [int(s), int(c)] for s, c in zip(uniq.tolist(), counts_t.tolist(), strict=True)
             )
+
+
+def _modality_codes(modalities: Any) -> torch.Tensor:
+    """Validated modality codes; an integer tensor is checked with one reduction, not copied."""
+    if (
+        isinstance(modalities, torch.Tensor)
+        and modalities.ndim == 1
+        and modalities.dtype not in (torch.bool, torch.uint16, torch.uint32, torch.uint64)
+        and not modalities.is_floating_point()
+        and not modalities.is_complex()
+    ):
+        if modalities.numel():
+            lo, hi = torch.aminmax(modalities)
+            if int(lo) < 0 or int(hi) >= len(Modality):
+                return as_modality_tensor(modalities, name="modalities")  # raises, naming the code
+        return modalities
+    return as_modality_tensor(modalities, name="modalities")
 
 
 def _select_into(src: torch.Tensor, idx: torch.Tensor, dst: torch.Tensor) -> None:
