@@ -592,3 +592,14 @@ def test_cuda_storage_with_cpu_labels_and_modalities():
     cpu2 = CrossBatchMemory(DIM, max_steps=2, device="cpu")
     cpu2.load_state_dict(mem.state_dict())
     assert cpu2.features().device.type == "cpu" and cpu2.labels().tolist() == [2, 2, 3, 3]
+
+
+def test_deepcopy_is_independent():
+    import copy
+
+    mem = CrossBatchMemory(DIM, max_steps=2)
+    mem.enqueue(torch.ones(3, DIM), [1, 2, 3])
+    twin = copy.deepcopy(mem)
+    twin.enqueue(torch.zeros(1, DIM), [9])
+    assert mem.labels().tolist() == [1, 2, 3] and mem.steps_seen == 1
+    assert twin.labels().tolist() == [1, 2, 3, 9]
