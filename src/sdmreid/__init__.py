@@ -19,6 +19,7 @@ The public API (each name is documented where it is defined):
 from __future__ import annotations
 
 from sdmreid.losses import SDMLoss, SDMResult, sdm_loss
+from sdmreid.memory import CrossBatchMemory, MemoryView
 from sdmreid.modality import Modality, parse_modality
 from sdmreid.monitoring import Action, Finding, HealthMonitor, PairCoverageMeter, Severity
 from sdmreid.samplers import (
@@ -34,9 +35,11 @@ __version__ = "0.1.0"
 __all__ = [
     "Action",
     "CoverageReport",
+    "CrossBatchMemory",
     "Finding",
     "HeadLRSwitch",
     "HealthMonitor",
+    "MemoryView",
     "ModalAwarePKSampler",
     "ModalAwarePKSampler_Strict",
     "Modality",
