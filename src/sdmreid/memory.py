@@ -75,6 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdmreid._validation import check_int
 from sdmreid.distributed import all_gather_no_grad, is_dist
 from sdmreid.modality import Modality, ModalityLike, as_modality_tensor, parse_modality
 
@@ -121,14 +122,6 @@ _DEFAULT_MAX_STEPS = _DefaultSteps(6)
 _NONFINITE_POLICIES = ("raise", "drop")
 _SLACK_BYTES = 64 << 20  # storage beyond 2 x capacity only while under this size
 _STATE_KEYS = ("features", "labels", "modalities", "step_ids", "counters", "config")
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 class _Ring:
@@ -226,17 +219,17 @@ class CrossBatchMemory(nn.Module):
         on_nonfinite: Literal["raise", "drop"] = "raise",
     ) -> None:
         super().__init__()
-        self.dim = _check_positive_int(dim, "dim")
+        self.dim = check_int("dim", dim, 1)
         if max_items is not None:
             if max_steps is not _DEFAULT_MAX_STEPS:
                 raise ValueError(
                     "give either max_steps (step mode) or max_items (item mode), not both; "
                     f"got max_steps={max_steps!r} and max_items={max_items!r}"
                 )
-            self.max_items: int | None = _check_positive_int(max_items, "max_items")
+            self.max_items: int | None = check_int("max_items", max_items, 1)
             self.max_steps: int | None = None
         else:
-            self.max_steps = _check_positive_int(max_steps, "max_steps")
+            self.max_steps = check_int("max_steps", max_steps, 1)
             self.max_items = None
         if on_nonfinite not in _NONFINITE_POLICIES:
             raise ValueError(

@@ -64,6 +64,7 @@ from typing import Any, Protocol
 
 import torch
 
+from sdmreid._validation import check_int
 from sdmreid.distributed import all_reduce_sum
 
 __all__ = [
@@ -75,14 +76,6 @@ __all__ = [
     "Rule",
     "Severity",
 ]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _check_float(
@@ -137,7 +130,7 @@ class PairCoverageMeter:
         *,
         device: torch.device | str | None = None,
     ) -> None:
-        self._window = _check_int("window", window, 1)
+        self._window = check_int("window", window, 1)
         self._target = _check_float("target", target, 0.0, 1.0)
         self._device_fixed = device is not None
         self._buf = torch.zeros(
@@ -603,10 +596,10 @@ class HealthMonitor:
         overfit_head_lr: float = 1e-3,
         overfit_weight_decay: float = 5e-4,
     ) -> None:
-        self.num_classes = _check_int("num_classes", num_classes, 2)
+        self.num_classes = check_int("num_classes", num_classes, 2)
         self.chance_tolerance = _check_float("chance_tolerance", chance_tolerance, 0.0, 1.0)
         self.ce_ceiling = _check_float("ce_ceiling", ce_ceiling, 0.0)
-        self.ce_recovery_epochs = _check_int("ce_recovery_epochs", ce_recovery_epochs, 1)
+        self.ce_recovery_epochs = check_int("ce_recovery_epochs", ce_recovery_epochs, 1)
         self.coverage_floor = _check_float("coverage_floor", coverage_floor, 0.0, 1.0)
         self.coverage_target = _check_float("coverage_target", coverage_target, 0.0, 1.0)
         if self.coverage_floor > self.coverage_target:
@@ -614,8 +607,8 @@ class HealthMonitor:
                 f"coverage_floor must be <= coverage_target, got {coverage_floor} > "
                 f"{coverage_target}"
             )
-        self.coverage_window = _check_int("coverage_window", coverage_window, 1)
-        self.gap_epochs = _check_int("gap_epochs", gap_epochs, 1)
+        self.coverage_window = check_int("coverage_window", coverage_window, 1)
+        self.gap_epochs = check_int("gap_epochs", gap_epochs, 1)
         self.gap_min_growth = _check_float("gap_min_growth", gap_min_growth, 0.0)
         self.norm_growth = _check_float("norm_growth", norm_growth, 1.0)
         self.head_lr = _check_float("head_lr", head_lr, 0.0)
@@ -700,8 +693,8 @@ class HealthMonitor:
             >>> [mon.observe_step(1, s, coverage=0.5) != [] for s in range(3)]
             [False, False, True]
         """
-        e = _check_int("epoch", epoch, 1)
-        s = _check_int("step", step, 0)
+        e = check_int("epoch", epoch, 1)
+        s = check_int("step", step, 0)
         if self._last_step is not None and s <= self._last_step:
             raise ValueError(
                 f"step must be a global step, increasing across calls: got {s} after "
@@ -801,7 +794,7 @@ class HealthMonitor:
         Returns:
             The findings fired at this epoch (also appended to :attr:`findings`).
         """
-        e = _check_int("epoch", epoch, 1)
+        e = check_int("epoch", epoch, 1)
         if self._epochs and e <= self._epochs[-1]:
             raise ValueError(f"epoch must increase across calls: got {e} after {self._epochs[-1]}")
         ce = _check_float("train_ce", train_ce, 0.0)

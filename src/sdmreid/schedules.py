@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from sdmreid._validation import check_int
+
 __all__ = [
     "STAGE_OFF",
     "HeadLRSwitch",
@@ -47,16 +49,8 @@ __all__ = [
 STAGE_OFF = -1
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check_epoch(epoch: object) -> int:
-    return _check_int("epoch (numbered from 1)", epoch, 1)
+    return check_int("epoch (numbered from 1)", epoch, 1)
 
 
 @dataclass(frozen=True)
@@ -109,9 +103,9 @@ class SDMWeightScheduler:
         *,
         ramp_steps: int = 0,
     ) -> None:
-        self._warmup = _check_int("warmup_epochs", warmup_epochs, 0)
+        self._warmup = check_int("warmup_epochs", warmup_epochs, 0)
         self._schedule = self._check_schedule(schedule)
-        self._ramp_steps = _check_int("ramp_steps", ramp_steps, 0)
+        self._ramp_steps = check_int("ramp_steps", ramp_steps, 0)
         self._rollbacks: list[Rollback] = []
         self._latest_epoch: int | None = None
 
@@ -192,9 +186,9 @@ class SDMWeightScheduler:
         cur = self._epoch_weight(epoch)
         if step is None or self._ramp_steps == 0:
             if step is not None:
-                _check_int("step", step, 0)
+                check_int("step", step, 0)
             return cur
-        st = _check_int("step", step, 0)
+        st = check_int("step", step, 0)
         prev = self._epoch_weight(epoch - 1) if epoch > 1 else 0.0
         if cur <= prev:
             return cur
@@ -390,7 +384,7 @@ class HeadLRSwitch:
         self.optimizer = optimizer
         self.group = group
         self.lr = float(lr)
-        self.from_epoch = _check_int("from_epoch", from_epoch, 1)
+        self.from_epoch = check_int("from_epoch", from_epoch, 1)
         self._index = self._find_group(optimizer, group)
         self.switched_at: int | None = None
         self.replaced_lr: float | None = None
@@ -457,7 +451,7 @@ class HeadLRSwitch:
         self.group = state["group"]
         self._index = self._find_group(self.optimizer, self.group)
         self.lr = lr
-        self.from_epoch = _check_int("state['from_epoch']", state["from_epoch"], 1)
+        self.from_epoch = check_int("state['from_epoch']", state["from_epoch"], 1)
         sw = state["switched_at"]
         self.switched_at = None if sw is None else int(sw)
         rl = state["replaced_lr"]

@@ -81,6 +81,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sdmreid._validation import check_int
 from sdmreid.distributed import get_rank, get_world_size, is_dist
 from sdmreid.modality import Modality, as_modality_array
 from sdmreid.samplers.identity_index import (
@@ -191,15 +192,6 @@ def coverage_report(
 # ----------------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    v = int(value)
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
 
 
 def _stable_group_shuffle(group: IntArray, rng: np.random.Generator) -> IntArray:
@@ -475,15 +467,15 @@ class _PKSamplerBase:
         rank: int | None = None,
         fallback_ratio: float = 1.0,
     ) -> None:
-        self.num_identities = _check_int("num_identities", num_identities, 1)
-        self.num_instances = _check_int("num_instances", num_instances, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.num_identities = check_int("num_identities", num_identities, 1)
+        self.num_instances = check_int("num_instances", num_instances, 1)
+        self.seed = check_int("seed", seed, 0)
         if num_replicas is None:
             num_replicas = get_world_size() if is_dist() else 1
         if rank is None:
             rank = get_rank() if is_dist() else 0
-        self.num_replicas = _check_int("num_replicas", num_replicas, 1)
-        self.rank = _check_int("rank", rank, 0)
+        self.num_replicas = check_int("num_replicas", num_replicas, 1)
+        self.rank = check_int("rank", rank, 0)
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
         self.index = build_identity_index(labels, modalities)
@@ -512,14 +504,14 @@ class _PKSamplerBase:
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (reshuffles deterministically); resets the resume position to 0."""
-        e = _check_int("epoch", epoch, 0)
+        e = check_int("epoch", epoch, 0)
         if e != self._epoch:
             self._next = 0
         self._epoch = e
 
     def batches(self, epoch: int | None = None) -> IntArray:
         """All of this rank's batches of an epoch as a read-only ``[len, P·K]`` int64 array."""
-        e = self._epoch if epoch is None else _check_int("epoch", epoch, 0)
+        e = self._epoch if epoch is None else check_int("epoch", epoch, 0)
         if self._cache is not None and self._cache[0] == e:
             return self._cache[1]
         arr = _epoch_batches(
@@ -570,8 +562,8 @@ class _PKSamplerBase:
                 raise ValueError(
                     f"state_dict was saved with {key}={int(state[key])}, this sampler has {value}"
                 )
-        epoch = _check_int("epoch", state["epoch"], 0)
-        nxt = _check_int("next_batch", state["next_batch"], 0)
+        epoch = check_int("epoch", state["epoch"], 0)
+        nxt = check_int("next_batch", state["next_batch"], 0)
         self._epoch = epoch
         n = len(self)
         if nxt > n:
@@ -703,7 +695,7 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
     ) -> None:
         if modalities is None:
             raise ValueError("ModalAwarePKSampler_Strict needs modalities, got None")
-        self.retry_limit = _check_int("retry_limit", retry_limit, 0)
+        self.retry_limit = check_int("retry_limit", retry_limit, 0)
         if isinstance(fallback_ratio, bool) or not isinstance(
             fallback_ratio, float | int | np.floating | np.integer
         ):
