@@ -609,7 +609,9 @@ def evaluate_sysu_mm01(
             loaded with :func:`load_sysu_permutation`); ``None`` uses
             ``numpy.random.default_rng(seed + trial)``.
         seed: base seed of the seeded draw (trial ``t`` uses ``seed + t``).
-        ranks, metric, chunk_size: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
+        ranks: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
+        metric: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
+        chunk_size: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
 
     Returns:
         A :class:`ProtocolResult` (``name="sysu_mm01/{mode}/{single|multi-N}"``), or
@@ -742,7 +744,9 @@ def evaluate_regdb(
             thermal_labels)`` tuple) per trial.
         direction: ``"visible_to_thermal"``, ``"thermal_to_visible"``, or a sequence (default:
             both). Result keys are canonical: ``"rgb_to_nir"`` / ``"nir_to_rgb"``.
-        ranks, metric, chunk_size: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
+        ranks: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
+        metric: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
+        chunk_size: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
 
     Example:
         >>> import torch
@@ -848,7 +852,10 @@ def evaluate_llcm(
         num_trials: trials (10 in the published protocol); trial ``t`` draws its gallery with
             ``numpy.random.default_rng(seed + t)``.
         shots: gallery images per (identity, camera) (1 in the published protocol).
-        seed, ranks, metric, chunk_size: see above / :func:`evaluate_retrieval`.
+        seed: base seed of the gallery draw (trial ``t`` uses ``seed + t``).
+        ranks: passed to :func:`evaluate_retrieval`.
+        metric: passed to :func:`evaluate_retrieval`.
+        chunk_size: passed to :func:`evaluate_retrieval`.
 
     Example:
         >>> import torch
