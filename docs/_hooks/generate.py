@@ -83,11 +83,15 @@ def _rows(cls: type, prefix: str) -> list[str]:
     return rows
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _load_config_module() -> Any:
     if not CONFIG_FILE.is_file():
         raise ConfigReferenceError(
             f"{MARKER} needs the reference trainer's configuration module {CONFIG_MODULE} "
-            f"({CONFIG_FILE.relative_to(ROOT)}), which does not exist"
+            f"({_shown(CONFIG_FILE)}), which does not exist"
         )
     sys.path.insert(0, str(ROOT / "examples"))
     try:
@@ -97,8 +101,7 @@ def _load_config_module() -> Any:
         return importlib.import_module(CONFIG_MODULE)
     except Exception as exc:
         raise ConfigReferenceError(
-            f"{MARKER}: importing {CONFIG_MODULE} from {CONFIG_FILE.relative_to(ROOT)} failed: "
-            f"{exc!r}"
+            f"{MARKER}: importing {CONFIG_MODULE} from {_shown(CONFIG_FILE)} failed: {exc!r}"
         ) from exc
     finally:
         sys.path.pop(0)
