@@ -37,8 +37,9 @@ typecheck: install-dev
 
 bench: install-bench
 	$(PY) benchmarks/run_all.py --json-dir bench-results
+	cp bench-results/benchmarks.md docs/_generated/benchmarks.md
 
-docs: install-docs
+docs: install-docs,examples
 	$(PY) -m mkdocs build --strict
 
 check: test lint typecheck
