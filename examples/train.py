@@ -64,7 +64,7 @@ from reid_example.model import build_model, count_parameters, param_groups
 from reid_example.reporting import MetricsLog, write_plots, write_report
 from torch.nn.parallel import DistributedDataParallel
 
-from sdmreid.distributed import get_rank, get_world_size, is_dist
+from sdmreid.distributed import all_reduce_sum, get_rank, get_world_size, is_dist
 from sdmreid.evaluation import camera_pair_ignore, evaluate_retrieval
 from sdmreid.losses import sdm_loss
 from sdmreid.memory import CrossBatchMemory
@@ -301,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         non_blocking=cfg.data.pin_memory and device.type == "cuda",
         gather_sdm=cfg.dist.gather_sdm,
         gather_memory=cfg.dist.gather_memory,
+        embedding=cfg.model.embedding,
     )
 
     # 7. resume ------------------------------------------------------------------------------
@@ -425,6 +426,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 run_dir / "last.pt",
             )
             break
+        if is_dist():  # every rank sees (and acts on) the same epoch means
+            for key in ("ce", "sdm", "loss", "top1"):
+                v = torch.tensor([getattr(stats, key)], dtype=torch.float64, device=device)
+                setattr(stats, key, float(all_reduce_sum(v).item()) / world)
         throughput.append(stats.images_per_second * world)
         log.info(
             "epoch %d | CE %.4f | SDM %.4f (w=%.3f) | top1 %.3f | pair_coverage %.3f | "
@@ -538,6 +543,7 @@ def evaluate_split(
         device=device,
         amp=amp,
         channels_last=channels_last,
+        embedding=cfg.model.embedding,
     )
     return evaluate_protocols(
         feats,

@@ -96,7 +96,11 @@ def _synthetic(cfg: Config) -> DataBundle:
     size = (cfg.data.image_height or native[0], cfg.data.image_width or native[1])
     tokenizer = WordTokenizer()
     pad = max(1, size[1] // 16)
-    train_tf = train_transform(size, padding=pad) if cfg.data.augment else eval_transform(size)
+    train_tf = (
+        train_transform(size, padding=pad, erasing_p=cfg.data.erasing_p)
+        if cfg.data.augment
+        else eval_transform(size)
+    )
     overrides: dict[str, Any] = {}
     if cfg.data.num_identities:
         if len(cfg.data.num_identities) != 3:
@@ -144,7 +148,11 @@ def _real_layout(cfg: Config) -> DataBundle:  # pragma: no cover - needs the dat
     splits = make_splits(loader(cfg.data.root), seed=cfg.data.data_seed)
     size = (cfg.data.image_height or 256, cfg.data.image_width or 128)
     tokenizer = WordTokenizer()
-    train_tf = train_transform(size) if cfg.data.augment else eval_transform(size)
+    train_tf = (
+        train_transform(size, erasing_p=cfg.data.erasing_p)
+        if cfg.data.augment
+        else eval_transform(size)
+    )
     kw = {"tokenizer": tokenizer, "max_text_len": cfg.data.text_length, "image_size": size}
     train = RecordDataset(splits.train, train_tf, label_map=splits.label_map, **kw)
     val = RecordDataset(splits.val, **kw)

@@ -87,7 +87,8 @@ class DataConfig:
         0, "input image width in pixels (0 = the synthetic preset's size; 128 for real data)"
     )
     text_length: int = _opt(32, "maximum caption length in tokens (TEXT modality)")
-    augment: bool = _opt(True, "random training augmentation (flip/crop/colour) when available")
+    augment: bool = _opt(True, "random training augmentation (flip, pad + crop, erasing)")
+    erasing_p: float = _opt(0.5, "probability of random erasing (when augment is on)")
     num_workers: int = _opt(2, "DataLoader worker processes (0 = load in the main process)")
     persistent_workers: bool = _opt(True, "keep DataLoader workers alive between epochs")
     prefetch_factor: int = _opt(2, "batches prefetched per worker")
@@ -126,7 +127,19 @@ class ModelConfig:
     num_heads: int = _opt(4, "attention heads")
     mlp_ratio: float = _opt(2.0, "MLP hidden width / embed_dim")
     patch_size: int = _opt(4, "square patch size of the per-modality image stems")
-    stem_channels: int = _opt(32, "channels of the small conv stem before patchifying")
+    stem_channels: int = _opt(32, "channels of the first conv of each image stem")
+    stem_layers: int = _opt(
+        2, "stride-2 conv blocks per image stem before patchifying (patch_size % 2**n == 0)"
+    )
+    pool: str = _opt(
+        "cls", "embedding from the CLS token or the mean of all tokens", ("cls", "mean")
+    )
+    embedding: str = _opt(
+        "pre_bn",
+        "retrieval embedding used by SDM, the memory and evaluation: the trunk feature before "
+        "the BNNeck (pre_bn; CE alone reads the BNNeck output) or the BNNeck output (bn)",
+        ("pre_bn", "bn"),
+    )
     dropout: float = _opt(0.0, "dropout inside the trunk")
     vocab_size: int = _opt(0, "token vocabulary size (0 = take it from the tokenizer)")
     sdpa_backend: str = _opt(

@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdmreid.distributed import all_gather_no_grad, get_rank, get_world_size, is_dist
+from sdmreid.distributed import (
+    all_gather_no_grad,
+    all_reduce_sum,
+    get_rank,
+    get_world_size,
+    is_dist,
+)
 from sdmreid.modality import Modality
 
 __all__ = [
@@ -186,6 +192,7 @@ class StepContext:
     non_blocking: bool
     gather_sdm: bool = False
     gather_memory: bool = False
+    embedding: str = "pre_bn"
 
 
 @dataclass
@@ -243,7 +250,7 @@ def train_step(
     with ctx.amp.autocast():
         out = _forward(ctx.model, b)
     logits = out.logits.float()
-    emb = out.embeddings.float()
+    emb = (out.features if ctx.embedding == "pre_bn" else out.embeddings).float()
     ce = F.cross_entropy(logits, labels, label_smoothing=ctx.label_smoothing)
 
     weight = ctx.sdm_scheduler.weight(epoch) if ctx.use_sdm_loss else 0.0
@@ -253,7 +260,13 @@ def train_step(
     mem = ctx.memory.get() if ctx.memory is not None and len(ctx.memory) > 0 else None
     sdm_value = math.nan
     loss = ce
-    if q_idx.numel() > 0 and g_idx.numel() > 0:
+    has_both = q_idx.numel() > 0 and g_idx.numel() > 0
+    gather = ctx.gather_sdm and is_dist()
+    if gather:
+        # Global SDM is a collective: every rank calls it, or none does this step.
+        flag = torch.tensor([float(has_both)], device=ctx.device)
+        has_both = bool(all_reduce_sum(flag).item() == get_world_size())
+    if has_both:
         live = weight > 0.0
         q = emb.index_select(0, q_idx)
         g = emb.index_select(0, g_idx)
@@ -265,7 +278,7 @@ def train_step(
                 labels.index_select(0, g_idx),
                 memory=mem,
                 logit_scale=ctx.logit_scale,
-                gather=ctx.gather_sdm and is_dist(),
+                gather=gather,
             )
         ctx.meter.update_from(res)
         if live:
@@ -417,8 +430,9 @@ def extract_features(
     amp: AmpSetup,
     channels_last: bool = False,
     num_workers: int = 0,
+    embedding: str = "pre_bn",
 ) -> torch.Tensor:
-    """BNNeck embeddings ``[len(dataset), d]`` (float32, CPU) in dataset order.
+    """Retrieval embeddings (``pre_bn`` trunk features or ``bn`` BNNeck outputs) ``[len(dataset), d]`` (float32, CPU) in dataset order.
 
     Under torch.distributed each rank embeds an interleaved shard and the shards are gathered.
     """
@@ -440,7 +454,7 @@ def extract_features(
             b["images"] = b["images"].contiguous(memory_format=torch.channels_last)
         with amp.autocast():
             out = _forward(model, b)
-        chunks.append(out.embeddings.float())
+        chunks.append((out.features if embedding == "pre_bn" else out.embeddings).float())
     dim = chunks[0].shape[1] if chunks else int(getattr(model, "embed_dim", 1))
     local = torch.cat(chunks) if chunks else torch.zeros(0, dim, device=device)
     if not is_dist():

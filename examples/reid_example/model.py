@@ -165,24 +165,57 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ImageStem(nn.Module):
-    """Small conv stem + patchify conv + learned positions for one image modality."""
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.GELU(),
+    )
 
-    def __init__(self, dim: int, patch: int, channels: int, height: int, width: int) -> None:
+
+class ImageStem(nn.Module):
+    """The per-modality part of an image stem: one stride-2 3×3 conv block (conv → BN → GELU).
+
+    Each image modality owns one; it maps that modality's pixels (colour, infrared intensity,
+    strokes on paper, ...) into a common low-level feature map.
+    """
+
+    def __init__(self, channels: int) -> None:
         super().__init__()
+        self.block = _conv_block(3, channels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.block(images)
+
+
+class ImageTokenizer(nn.Module):
+    """Shared conv blocks after the per-modality stems, then a patchifying conv + positions.
+
+    ``stem_layers`` stride-2 blocks in total (the first is per-modality) halve the resolution
+    each, then a conv of kernel = stride = ``patch / 2^stem_layers`` makes the tokens: every token
+    covers ``patch×patch`` pixels, so an ``H×W`` image gives ``(H/patch)·(W/patch)`` tokens. The
+    convolutions give the small trunk the locality bias it lacks on a few thousand images.
+    """
+
+    def __init__(self, dim: int, patch: int, channels: int, height: int, width: int, layers: int):
+        super().__init__()
+        if layers < 1 or patch % (2**layers) or patch < 2**layers:
+            raise ValueError(
+                f"patch_size ({patch}) must be a multiple of 2**stem_layers ({2**layers}), "
+                "stem_layers >= 1"
+            )
         if height % patch or width % patch:
             raise ValueError(f"image size {height}x{width} must be divisible by patch_size {patch}")
-        self.conv = nn.Sequential(
-            nn.Conv2d(3, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.GELU(),
-        )
-        self.patch = nn.Conv2d(channels, dim, patch, stride=patch)
+        blocks = [_conv_block(channels * 2**i, channels * 2 ** (i + 1)) for i in range(layers - 1)]
+        self.conv = nn.Sequential(*blocks)
+        c = channels * 2 ** (layers - 1)
+        k = patch // 2**layers
+        self.patch = nn.Conv2d(c, dim, k, stride=k)
         self.pos = nn.Parameter(torch.zeros(1, (height // patch) * (width // patch), dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch(self.conv(images))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(self.conv(x))
         return x.flatten(2).transpose(1, 2) + self.pos
 
 
@@ -236,6 +269,8 @@ class ReIDModel(nn.Module):
         mlp_ratio: float = 2.0,
         patch_size: int = 4,
         stem_channels: int = 32,
+        stem_layers: int = 2,
+        pool: str = "cls",
         dropout: float = 0.0,
         sdpa_backend: str = "auto",
         trunk: nn.Module | None = None,
@@ -243,14 +278,18 @@ class ReIDModel(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.pool = pool
         self.policy = SDPAPolicy(sdpa_backend)
         h, w = image_size
         self.image_stems = nn.ModuleDict(
-            {
-                m.name.lower(): ImageStem(embed_dim, patch_size, stem_channels, h, w)
-                for m in IMAGE_MODALITIES
-            }
+            {m.name.lower(): ImageStem(stem_channels) for m in IMAGE_MODALITIES}
         )
+        self.image_tokenizer = ImageTokenizer(
+            embed_dim, patch_size, stem_channels, h, w, stem_layers
+        )
+        self.stem_channels = stem_channels
         self.text_stem = TextStem(embed_dim, max(vocab_size, 2), text_length)
         # A learned modality token helps the shared trunk know what it reads.
         self.cls = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -265,7 +304,9 @@ class ReIDModel(nn.Module):
         self.classifier = nn.Linear(embed_dim, num_classes, bias=False)
         self.embed_dim = embed_dim
         self.apply(self._init)
-        nn.init.normal_(self.classifier.weight, std=0.001)
+        # Unit-scale logits from the start: a tiny (BoT-style 0.001) init starves the trunk of
+        # gradient until the classifier has grown, a long plateau when training from scratch.
+        nn.init.normal_(self.classifier.weight, std=embed_dim**-0.5)
         if trunk is not None:
             # An external trunk (timm) replaces the built-in blocks; it brings its own norm.
             self.blocks = nn.ModuleList()
@@ -293,7 +334,14 @@ class ReIDModel(nn.Module):
             return self._external(x, key_mask)
         for blk in self.blocks:
             x = blk(x, key_mask)
-        return self.norm(x[:, 0])
+        x = self.norm(x)
+        if self.pool == "cls":
+            return x[:, 0]
+        # mean over the (unmasked) tokens, CLS included
+        if key_mask is None:
+            return x.mean(dim=1)
+        w = key_mask.to(x.dtype).unsqueeze(-1)
+        return (x * w).sum(dim=1) / w.sum(dim=1)
 
     def _external(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         trunk = self.external_trunk
@@ -312,16 +360,20 @@ class ReIDModel(nn.Module):
         """Trunk features of the image rows and of the text rows (each in its input order)."""
         img_feat: torch.Tensor | None = None
         if images is not None and images.shape[0] > 0:
-            assert image_modalities is not None
-            img_feat = images.new_zeros((images.shape[0], self.embed_dim), dtype=torch.float32)
-            present = torch.unique(image_modalities).tolist()
-            for code in present:
-                sel = (image_modalities == code).nonzero(as_tuple=True)[0]
+            if image_modalities is None:
+                raise ValueError("image_modalities is required with images")
+            h, w = images.shape[-2] // 2, images.shape[-1] // 2
+            low = images.new_zeros((images.shape[0], self.stem_channels, h, w))
+            if images.is_contiguous(memory_format=torch.channels_last):
+                low = low.contiguous(memory_format=torch.channels_last)
+            for code in torch.unique(image_modalities).tolist():
                 name = Modality(int(code)).name.lower()
                 if name not in self.image_stems:
                     raise ValueError(f"no image stem for modality {Modality(int(code)).name}")
-                toks = self.image_stems[name](images.index_select(0, sel))
-                img_feat = img_feat.index_copy(0, sel, self._trunk(toks, None).float())
+                sel = (image_modalities == code).nonzero(as_tuple=True)[0]
+                low = low.index_copy(0, sel, self.image_stems[name](images.index_select(0, sel)))
+            # One shared pass for all image rows: conv blocks, tokens, trunk.
+            img_feat = self._trunk(self.image_tokenizer(low), None).float()
         txt_feat: torch.Tensor | None = None
         if tokens is not None and tokens.shape[0] > 0:
             mask = tokens != 0
@@ -400,6 +452,8 @@ def build_model(
         mlp_ratio=model_cfg.mlp_ratio,
         patch_size=model_cfg.patch_size,
         stem_channels=model_cfg.stem_channels,
+        stem_layers=model_cfg.stem_layers,
+        pool=model_cfg.pool,
         dropout=model_cfg.dropout,
         sdpa_backend=model_cfg.sdpa_backend,
         trunk=trunk,

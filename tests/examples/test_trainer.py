@@ -1,0 +1,239 @@
+"""End-to-end tests of the reference trainer on a tiny synthetic data set (CPU).
+
+* smoke: train → validate → checkpoint → test → report; the recipe's health lines in their exact
+  formats, coverage reported, the loss decreases, report and plots exist, checkpoints load with
+  ``weights_only=True``;
+* exact resume: stop after step k (mid-epoch), resume, and the final weights, optimiser state
+  and metric rows equal those of an uninterrupted run, bit for bit — with a different number of
+  DataLoader workers on the resumed leg;
+* GPU (marked ``gpu``): bf16 autocast with each SDPA backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import train
+from reid_example.checkpoint import load_checkpoint, save_checkpoint
+
+# A tiny run: 12 training identities (~200 samples) at 32x16, a 2-block ViT.
+TINY = [
+    "data.dataset=synthetic",
+    "data.preset=demo",
+    "data.num_identities=12,4,4",
+    "data.image_height=32",
+    "data.image_width=16",
+    "data.num_workers=0",
+    "sampler.num_identities=4",
+    "sampler.num_instances=4",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+    "model.patch_size=8",
+    "model.stem_channels=8",
+    "train.num_threads=1",
+    "train.log_every=1",
+    "train.coverage_every=4",
+    "optim.lr=2e-3",
+    "optim.warmup_epochs=0.5",
+    "output.progress=off",
+    "output.tensorboard=false",
+]
+
+
+def run(tmp: Path, name: str, *extra: str) -> dict[str, Any]:
+    argv: list[str] = []
+    for item in [*TINY, f"output.root={tmp}", f"output.name={name}", *extra]:
+        argv += ["--set", item]
+    return train.main(argv)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("smoke")
+    return run(tmp, "smoke", "train.epochs=4", "eval.every=2", "output.plots=true")
+
+
+def _log(summary: dict[str, Any]) -> str:
+    return (Path(summary["run_dir"]) / "train.log").read_text()
+
+
+def test_health_lines_have_the_recipe_formats(smoke: dict[str, Any]) -> None:
+    text = _log(smoke)
+    sdm_lines = re.findall(
+        r"\[sdm\] epoch=(\d+) weight=(\d\.\d{3}) use_sdm=(True|False)$", text, flags=re.M
+    )
+    assert [int(e) for e, _, _ in sdm_lines] == [1, 2, 3, 4]
+    # epoch 1 off, then the schedule (unless the health monitor rolled it back)
+    assert sdm_lines[0][1:] == ("0.000", "False")
+    assert sdm_lines[1][2] in ("True", "False")
+    cov = re.findall(r"\[dbg\] pair_coverage_mavg=(\d\.\d{3})$", text, flags=re.M)
+    assert cov, "no coverage line"
+    assert all(0.0 <= float(c) <= 1.0 for c in cov)
+    assert re.search(r"epoch 1 \| CE \d+\.\d+ \| SDM \d+\.\d+ \(w=0\.000\) \| top1 \d\.\d+", text)
+
+
+def test_loss_decreases_and_coverage_is_reported(smoke: dict[str, Any]) -> None:
+    rows = [
+        json.loads(x) for x in (Path(smoke["run_dir"]) / "steps.jsonl").read_text().splitlines()
+    ]
+    ce = [r["ce"] for r in rows]
+    k = max(3, len(ce) // 4)
+    assert sum(ce[-k:]) / k < sum(ce[:k]) / k - 0.1, ce
+    assert all(0.0 <= r["pair_coverage"] <= 1.0 for r in rows)
+    # strict sampler + memory: almost every SDM row has a positive
+    assert smoke["pair_coverage"] >= 0.85
+    epochs = [
+        json.loads(x) for x in (Path(smoke["run_dir"]) / "epochs.jsonl").read_text().splitlines()
+    ]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert all(math.isfinite(e["ce"]) for e in epochs)
+
+
+def test_eval_report_and_plots(smoke: dict[str, Any]) -> None:
+    run_dir = Path(smoke["run_dir"])
+    protocols = {"NIR->RGB", "SKETCH->RGB", "CPENCIL->RGB", "TEXT->RGB", "RGB->RGB"}
+    assert set(smoke["val"]) == protocols
+    assert set(smoke["test"]) == protocols
+    for m in smoke["test"].values():
+        assert 0.0 < m["mAP"] <= 1.0 and 0.0 <= m["rank1"] <= 1.0
+    assert smoke["best_epoch"] in (2, 4)  # evaluated epochs only: chosen on validation
+    report = (run_dir / "report.md").read_text()
+    assert "Test split, best checkpoint" in report and "NIR->RGB" in report
+    for name in ("ce", "sdm_loss", "sdm_weight", "pair_coverage", "train_top1", "map"):
+        png = run_dir / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"plots/{name}.png" in report
+    assert (run_dir / "epochs.csv").read_text().startswith("epoch,")
+
+
+def test_checkpoints_load_weights_only(smoke: dict[str, Any]) -> None:
+    run_dir = Path(smoke["run_dir"])
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run_dir / name, weights_only=True)
+        for key in (
+            "model",
+            "optimizer",
+            "sdm_scheduler",
+            "memory",
+            "meter",
+            "health",
+            "rng",
+            "sampler",
+            "head_switch",
+            "lr",
+        ):
+            assert key in state, key
+    last = load_checkpoint(run_dir / "last.pt")
+    assert (last["epoch"], last["step_in_epoch"]) == (5, 0)  # resumes at the next epoch
+    assert last["global_step"] == smoke["global_step"]
+    assert not list(run_dir.glob(".*.tmp")), "temporary checkpoint files left behind"
+
+
+def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint({"a": torch.ones(2)}, path)
+
+    class Boom:
+        def __reduce__(self) -> Any:
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"a": Boom()}, path)
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def _state_equal(a: dict[str, Any], b: dict[str, Any], path: str = "") -> None:
+    assert a.keys() == b.keys(), path
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, dict):
+            _state_equal(x, y, f"{path}.{k}")
+        elif isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), f"{path}.{k} differs"
+        elif isinstance(x, list):
+            assert len(x) == len(y), f"{path}.{k}"
+            for i, (u, v) in enumerate(zip(x, y, strict=True)):
+                if isinstance(u, dict):
+                    _state_equal(u, v, f"{path}.{k}[{i}]")
+                elif isinstance(u, torch.Tensor):
+                    assert torch.equal(u, v), f"{path}.{k}[{i}]"
+                else:
+                    assert u == v or (u != u and v != v), f"{path}.{k}[{i}]"
+        else:
+            assert x == y or (x != x and y != y), f"{path}.{k}: {x!r} != {y!r}"
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical(tmp_path: Path) -> None:
+    common = (
+        "train.epochs=2",
+        "eval.every=2",
+        "eval.test_at_end=false",
+        "output.plots=false",
+        "train.max_steps_per_epoch=5",
+    )
+    full = run(tmp_path, "full", *common)
+    # Stop mid-epoch 1 (after global step 3), then resume with DataLoader workers.
+    part = run(tmp_path, "part", *common, "train.stop_after_steps=3")
+    assert part["stopped"] and part["global_step"] == 3
+    ck = load_checkpoint(Path(part["run_dir"]) / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == (1, 3)
+    resumed = train.main(
+        [
+            "--resume",
+            str(Path(part["run_dir"]) / "last.pt"),
+            "--set",
+            "train.stop_after_steps=0",
+            "--set",
+            "data.num_workers=2",
+        ]
+    )
+    assert resumed["global_step"] == full["global_step"] == 10
+    a = load_checkpoint(Path(full["run_dir"]) / "last.pt")
+    b = load_checkpoint(Path(resumed["run_dir"]) / "last.pt")
+    for key in ("model", "optimizer", "memory", "meter", "sdm_scheduler", "head_switch", "rng"):
+        _state_equal({key: a[key]}, {key: b[key]})
+    assert resumed["val"] == full["val"]
+    rows_a = (Path(full["run_dir"]) / "steps.jsonl").read_text().splitlines()
+    rows_b = (Path(resumed["run_dir"]) / "steps.jsonl").read_text().splitlines()
+    assert rows_a == rows_b
+    ep_a = [
+        json.loads(x) for x in (Path(full["run_dir"]) / "epochs.jsonl").read_text().splitlines()
+    ]
+    ep_b = [
+        json.loads(x) for x in (Path(resumed["run_dir"]) / "epochs.jsonl").read_text().splitlines()
+    ]
+    drop = ("seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ep_a] == [
+        {k: v for k, v in r.items() if k not in drop} for r in ep_b
+    ]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "flash", "efficient", "math"])
+def test_gpu_bf16_sdpa_backends(tmp_path: Path, backend: str) -> None:
+    summary = run(
+        tmp_path,
+        f"gpu-{backend}",
+        "train.device=cuda",
+        "train.amp=bf16",
+        f"model.sdpa_backend={backend}",
+        "train.epochs=2",
+        "eval.every=2",
+        "output.plots=false",
+        "data.num_workers=2",
+    )
+    assert not summary["stopped"]
+    assert all(math.isfinite(m["mAP"]) for m in summary["test"].values())
+    log = _log(summary)
+    # a backend that cannot run says so in one line and falls back
+    assert log.count("falling back to automatic selection") <= 1
