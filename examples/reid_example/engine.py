@@ -432,7 +432,9 @@ def extract_features(
     num_workers: int = 0,
     embedding: str = "pre_bn",
 ) -> torch.Tensor:
-    """Retrieval embeddings (``pre_bn`` trunk features or ``bn`` BNNeck outputs) ``[len(dataset), d]`` (float32, CPU) in dataset order.
+    """Retrieval embeddings ``[len(dataset), d]`` (float32, CPU) in dataset order.
+
+    ``embedding`` picks the trunk feature (``pre_bn``) or the BNNeck output (``bn``).
 
     Under torch.distributed each rank embeds an interleaved shard and the shards are gathered.
     """
@@ -499,7 +501,8 @@ def evaluate_protocols(
             kwargs = {"query_cams": cams[q], "gallery_cams": cams[g]}
         elif rule == "sysu":
             assert ignore_rule is not None
-            kwargs = {"ignore": ignore_rule(cams[q], cams[g], {3: [2], 2: [3]}), "dedup_cmc": True}
+            rule_fn = ignore_rule(cams[q], cams[g], {3: [2], 2: [3]})
+            kwargs = {"ignore": rule_fn, "dedup_cmc": True}
         try:
             m = evaluate(
                 feats[torch.from_numpy(q)], ids[q], feats[torch.from_numpy(g)], ids[g], **kwargs
