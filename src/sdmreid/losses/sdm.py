@@ -336,20 +336,30 @@ class _FusedSDM(torch.autograd.Function):
             if do_cols:
                 y2f = yf[:, :n]
                 if single:
-                    m_c, s_c, a_c = _col_stats(z[:, :n], y2f > 0, t2pos, log_eps)
-                    log_s = s_c.log()
-                    lse2, l2 = m_c + log_s, a_c / s_c - log_s
-                g2 = z[:, :n] - lse2  # log p (gallery -> query, softmax over query rows)
-                p2 = g2.exp()
-                mass2_cols += (p2 * y2f).sum(0)
+                    # column log-softmax with a single exp: g2 = z - max, p2 = e^g2 / s, g2 -= log s
+                    g2 = z[:, :n] - z[:, :n].amax(0)
+                    p2 = g2.exp()
+                    s_c = p2.sum(0)
+                    p2.div_(s_c)
+                    g2.sub_(s_c.log_())  # log p (gallery -> query, softmax over query rows)
+                    mass2_cols += torch.linalg.vecdot(p2, y2f, dim=0)
+                    l2 = torch.linalg.vecdot(p2, g2, dim=0) - log_eps - delta2 * mass2_cols
+                else:
+                    g2 = z[:, :n] - lse2  # log p (gallery -> query, softmax over query rows)
+                    p2 = g2.exp()
+                    mass2_cols += torch.linalg.vecdot(p2, y2f, dim=0)
                 if need_grad:  # w2 * p2 * (log p2 - log q~ - L2)
                     g2.sub_(l2 + log_eps).addcmul_(y2f, delta2, value=-1.0).mul_(p2).mul_(w2)
                 del p2
             if do_rows:
                 wc = w1[i0 : i0 + chunk]
                 dc = delta1[i0 : i0 + chunk]
-                z.sub_(torch.logsumexp(z, 1, keepdim=True))  # log p
+                # row log-softmax with a single exp: z -= max, p = e^z / s, z -= log s
+                z.sub_(z.amax(1, keepdim=True))
                 p = z.exp()
+                s_r = p.sum(1, keepdim=True)
+                p.div_(s_r)
+                z.sub_(s_r.log_())  # log p
                 pos_mass = torch.linalg.vecdot(p, yf)
                 row_loss = torch.linalg.vecdot(p, z) - log_eps - dc * pos_mass
                 loss1 += (wc * row_loss).sum()
