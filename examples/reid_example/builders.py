@@ -88,6 +88,39 @@ class DataBundle:
         )
 
 
+class RandomGrayscale:
+    """With probability ``p``, replace a ``[3, H, W]`` float image by its luminance (ITU-R 601
+    weights) in all three channels — the usual visible/infrared channel augmentation. Draws only
+    from the given generator."""
+
+    def __init__(self, p: float) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"grayscale_p must be in [0, 1], got {p}")
+        self.p = p
+        self.weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.p == 0.0 or float(torch.rand((), generator=generator)) >= self.p:
+            return img
+        gray = (img * self.weights.to(img.dtype)).sum(dim=0, keepdim=True)
+        return gray.expand_as(img).contiguous()
+
+
+def _train_transform(cfg: Config, size: tuple[int, int], padding: int) -> Any:
+    """The data package's training pipeline, plus optional grayscale before normalisation."""
+    from reid_example.data.transforms import Compose
+
+    if not cfg.data.augment:
+        return eval_transform(size)
+    tf = train_transform(size, padding=padding, erasing_p=cfg.data.erasing_p)
+    if cfg.data.grayscale_p > 0:
+        steps = list(tf.transforms)
+        at = next(i for i, t in enumerate(steps) if type(t).__name__ == "Normalize")
+        steps.insert(at, RandomGrayscale(cfg.data.grayscale_p))
+        tf = Compose(steps)
+    return tf
+
+
 def _synthetic(cfg: Config) -> DataBundle:
     from reid_example.data.synthetic import PRESETS, SyntheticMultiModalReID
 
@@ -96,11 +129,7 @@ def _synthetic(cfg: Config) -> DataBundle:
     size = (cfg.data.image_height or native[0], cfg.data.image_width or native[1])
     tokenizer = WordTokenizer()
     pad = max(1, size[1] // 16)
-    train_tf = (
-        train_transform(size, padding=pad, erasing_p=cfg.data.erasing_p)
-        if cfg.data.augment
-        else eval_transform(size)
-    )
+    train_tf = _train_transform(cfg, size, pad)
     overrides: dict[str, Any] = {}
     if cfg.data.num_identities:
         if len(cfg.data.num_identities) != 3:
@@ -148,11 +177,7 @@ def _real_layout(cfg: Config) -> DataBundle:  # pragma: no cover - needs the dat
     splits = make_splits(loader(cfg.data.root), seed=cfg.data.data_seed)
     size = (cfg.data.image_height or 256, cfg.data.image_width or 128)
     tokenizer = WordTokenizer()
-    train_tf = (
-        train_transform(size, erasing_p=cfg.data.erasing_p)
-        if cfg.data.augment
-        else eval_transform(size)
-    )
+    train_tf = _train_transform(cfg, size, 10)
     kw = {"tokenizer": tokenizer, "max_text_len": cfg.data.text_length, "image_size": size}
     train = RecordDataset(splits.train, train_tf, label_map=splits.label_map, **kw)
     val = RecordDataset(splits.val, **kw)

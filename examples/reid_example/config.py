@@ -89,6 +89,9 @@ class DataConfig:
     text_length: int = _opt(32, "maximum caption length in tokens (TEXT modality)")
     augment: bool = _opt(True, "random training augmentation (flip, pad + crop, erasing)")
     erasing_p: float = _opt(0.5, "probability of random erasing (when augment is on)")
+    grayscale_p: float = _opt(
+        0.0, "probability of converting a training image to grayscale (channel augmentation)"
+    )
     num_workers: int = _opt(2, "DataLoader worker processes (0 = load in the main process)")
     persistent_workers: bool = _opt(True, "keep DataLoader workers alive between epochs")
     prefetch_factor: int = _opt(2, "batches prefetched per worker")
