@@ -325,6 +325,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         global_step = int(resume_state["global_step"])
         best = dict(resume_state["best"])
         epoch_acc = dict(resume_state["epoch_acc"])
+        saved_world = int(resume_state["sampler"]["world_size"])
+        if saved_world != world and step_in_epoch > 0:
+            log.warning(
+                "checkpoint was written by %d processes, resuming with %d: epoch %d restarts "
+                "from its first batch (per-rank batch positions do not carry over)",
+                saved_world,
+                world,
+                epoch,
+            )
+            step_in_epoch, epoch_acc = 0, {}
         metrics.truncate_after(global_step)
         log.info(
             "resumed from %s at epoch %d step %d (global %d)",
