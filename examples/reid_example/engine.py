@@ -373,14 +373,19 @@ def train_one_epoch(
     t0 = time.perf_counter()
     step = start_step
     stopped = False
+    t_step = time.perf_counter()
     for batch in loader:
         scalars = train_step(ctx, batch, epoch, global_step)
+        now = time.perf_counter()
+        # data wait + step, per process (timing only: never part of any exact comparison)
+        scalars["images_per_second"] = scalars["batch"] / max(now - t_step, 1e-9)
+        t_step = now
         global_step += 1
         step += 1
         stats.steps += 1
         stats.samples += int(scalars["batch"])
         for k, v in scalars.items():
-            if math.isfinite(v):
+            if math.isfinite(v) and k != "images_per_second":
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
         if acc_out is not None:
