@@ -167,11 +167,21 @@ def _check_labels(y: object, name: str, n: int, device: torch.device) -> Tensor:
     return t.to(device=device, dtype=torch.int64)
 
 
-def _check_finite(x: Tensor, name: str) -> None:
-    # a row's 2-norm is finite iff all its entries are (barring overflow of huge values), and
-    # unlike torch.isfinite(x) it needs no temporary of x's size
-    if not bool(torch.isfinite(torch.linalg.vector_norm(x, dim=1)).all()):
-        raise ValueError(f"{name} contains NaN or Inf values (or values whose norm overflows)")
+def _checked_norms(q: Tensor, g: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Row 2-norms of the three sides, after checking that they are all finite.
+
+    A row's 2-norm is finite iff all its entries are (barring overflow of huge values), and unlike
+    ``torch.isfinite(x)`` it needs no temporary of ``x``'s size. The norms are reused by the
+    kernel for the L2 normalisation, and one host read checks all three sides at once.
+    """
+    norms = tuple(torch.linalg.vector_norm(x, dim=1) for x in (q, g, m))
+    if not bool(torch.isfinite(torch.cat(norms)).all()):
+        for x, name in zip(norms, ("query", "gallery", "memory features"), strict=True):
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(
+                    f"{name} contains NaN or Inf values (or values whose norm overflows)"
+                )
+    return norms[0], norms[1], norms[2]
 
 
 def _unpack_memory(memory: object) -> tuple[Any, Any]:
@@ -216,10 +226,14 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]
 # ----------------------------------------------------------------------------------------------
 
 
-def _inv_norm(x: Tensor) -> Tensor:
-    """``1 / max(||x_i||, 1e-12)`` per row (the clamp of :func:`torch.nn.functional.normalize`)."""
-    norms: Tensor = torch.linalg.vector_norm(x, dim=1)
+def _inv_from_norms(norms: Tensor) -> Tensor:
+    """``1 / max(norm, 1e-12)`` (the clamp of :func:`torch.nn.functional.normalize`)."""
     return norms.clamp_min(1e-12).reciprocal()
+
+
+def _inv_norm(x: Tensor) -> Tensor:
+    """``1 / max(||x_i||, 1e-12)`` per row."""
+    return _inv_from_norms(torch.linalg.vector_norm(x, dim=1))
 
 
 def _positive_counts(row_labels: Tensor, col_labels: Tensor) -> Tensor:
@@ -287,12 +301,16 @@ class _FusedSDM(torch.autograd.Function):
         do_rows: bool,
         do_cols: bool,
         need_grad: bool,
+        norms: tuple[Tensor, Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         b, n, n_mem = q.shape[0], g.shape[0], m.shape[0]
         width = n + n_mem
-        rq = _inv_norm(q)
-        rg = _inv_norm(g)
-        rc = torch.cat([rg, _inv_norm(m)]) if n_mem > 0 else rg
+        if norms is None:
+            rq, rg = _inv_norm(q), _inv_norm(g)
+            rc = torch.cat([rg, _inv_norm(m)]) if n_mem > 0 else rg
+        else:  # row norms already computed by the caller's finiteness check
+            rq, rg = _inv_from_norms(norms[0]), _inv_from_norms(norms[1])
+            rc = torch.cat([rg, _inv_from_norms(norms[2])]) if n_mem > 0 else rg
         g_labels = c_labels[:n]
         zero = q.new_zeros(())
         loss1, loss2, mass1 = zero.clone(), zero.clone(), zero.clone()
@@ -415,7 +433,7 @@ class _FusedSDM(torch.autograd.Function):
             )
         if torch.is_grad_enabled():  # create_graph=True: make a second backward fail loudly
             out = tuple(None if x is None else _once(x) for x in out)
-        return (out[0], out[1], None, out[2], *([None] * 11))
+        return (out[0], out[1], None, out[2], *([None] * 12))
 
 
 class _NoDoubleBackward(torch.autograd.Function):
@@ -561,22 +579,19 @@ def sdm_loss(
             mem_f = _check_features(raw_f, "memory features", dim=d)
             mem_l = _check_labels(raw_l, "memory labels", mem_f.shape[0], dev)
             mem_f = mem_f.detach().to(device=dev)
-    if check_finite:
-        _check_finite(q, "query")
-        _check_finite(g, "gallery")
-        if mem_f is not None:
-            _check_finite(mem_f, "memory features")
-
     with _no_autocast(dev):
         qn = q.to(cdt)
         gn = g.to(cdt)
         mn = mem_f.to(cdt) if mem_f is not None else qn.new_zeros((0, d))
         ml = mem_l if mem_l is not None else ql.new_zeros(0)
+        norms = None
+        if check_finite:
+            norms = _checked_norms(qn, gn, mn)
         if isinstance(scale, Tensor):
             s_t = scale.to(device=dev, dtype=cdt)
         else:
             s_t = torch.tensor(scale, device=dev, dtype=cdt)
-        return _sdm_core(qn, gn, mn, ql, gl, ml, s_t, float(epsilon), chunk_size, gather)
+        return _sdm_core(qn, gn, mn, ql, gl, ml, s_t, float(epsilon), chunk_size, gather, norms)
 
 
 def _sdm_core(
@@ -590,6 +605,7 @@ def _sdm_core(
     epsilon: float,
     chunk_size: int | None,
     gather: bool,
+    norms: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> SDMResult:
     b, n = qn.shape[0], gn.shape[0]
     log_eps = math.log(epsilon)
@@ -624,7 +640,22 @@ def _sdm_core(
     if not distributed:
         chunk = b if chunk_size is None else min(chunk_size, b)
         total, l1, l2, m1, m2 = fn(
-            qn, gn, mn, scale, ql, cl, t1pos, w1, t2pos, w2, log_eps, chunk, True, True, need_grad
+            qn,
+            gn,
+            mn,
+            scale,
+            ql,
+            cl,
+            t1pos,
+            w1,
+            t2pos,
+            w2,
+            log_eps,
+            chunk,
+            True,
+            True,
+            need_grad,
+            norms,
         )
         loss = total
     else:
@@ -647,6 +678,7 @@ def _sdm_core(
             True,
             False,
             need_grad,
+            None,
         )
         # ... and this rank's gallery rows against every query column.
         tot_b, _, l2, _, m2 = fn(
@@ -665,6 +697,7 @@ def _sdm_core(
             False,
             True,
             need_grad,
+            None,
         )
         local = tot_a + tot_b
         stats = all_reduce_sum(torch.stack([l1, l2, m1, m2]).detach())
