@@ -106,6 +106,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             {"history": history, "raised": raised, "steps_seen": step_mem.steps_seen},
             Path(out_dir) / f"rank{rank}.pt",
         )
+        # all ranks finish their collectives before any tears the group down (gloo otherwise
+        # can abort a rank at exit with 'terminate called without an active exception')
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

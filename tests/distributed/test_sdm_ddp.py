@@ -74,6 +74,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 "gs": s.grad,
             }
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        # all ranks finish their collectives before any tears the group down (gloo otherwise
+        # can abort a rank at exit with 'terminate called without an active exception')
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
