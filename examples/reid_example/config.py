@@ -174,7 +174,10 @@ class OptimConfig:
     optimizer: str = _opt("adamw", "optimiser", ("adamw", "sgd"))
     lr: float = _opt(1e-3, "peak learning rate of the backbone/stems/trunk")
     head_lr: float = _opt(
-        1e-3, "learning rate of the 'head' group (BNNeck + classifier) before the switch"
+        1e-2,
+        "learning rate of the 'head' group (BNNeck + classifier) before the switch; the recipe "
+        "drops it to head_lr_after at head_lr_switch_epoch because the classifier's weight norm "
+        "grew 7 -> 35 at the higher rate",
     )
     head_lr_after: float = _opt(3e-3, "head learning rate from head_lr_switch_epoch on")
     head_lr_switch_epoch: int = _opt(2, "first epoch (from 1) that uses head_lr_after")
