@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not scripts:
         print("no benchmark matched", file=sys.stderr)
         return 2
-    sections = [f"# Benchmarks\n\nMachine: {machine_description()}\n"]
+    sections = [f"Machine: {machine_description()}\n"]
     failures = 0
     for script in scripts:
         name = script.stem.removeprefix("bench_")
