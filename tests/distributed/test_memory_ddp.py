@@ -8,19 +8,14 @@ the last N rows (item mode).
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sdmreid.memory import CrossBatchMemory
+from tests.distributed.launch import run_on_ranks
 
 pytestmark = pytest.mark.ddp
 
@@ -80,50 +75,29 @@ def reference_step_rows(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(fs), np.concatenate(ls), np.concatenate(ms)
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)  # fmt: skip
+def _worker(rank: int) -> dict:
+    step_mem = CrossBatchMemory(DIM, max_steps=MAX_STEPS)
+    item_mem = CrossBatchMemory(DIM, max_items=MAX_ITEMS)
+    history = []
+    for batch in rank_batches(rank):
+        args, kwargs = enqueue_args(batch)
+        step_mem.enqueue(*args, **kwargs, gather=True)
+        item_mem.enqueue(*args, **kwargs, gather=True)
+        history.append([t.clone() for m in (step_mem, item_mem) for t in m.get()])
+    # A NaN in a kept row on rank 1 only: both ranks must raise (no hang), memory unchanged.
+    feats = torch.zeros(2, DIM)
+    if rank == 1:
+        feats[0, 1] = float("nan")
+    raised = False
     try:
-        step_mem = CrossBatchMemory(DIM, max_steps=MAX_STEPS)
-        item_mem = CrossBatchMemory(DIM, max_items=MAX_ITEMS)
-        history = []
-        for batch in rank_batches(rank):
-            args, kwargs = enqueue_args(batch)
-            step_mem.enqueue(*args, **kwargs, gather=True)
-            item_mem.enqueue(*args, **kwargs, gather=True)
-            history.append([t.clone() for m in (step_mem, item_mem) for t in m.get()])
-        # A NaN in a kept row on rank 1 only: both ranks must raise (no hang), memory unchanged.
-        feats = torch.zeros(2, DIM)
-        if rank == 1:
-            feats[0, 1] = float("nan")
-        raised = False
-        try:
-            step_mem.enqueue(feats, [1, 2], gather=True)
-        except ValueError:
-            raised = True
-        torch.save(
-            {"history": history, "raised": raised, "steps_seen": step_mem.steps_seen},
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-        # all ranks finish their collectives before any tears the group down (gloo otherwise
-        # can abort a rank at exit with 'terminate called without an active exception')
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+        step_mem.enqueue(feats, [1, 2], gather=True)
+    except ValueError:
+        raised = True
+    return {"history": history, "raised": raised, "steps_seen": step_mem.steps_seen}
 
 
 def test_gathered_memory_identical_on_all_ranks_and_matches_reference():
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        ctx = mp.spawn(_worker, args=(init_file, tmp), nprocs=WORLD, join=False)
-        deadline = time.monotonic() + 60
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail("distributed workers did not finish within 60 s")
-        results = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results = run_on_ranks(_worker, WORLD)
 
     ref_steps: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=MAX_STEPS)
     ref_items: list[tuple[np.ndarray, int, int]] = []

@@ -9,18 +9,13 @@ returns the meter to its local view.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sdmreid.monitoring import PairCoverageMeter
+from tests.distributed.launch import run_on_ranks
 
 pytestmark = pytest.mark.ddp
 
@@ -45,61 +40,40 @@ def naive(updates: list[tuple[int, int]]) -> float:
     return math.nan if rows == 0 else 1.0 - sum(w for _, w in updates) / rows
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=WORLD)  # fmt: skip
-    try:
-        meter = PairCoverageMeter(window=WINDOW)
-        before_any = meter.sync().value
-        synced, local, again = [], [], []
-        for i, (r, w) in enumerate(rank_counts(rank)):
-            # alternate ints and tensors: both kinds go through the same buffer
-            if i % 2:
-                meter.update(torch.tensor(r), torch.tensor(w))
-            else:
-                meter.update(r, w)
-            local.append(meter.value)
-            synced.append(meter.sync().value)
-            again.append(meter.sync().value)  # a second sync must not double-count
-        after_update_flag = []
-        # unequal update counts: rank 1 does fewer updates
-        meter2 = PairCoverageMeter(window=WINDOW)
-        n2 = STEPS if rank == 0 else SHORT
-        for r, w in rank_counts(rank + 10, n2):
-            meter2.update(r, w)
-        unequal = meter2.sync().value
-        meter2.update(5, 5 if rank == 0 else 0)
-        after_update_flag.append(meter2.synced)
-        torch.save(
-            {
-                "before_any": before_any,
-                "synced": synced,
-                "local": local,
-                "again": again,
-                "unequal": unequal,
-                "after_update_synced": after_update_flag,
-            },
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-        # all ranks finish their collectives before any tears the group down (gloo otherwise
-        # can abort a rank at exit with 'terminate called without an active exception')
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    meter = PairCoverageMeter(window=WINDOW)
+    before_any = meter.sync().value
+    synced, local, again = [], [], []
+    for i, (r, w) in enumerate(rank_counts(rank)):
+        # alternate ints and tensors: both kinds go through the same buffer
+        if i % 2:
+            meter.update(torch.tensor(r), torch.tensor(w))
+        else:
+            meter.update(r, w)
+        local.append(meter.value)
+        synced.append(meter.sync().value)
+        again.append(meter.sync().value)  # a second sync must not double-count
+    after_update_flag = []
+    # unequal update counts: rank 1 does fewer updates
+    meter2 = PairCoverageMeter(window=WINDOW)
+    n2 = STEPS if rank == 0 else SHORT
+    for r, w in rank_counts(rank + 10, n2):
+        meter2.update(r, w)
+    unequal = meter2.sync().value
+    meter2.update(5, 5 if rank == 0 else 0)
+    after_update_flag.append(meter2.synced)
+    return {
+        "before_any": before_any,
+        "synced": synced,
+        "local": local,
+        "again": again,
+        "unequal": unequal,
+        "after_update_synced": after_update_flag,
+    }
 
 
 def test_sync_equals_single_meter_over_both_ranks() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        ctx = mp.spawn(_worker, args=(init_file, tmp), nprocs=WORLD, join=False)
-        deadline = time.monotonic() + 60
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail("distributed workers did not finish within 60 s")
-        results = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    results = run_on_ranks(_worker, WORLD)
 
     counts = [rank_counts(r) for r in range(WORLD)]
     single = PairCoverageMeter(window=WORLD * WINDOW)

@@ -9,15 +9,11 @@ applies to a replicated parameter) equals the single-process one.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sdmreid.losses import sdm_loss
+from tests.distributed.launch import run_on_ranks
 
 WORLD = 2
 Q_SPLIT = (5, 3)  # query rows per rank
@@ -42,49 +38,40 @@ def _slice(x, split, rank):
     return x[start : start + split[rank]]
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        q, g, ql, gl, mf, ml = global_batch()
-        out = {}
-        for chunk in (None, 2):
-            qi = _slice(q, Q_SPLIT, rank).clone().requires_grad_()
-            gi = _slice(g, G_SPLIT, rank).clone().requires_grad_()
-            s = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
-            res = sdm_loss(
-                qi,
-                gi,
-                _slice(ql, Q_SPLIT, rank),
-                _slice(gl, G_SPLIT, rank),
-                (mf, ml),
-                logit_scale=s,
-                chunk_size=chunk,
-                gather=True,
-            )
-            res.loss.backward()
-            out[chunk] = {
-                "loss": res.loss.detach(),
-                "l1": res.loss_query_to_gallery,
-                "l2": res.loss_gallery_to_query,
-                "rows": res.rows,
-                "miss": res.rows_without_positive,
-                "gq": qi.grad,
-                "gg": gi.grad,
-                "gs": s.grad,
-            }
-        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-        # all ranks finish their collectives before any tears the group down (gloo otherwise
-        # can abort a rank at exit with 'terminate called without an active exception')
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int) -> dict:
+    q, g, ql, gl, mf, ml = global_batch()
+    out = {}
+    for chunk in (None, 2):
+        qi = _slice(q, Q_SPLIT, rank).clone().requires_grad_()
+        gi = _slice(g, G_SPLIT, rank).clone().requires_grad_()
+        s = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+        res = sdm_loss(
+            qi,
+            gi,
+            _slice(ql, Q_SPLIT, rank),
+            _slice(gl, G_SPLIT, rank),
+            (mf, ml),
+            logit_scale=s,
+            chunk_size=chunk,
+            gather=True,
+        )
+        res.loss.backward()
+        out[chunk] = {
+            "loss": res.loss.detach(),
+            "l1": res.loss_query_to_gallery,
+            "l2": res.loss_gallery_to_query,
+            "rows": res.rows,
+            "miss": res.rows_without_positive,
+            "gq": qi.grad,
+            "gg": gi.grad,
+            "gs": s.grad,
+        }
+    return out
 
 
 @pytest.mark.ddp
-def test_global_sdm_matches_single_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+def test_global_sdm_matches_single_process() -> None:
+    per_rank = run_on_ranks(_worker, WORLD)
 
     q, g, ql, gl, mf, ml = global_batch()
     q.requires_grad_()
