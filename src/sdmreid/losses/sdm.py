@@ -349,7 +349,14 @@ class _FusedSDM(torch.autograd.Function):
 
         for i0 in starts:
             z, qh = logits(i0, False)  # scaled cosine logits [r, N + M], computed once
-            yf = (q_labels[i0 : i0 + chunk, None] == c_labels[None, :]).to(z.dtype)
+            # same-label indicator, written as floats directly (no bool temporary)
+            yf = torch.eq(
+                q_labels[i0 : i0 + chunk, None], c_labels[None, :], out=torch.empty_like(z)
+            )
+            # one scratch block for every row/column dot product of this chunk: fresh block-sized
+            # temporaries are what the element-wise part of this kernel mostly pays for on CPU
+            tmp = torch.empty_like(z)
+            tmp_g = tmp.view(-1)[: z.shape[0] * n].view(z.shape[0], n)
             g2 = None
             if do_cols:
                 y2f = yf[:, :n]
@@ -360,12 +367,12 @@ class _FusedSDM(torch.autograd.Function):
                     s_c = p2.sum(0)
                     p2.div_(s_c)
                     g2.sub_(s_c.log_())  # log p (gallery -> query, softmax over query rows)
-                    mass2_cols += torch.linalg.vecdot(p2, y2f, dim=0)
-                    l2 = torch.linalg.vecdot(p2, g2, dim=0) - log_eps - delta2 * mass2_cols
+                    mass2_cols += torch.mul(p2, y2f, out=tmp_g).sum(0)
+                    l2 = torch.mul(p2, g2, out=tmp_g).sum(0) - log_eps - delta2 * mass2_cols
                 else:
                     g2 = z[:, :n] - lse2  # log p (gallery -> query, softmax over query rows)
                     p2 = g2.exp()
-                    mass2_cols += torch.linalg.vecdot(p2, y2f, dim=0)
+                    mass2_cols += torch.mul(p2, y2f, out=tmp_g).sum(0)
                 if need_grad:  # w2 * p2 * (log p2 - log q~ - L2)
                     g2.sub_(l2 + log_eps).addcmul_(y2f, delta2, value=-1.0).mul_(p2).mul_(w2)
                 del p2
@@ -378,8 +385,8 @@ class _FusedSDM(torch.autograd.Function):
                 s_r = p.sum(1, keepdim=True)
                 p.div_(s_r)
                 z.sub_(s_r.log_())  # log p
-                pos_mass = torch.linalg.vecdot(p, yf)
-                row_loss = torch.linalg.vecdot(p, z) - log_eps - dc * pos_mass
+                pos_mass = torch.mul(p, yf, out=tmp).sum(1)
+                row_loss = torch.mul(p, z, out=tmp).sum(1) - log_eps - dc * pos_mass
                 loss1 += (wc * row_loss).sum()
                 mass1 += (wc * pos_mass).sum()
                 if need_grad:  # w1 * p * (log p - log q~ - L1)
@@ -404,7 +411,7 @@ class _FusedSDM(torch.autograd.Function):
                 gc.sub_(qc * (rqc * rqc * dot)[:, None]).mul_((rqc * scale)[:, None])
                 dq[i0 : i0 + chunk] = gc
                 u.addmm_(grad_blk[:, :n].T, qh)
-            del z, yf, g2
+            del z, yf, g2, tmp, tmp_g
 
         if do_cols:
             loss2 = (w2 * l2).sum()
