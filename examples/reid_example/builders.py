@@ -161,20 +161,38 @@ def _synthetic(cfg: Config) -> DataBundle:
     )
 
 
-def _real_layout(cfg: Config) -> DataBundle:  # pragma: no cover - needs the data on disk
-    from reid_example import data as data_pkg
-    from reid_example.data.protocols import make_splits, regdb_protocol, sysu_protocol
+def load_real_records(cfg: Config) -> list[Any]:
+    """Records of the real layout named by ``cfg.data.dataset`` (``data.root`` points at it)."""
+    from reid_example.data import layouts
+
+    if not cfg.data.root:
+        raise ValueError(f"data.root must point at the {cfg.data.dataset} data (directory or file)")
+    kw: dict[str, Any] = {"on_error": cfg.data.on_error}
+    name = cfg.data.dataset
+    if name == "sysu":
+        return layouts.load_sysu_mm01(cfg.data.root, **kw)
+    if name == "regdb":
+        return layouts.load_regdb(cfg.data.root, cfg.data.trial, **kw)
+    if name == "llcm":
+        return layouts.load_llcm(cfg.data.root, **kw)
+    if name == "prcv":
+        return layouts.load_json_manifest(cfg.data.root, **kw)
+    if name == "csv":
+        return layouts.load_csv_manifest(cfg.data.root, **kw)
+    raise ValueError(f"data.dataset={name!r} is not a real layout (sysu, regdb, llcm, prcv, csv)")
+
+
+def _real_layout(cfg: Config) -> DataBundle:
+    from reid_example.data.protocols import (
+        all_to_rgb_protocols,
+        llcm_protocol,
+        make_splits,
+        regdb_protocol,
+        sysu_protocol,
+    )
     from reid_example.data.records import RecordDataset
 
-    loader = getattr(data_pkg, f"load_{cfg.data.dataset}", None)
-    if loader is None:
-        raise ValueError(
-            f"data.dataset={cfg.data.dataset!r}: no loader reid_example.data.load_"
-            f"{cfg.data.dataset} for this layout"
-        )
-    if not cfg.data.root:
-        raise ValueError(f"data.root must point at the {cfg.data.dataset} directory")
-    splits = make_splits(loader(cfg.data.root), seed=cfg.data.data_seed)
+    splits = make_splits(load_real_records(cfg), seed=cfg.data.data_seed)
     size = (cfg.data.image_height or 256, cfg.data.image_width or 128)
     tokenizer = WordTokenizer()
     train_tf = _train_transform(cfg, size, 10)
@@ -191,11 +209,14 @@ def _real_layout(cfg: Config) -> DataBundle:  # pragma: no cover - needs the dat
             ]
         if cfg.data.dataset == "regdb":
             return [
-                regdb_protocol(ds.modalities, direction=d)
+                regdb_protocol(ds.modalities, direction=d, trial=cfg.data.trial)
                 for d in ("visible_to_thermal", "thermal_to_visible")
             ]
-        from reid_example.data.protocols import all_to_rgb_protocols
-
+        if cfg.data.dataset == "llcm":
+            return [
+                llcm_protocol(ds.identities, ds.modalities, ds.cameras, direction=d)
+                for d in ("nir_to_vis", "vis_to_nir")
+            ]
         return all_to_rgb_protocols(ds.identities, ds.modalities, seed=1)
 
     return DataBundle(cfg.data.dataset, train, val, test, tokenizer, size, protocols)

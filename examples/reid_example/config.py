@@ -68,14 +68,22 @@ class DataConfig:
 
     dataset: str = _opt(
         "synthetic",
-        "dataset family: the embedded synthetic generator or a real on-disk layout",
-        ("synthetic", "sysu", "regdb", "prcv"),
+        "dataset family: the embedded synthetic generator or a real on-disk layout (sysu, "
+        "regdb, llcm: data.root is the dataset directory; prcv: data.root is a PRCV2025/"
+        "ORBench-style JSON manifest; csv: data.root is a path,label,modality,camera CSV)",
+        ("synthetic", "sysu", "regdb", "llcm", "prcv", "csv"),
     )
     preset: str = _opt(
         "demo",
         "synthetic preset (demo | sysu | regdb | prcv); ignored for real layouts",
     )
-    root: str = _opt("", "dataset root directory (real layouts only)")
+    root: str = _opt("", "dataset directory, or manifest file for prcv/csv (real layouts only)")
+    trial: int = _opt(1, "RegDB trial (1..10): train and test one model per trial")
+    on_error: str = _opt(
+        "raise",
+        "real layouts: a missing/corrupt file raises (naming it) or is skipped and counted",
+        ("raise", "skip"),
+    )
     data_seed: int = _opt(0, "seed of the synthetic generator (the data, not the training run)")
     num_identities: tuple[int, ...] = _opt(
         (), "synthetic only: override the preset's (train, val, test) identity counts"
