@@ -555,13 +555,17 @@ def evaluate_split(
         channels_last=channels_last,
         embedding=cfg.model.embedding,
     )
-    return evaluate_protocols(
+    results = evaluate_protocols(
         feats,
         dataset,
         data.protocols(split, cfg.eval.protocols),
         evaluate_retrieval,
         camera_pair_ignore,
     )
+    if split == "test" and data.benchmark_fn is not None and not cfg.eval.protocols:
+        # the benchmark's published rules, all trials (SYSU-MM01, RegDB, LLCM)
+        results.update(data.benchmark_fn(feats, dataset))
+    return results
 
 
 def select_score(results: dict[str, dict[str, float]], metric: str) -> float:

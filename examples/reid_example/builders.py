@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,9 @@ class DataBundle:
     image_size: tuple[int, int]
     protocol_fn: Callable[[Any], list[Any]]
     collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]] = collate_multimodal
+    #: The benchmark's published multi-trial protocol (``sdmreid.evaluation`` presets), run on
+    #: the test split's features at the end: ``(feats, test_dataset) -> {name: metrics}``.
+    benchmark_fn: Callable[[torch.Tensor, Any], dict[str, dict[str, float]]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -219,7 +223,77 @@ def _real_layout(cfg: Config) -> DataBundle:
             ]
         return all_to_rgb_protocols(ds.identities, ds.modalities, seed=1)
 
-    return DataBundle(cfg.data.dataset, train, val, test, tokenizer, size, protocols)
+    return DataBundle(
+        cfg.data.dataset,
+        train,
+        val,
+        test,
+        tokenizer,
+        size,
+        protocols,
+        benchmark_fn=_benchmark_fn(cfg),
+    )
+
+
+def _metrics(result: Any) -> dict[str, float]:
+    m = result.mean
+    return {k: float(getattr(m, k)) for k in ("mAP", "mINP", "rank1", "rank5", "rank10")}
+
+
+def _benchmark_fn(
+    cfg: Config,
+) -> Callable[[torch.Tensor, Any], dict[str, dict[str, float]]] | None:
+    """The published protocol of SYSU-MM01 / RegDB / LLCM, all trials, both directions."""
+    from sdmreid.evaluation import (
+        RegDBTrial,
+        evaluate_llcm,
+        evaluate_regdb,
+        evaluate_sysu_mm01,
+        parse_sysu_paths,
+    )
+
+    trials = cfg.eval.trials
+    name = cfg.data.dataset
+
+    def sysu(feats: torch.Tensor, ds: Any) -> dict[str, dict[str, float]]:
+        kw: dict[str, Any] = {}
+        perm = Path(cfg.data.root) / "exp" / "rand_perm_cam.mat"
+        if perm.is_file():  # the official per-trial gallery draw
+            paths = [r.path for r in ds.records]
+            kw = {"permutation": perm, "image_index": parse_sysu_paths(paths)[2]}
+        out = {}
+        for mode in ("all", "indoor"):
+            r = evaluate_sysu_mm01(
+                feats, ds.identities, ds.cameras, mode=mode, num_trials=trials, **kw
+            )
+            out[f"SYSU-MM01 {mode}-search ({trials} trials)"] = _metrics(r)
+        return out
+
+    def regdb(feats: torch.Tensor, ds: Any) -> dict[str, dict[str, float]]:
+        vis = np.flatnonzero(ds.modalities == int(Modality.RGB))
+        th = np.flatnonzero(ds.modalities == int(Modality.NIR))
+        trial = RegDBTrial(feats[vis], ds.identities[vis], feats[th], ds.identities[th])
+        out = {}
+        for direction in ("visible_to_thermal", "thermal_to_visible"):
+            r = evaluate_regdb([trial], direction=direction)
+            out[f"RegDB trial {cfg.data.trial} {direction}"] = _metrics(r)
+        return out
+
+    def llcm(feats: torch.Tensor, ds: Any) -> dict[str, dict[str, float]]:
+        out = {}
+        for direction in ("nir_to_rgb", "rgb_to_nir"):
+            r = evaluate_llcm(
+                feats,
+                ds.identities,
+                ds.cameras,
+                ds.modalities,
+                direction=direction,
+                num_trials=trials,
+            )
+            out[f"LLCM {direction} ({trials} trials)"] = _metrics(r)
+        return out
+
+    return {"sysu": sysu, "regdb": regdb, "llcm": llcm}.get(name)
 
 
 def build_data(cfg: Config) -> DataBundle:
