@@ -564,3 +564,37 @@ def test_module_rejects_bad_config():
         SDMLoss(epsilon=-1.0)
     with pytest.raises(ValueError, match="chunk_size"):
         SDMLoss(chunk_size=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_cuda_matches_float64_reference(dtype: torch.dtype, chunk: int | None) -> None:
+    """On CUDA (any input dtype, chunked or not) value and grads match the float64 CPU loop."""
+    gen = torch.Generator().manual_seed(7)
+    q64 = torch.randn(12, 16, generator=gen, dtype=torch.float64)
+    g64 = torch.randn(10, 16, generator=gen, dtype=torch.float64)
+    m64 = torch.randn(6, 16, generator=gen, dtype=torch.float64)
+    ql = torch.randint(0, 5, (12,), generator=gen)
+    gl = torch.randint(0, 5, (10,), generator=gen)
+    ml = torch.randint(0, 7, (6,), generator=gen)
+    q_ref, g_ref = q64.clone().requires_grad_(), g64.clone().requires_grad_()
+    ref = naive_sdm(q_ref, g_ref, ql, gl, m64, ml, scale=30.0).loss
+    ref.backward()
+
+    dev = torch.device("cuda")
+    q = q64.to(dev, dtype).requires_grad_()
+    g = g64.to(dev, dtype).requires_grad_()
+    res = sdm_loss(
+        q, g, ql.to(dev), gl.to(dev), (m64.to(dev, dtype), ml.to(dev)),
+        logit_scale=30.0, chunk_size=chunk,
+    )  # fmt: skip
+    res.loss.backward()
+    assert res.loss.dtype == torch.float32
+    assert res.loss.device.type == "cuda"
+    tol = 1e-4 if dtype == torch.float32 else 0.1  # the inputs themselves are rounded
+    torch.testing.assert_close(res.loss.double().cpu(), ref.detach(), rtol=tol, atol=tol)
+    assert q.grad is not None
+    assert g.grad is not None
+    torch.testing.assert_close(q.grad.double().cpu(), q_ref.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(g.grad.double().cpu(), g_ref.grad, rtol=tol, atol=tol)
