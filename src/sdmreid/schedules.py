@@ -49,6 +49,14 @@ __all__ = [
 STAGE_OFF = -1
 
 
+def _check_lr(name: str, lr: object) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(lr).__name__}")
+    if not math.isfinite(float(lr)) or lr < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {lr!r}")
+    return float(lr)
+
+
 def _check_epoch(epoch: object) -> int:
     return check_int("epoch (numbered from 1)", epoch, 1)
 
@@ -377,13 +385,9 @@ class HeadLRSwitch:
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            raise TypeError(f"lr must be a float, got {type(lr).__name__}")
-        if not math.isfinite(float(lr)) or lr < 0:
-            raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
         self.optimizer = optimizer
         self.group = group
-        self.lr = float(lr)
+        self.lr = _check_lr("lr", lr)
         self.from_epoch = check_int("from_epoch", from_epoch, 1)
         self._index = self._find_group(optimizer, group)
         self.switched_at: int | None = None
@@ -445,9 +449,7 @@ class HeadLRSwitch:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict` (the optimizer's own state holds the group's ``lr``)."""
-        lr = float(state["lr"])
-        if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"state['lr'] must be finite and >= 0, got {lr!r}")
+        lr = _check_lr("state['lr']", state["lr"])
         self.group = state["group"]
         self._index = self._find_group(self.optimizer, self.group)
         self.lr = lr

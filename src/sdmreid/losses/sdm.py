@@ -215,6 +215,18 @@ def _check_scale(logit_scale: float | Tensor) -> float | Tensor:
     return float(logit_scale)
 
 
+def _check_options(epsilon: object, chunk_size: object) -> None:
+    """Validate ``epsilon`` (finite, > 0) and ``chunk_size`` (``None`` or an int >= 1)."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise TypeError(f"epsilon must be a float, got {epsilon!r}")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+
+
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if device.type in ("cpu", "cuda", "xpu"):
         return torch.autocast(device_type=device.type, enabled=False)
@@ -566,14 +578,7 @@ def sdm_loss(
     else:
         gl = _check_labels(gallery_labels, "gallery_labels", n, dev)
     scale = _check_scale(logit_scale)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-        raise TypeError(f"epsilon must be a float, got {epsilon!r}")
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+    _check_options(epsilon, chunk_size)
 
     cdt = torch.float64 if torch.float64 in (q.dtype, g.dtype) else torch.float32
     mem_f: Tensor | None = None
@@ -776,14 +781,7 @@ class SDMLoss(nn.Module):
             self.register_buffer("logit_scale", checked.detach().clone())
         else:
             self.logit_scale = logit_scale if isinstance(logit_scale, nn.Parameter) else checked
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
-            raise TypeError(f"epsilon must be a float, got {epsilon!r}")
-        if not (math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+        _check_options(epsilon, chunk_size)
         self.epsilon = float(epsilon)
         self.chunk_size = chunk_size
         self.gather = bool(gather)
