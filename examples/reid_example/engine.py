@@ -242,7 +242,7 @@ def _set_lr(ctx: StepContext, epoch: int, global_step: int) -> None:
 def train_step(
     ctx: StepContext, batch: Mapping[str, torch.Tensor], epoch: int, global_step: int
 ) -> dict[str, float]:
-    """One optimisation step; returns the step's scalars (synchronises once for logging)."""
+    """One optimisation step; returns the step's scalars (one host read, for logging)."""
     _set_lr(ctx, epoch, global_step)
     b = _to_device(batch, ctx)
     labels, mods = b["labels"], b["modalities"]
@@ -258,7 +258,7 @@ def train_step(
     q_idx = (~rgb).nonzero(as_tuple=True)[0]
     g_idx = rgb.nonzero(as_tuple=True)[0]
     mem = ctx.memory.get() if ctx.memory is not None and len(ctx.memory) > 0 else None
-    sdm_value = math.nan
+    sdm_t = ce.new_full((), math.nan)
     loss = ce
     has_both = q_idx.numel() > 0 and g_idx.numel() > 0
     gather = ctx.gather_sdm and is_dist()
@@ -283,12 +283,13 @@ def train_step(
         ctx.meter.update_from(res)
         if live:
             loss = ce + weight * res.loss
-        sdm_value = float(res.loss.detach())
-        rows, no_pos = int(res.rows), int(res.rows_without_positive)
+        sdm_t = res.loss.detach()
+        rows, no_pos = int(res.rows), res.rows_without_positive
     else:
         # A batch without one of the two sides: every row lacks a positive.
-        rows = no_pos = int(q_idx.numel() + g_idx.numel())
-        ctx.meter.update(rows, no_pos)
+        rows = int(q_idx.numel() + g_idx.numel())
+        no_pos = torch.tensor(rows)
+        ctx.meter.update(rows, rows)
 
     ctx.optimizer.zero_grad(set_to_none=True)
     if ctx.amp.scaler is not None:
@@ -320,15 +321,22 @@ def train_step(
             gather=ctx.gather_memory and is_dist(),
         )
     top1 = (logits.argmax(dim=1) == labels).float().mean()
+    # one device-to-host read for every logged scalar of the step
+    ce_v, sdm_v, loss_v, top1_v, gn_v, no_pos_v = torch.stack(
+        [
+            t.detach().to(device=ce.device, dtype=torch.float32).reshape(())
+            for t in (ce, sdm_t, loss, top1, gn, no_pos)
+        ]
+    ).tolist()
     return {
-        "ce": float(ce.detach()),
-        "sdm": sdm_value,
-        "loss": float(loss.detach()),
-        "top1": float(top1),
+        "ce": ce_v,
+        "sdm": sdm_v,
+        "loss": loss_v,
+        "top1": top1_v,
         "sdm_weight": float(weight),
         "rows": float(rows),
-        "rows_without_positive": float(no_pos),
-        "grad_norm": float(gn),
+        "rows_without_positive": no_pos_v,
+        "grad_norm": gn_v,
         "batch": float(labels.shape[0]),
     }
 
