@@ -68,6 +68,26 @@ def naive_sdm(
     return direction(sim, lab) + direction(sim[:, :n].t(), lab[:, :n].t())
 
 
+_MALLOC_MODE = "default"
+
+
+def _malloc_from_heap() -> None:
+    """Keep glibc from serving (and returning) large blocks with mmap: no page faults per call."""
+    global _MALLOC_MODE
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        raise SystemExit("--malloc heap needs glibc")
+    libc = ctypes.CDLL(name)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+    if not ok:
+        raise SystemExit("mallopt failed (not glibc?)")
+    _MALLOC_MODE = "heap (mallopt)"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -161,6 +181,17 @@ def run_device(
         _dq = upstream @ cols
         _dg = upstream[:, :n].t() @ qn
 
+    def floor_chunked() -> None:
+        # the same three products, ``chunk`` query rows at a time (what row-chunking must do)
+        dg = torch.empty_like(g)
+        for i in range(0, b, chunk):
+            _sim = qn[i : i + chunk] @ cols.t()
+            _dq = upstream[i : i + chunk] @ cols
+            if i == 0:
+                torch.mm(upstream[i : i + chunk, :n].t(), qn[i : i + chunk], out=dg)
+            else:
+                dg.addmm_(upstream[i : i + chunk, :n].t(), qn[i : i + chunk])
+
     # agreement check (so the benchmark cannot time a wrong implementation)
     q.grad = g.grad = None
     ref = naive_sdm(q, g, ql, gl, mf, ml)
@@ -179,7 +210,13 @@ def run_device(
 
         return fn
 
-    fns = {"naive": naive, "floor": floor, "fused": fused, f"fused chunk={chunk}": fused_chunked}
+    fns = {
+        "naive": naive,
+        "floor": floor,
+        "fused": fused,
+        f"floor chunk={chunk}": floor_chunked,
+        f"fused chunk={chunk}": fused_chunked,
+    }
     times = _time_all(fns, device, warmup, repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
@@ -195,7 +232,11 @@ def run_device(
             "naive / fused (speed-up)": t["naive"] / t["fused"],
             "fused / floor": t["fused"] / t["floor"],
             "chunked / fused (time)": t[ck] / t["fused"],
+            "chunked floor / floor (matmuls alone)": t[f"floor chunk={chunk}"] / t["floor"],
+            "chunked / chunked floor": t[ck] / t[f"floor chunk={chunk}"],
         }
+    # q.grad + g.grad, which every variant produces: a floor under the fwd+bwd peak of any of them
+    grad_bytes = (q.numel() + g.numel()) * q.element_size()
     mem_ratios = {
         "chunked / fused (peak memory, fwd+bwd)": mem[ck] / mem["fused"],
         "chunked / fused (peak memory, forward without grad)": mem_fwd[ck] / mem_fwd["fused"],
@@ -221,6 +262,8 @@ def run_device(
         "min_s": best,
         "all_s": times,
         "peak_extra_bytes": mem,
+        "gradient_output_bytes": grad_bytes,
+        "malloc": _MALLOC_MODE,
         "peak_extra_bytes_forward_no_grad": mem_fwd,
         "ratios": ratios,
         "memory_ratios": mem_ratios,
@@ -233,7 +276,8 @@ def _print(res: dict[str, Any]) -> None:
     c = res["config"]
     print(
         f"\n### SDM fwd+bwd on {res['device']} — B={c['B']} N={c['N']} M={c['M']} d={c['d']}, "
-        f"float32, median of {c['repeats']} (torch threads: {torch.get_num_threads()})\n"
+        f"float32, median of {c['repeats']} (torch threads: {torch.get_num_threads()}, "
+        f"malloc: {res['malloc']})\n"
     )
     print("| variant | median ms | min ms | peak extra MiB (fwd+bwd) | peak MiB (fwd, no grad) |")
     print("|---|---:|---:|---:|---:|")
@@ -275,7 +319,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "heap"],
+        default="default",
+        help="heap: glibc mallopt so that block-sized temporaries come from the heap instead of "
+        "fresh mmap pages (what jemalloc/tcmalloc do; the PyTorch CPU tuning guide's advice), "
+        "for every variant alike",
+    )
     args = parser.parse_args(argv)
+    if args.malloc == "heap":
+        _malloc_from_heap()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:

@@ -32,6 +32,9 @@ Implementation: a fused :class:`torch.autograd.Function` computes the similarity
 for float64 inputs) with row-max subtraction, and writes the gradient analytically,
 :math:`\partial L_i / \partial z_{ij} = p_{ij}(\log p_{ij} - \log(q_{ij}+\varepsilon) - L_i)`, while
 the block is still in memory, so nothing of size ``B × (N + M)`` is kept for the backward pass.
+The same-label entries are handled apart from the block: on CPU the (row, column) pairs are
+enumerated from the sorted labels, so no block-sized label mask is formed (on other devices,
+where such a mask costs little, it is).
 With ``chunk_size`` the query rows are processed ``chunk_size`` at a time (the gallery → query
 softmax runs over query rows, so its column statistics are accumulated first with a streaming
 log-sum-exp), bounding the extra memory to ``O(chunk_size · (N + M))`` with the same value and
@@ -258,34 +261,118 @@ def _positive_counts(row_labels: Tensor, col_labels: Tensor) -> Tensor:
     return right - left
 
 
-def _col_stats(
-    z2: Tensor, y2: Tensor, t2pos: Tensor, log_eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Column log-sum-exp pieces of one chunk: ``(m, Σ e^(z-m), Σ e^(z-m)·(z - m - log q̃))``."""
-    m = z2.amax(0)
-    zc = z2 - m
-    e = zc.exp()
-    s = e.sum(0)
-    zc.sub_(torch.where(y2, t2pos, log_eps))
-    a = (e * zc).sum(0)
-    return m, s, a
+#: Device types on which :class:`_Positives` enumerates the same-label pairs (see there).
+_SPARSE_POSITIVES_DEVICES = frozenset({"cpu"})
 
 
-def _merge_col_stats(
-    a: tuple[Tensor, Tensor, Tensor], b: tuple[Tensor, Tensor, Tensor]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Combine two chunks' :func:`_col_stats` (rescaling both to the common maximum)."""
-    m_a, s_a, a_a = a
-    m_b, s_b, a_b = b
-    m = torch.maximum(m_a, m_b)
-    f_a, f_b = (m_a - m).exp(), (m_b - m).exp()
-    acc = f_a * (a_a + (m_a - m) * s_a) + f_b * (a_b + (m_b - m) * s_b)
-    return m, f_a * s_a + f_b * s_b, acc
+class _Positives:
+    """The same-label entries of a ``[rows, cols]`` block, for sums and gradient corrections.
+
+    Two strategies with one interface. On CPU the (row, column) pairs are enumerated once per
+    call from the sorted column labels (``O(pairs)`` work per block instead of a block-sized
+    comparison, multiplication and reduction; enumerating needs one host read of the pair count,
+    free on CPU). On other devices, where element-wise passes are cheap and host reads are
+    synchronisations, a block-sized same-label mask is formed per block.
+
+    :meth:`take` returns, for the rows ``i0:i1`` of a contiguous block ``e``, the row (``dim=1``)
+    or column (``dim=0``) sums of ``e`` over same-label entries and a token; :meth:`sub_` then
+    subtracts ``coef[row or column] · e`` at those entries of another contiguous block ``out`` of
+    the same shape.
+    """
+
+    def __init__(self, row_labels: Tensor, col_labels: Tensor) -> None:
+        self.ncols = int(col_labels.shape[0])
+        self.sparse = row_labels.device.type in _SPARSE_POSITIVES_DEVICES
+        self.row_labels, self.col_labels = row_labels, col_labels
+        if not self.sparse:
+            return
+        order = torch.argsort(col_labels, stable=True)
+        sorted_cols = col_labels[order]
+        left = torch.searchsorted(sorted_cols, row_labels)
+        k = torch.searchsorted(sorted_cols, row_labels, right=True) - left
+        indptr = k.new_zeros(k.shape[0] + 1)
+        torch.cumsum(k, 0, out=indptr[1:])
+        self.indptr: list[int] = indptr.tolist()
+        total = self.indptr[-1]
+        rows = torch.repeat_interleave(torch.arange(k.shape[0]), k, output_size=total)
+        offset = torch.arange(total) - indptr[rows]
+        self.rows = rows
+        self.cols = order[left[rows] + offset]
+        self.flat = rows * self.ncols + self.cols
+
+    def _chunk(self, i0: int, i1: int) -> tuple[Tensor, Tensor, Tensor]:
+        a, b = self.indptr[i0], self.indptr[i1]
+        if a == 0 and b == self.indptr[-1] and i0 == 0:
+            return self.rows, self.cols, self.flat
+        return self.rows[a:b] - i0, self.cols[a:b], self.flat[a:b] - i0 * self.ncols
+
+    def take(self, e: Tensor, i0: int, i1: int, dim: int) -> tuple[Tensor, Any]:
+        if not self.sparse:
+            mask = self.row_labels[i0:i1, None] == self.col_labels[None, :]
+            masked = torch.where(mask, e, 0.0)
+            return masked.sum(dim), masked
+        rows, cols, flat = self._chunk(i0, i1)
+        vals = e.view(-1)[flat]
+        index = rows if dim == 1 else cols
+        sums = e.new_zeros(e.shape[0] if dim == 1 else e.shape[1]).index_add_(0, index, vals)
+        return sums, (vals, index, flat)
+
+    @staticmethod
+    def sub_(out: Tensor, token: Any, coef: Tensor, dim: int) -> None:
+        if isinstance(token, Tensor):
+            out.addcmul_(token, coef[:, None] if dim == 1 else coef[None, :], value=-1.0)
+            return
+        vals, index, flat = token
+        out.view(-1).index_add_(0, flat, vals * coef[index], alpha=-1.0)
 
 
-def _col_stats_empty(gn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    z = gn.new_zeros(gn.shape[0])
-    return z, z + 1, z
+def _block_stats(
+    z: Tensor, pos: _Positives, i0: int, i1: int, dim: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Any]:
+    """Softmax statistics of ``z`` along ``1 - dim`` reductions, written in place.
+
+    Along the reduced axis (``dim=1``: each row over its columns; ``dim=0``: each column over the
+    rows of the block), with ``z' = z - max``, ``e = exp(z')``: returns ``(max, S = Σ e,
+    A = Σ e·z', P = Σ_same-label e, e, token)`` and leaves ``e·z'`` in ``z``.
+    """
+    mx = z.amax(dim, keepdim=True)
+    z.sub_(mx)
+    e = z.exp()
+    s = e.sum(dim)
+    z.mul_(e)
+    a = z.sum(dim)
+    p, token = pos.take(e, i0, i1, dim)
+    return mx.squeeze(dim), s, a, p, e, token
+
+
+def _merge_stats(
+    x: tuple[Tensor, Tensor, Tensor, Tensor], y: tuple[Tensor, Tensor, Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Combine two blocks' ``(max, S, A, P)`` column statistics (streaming log-sum-exp)."""
+    mx, sx, ax, px = x
+    my, sy, ay, py = y
+    m = torch.maximum(mx, my)
+    dx, dy = mx - m, my - m
+    fx, fy = dx.exp(), dy.exp()
+    a = fx * (ax + dx * sx) + fy * (ay + dy * sy)
+    return m, fx * sx + fy * sy, a, fx * px + fy * py
+
+
+def _row_dots(a: Tensor, b: Tensor, scratch: Tensor | None) -> Tensor:
+    """Row-wise dot products ``a_i · b_i``; the product goes into a dead scratch block if it fits.
+
+    (A fresh block-sized temporary costs page faults on CPU; reusing dead memory avoids them.)
+    """
+    if (
+        scratch is not None
+        and scratch.numel() >= a.numel()
+        and scratch.dtype == a.dtype
+        and scratch.is_contiguous()
+    ):
+        prod = scratch.view(-1)[: a.numel()].view(a.shape)
+        return torch.mul(a, b, out=prod).sum(1)
+    dots: Tensor = torch.linalg.vecdot(a, b)
+    return dots
 
 
 class _FusedSDM(torch.autograd.Function):
@@ -293,6 +380,13 @@ class _FusedSDM(torch.autograd.Function):
 
     Takes raw (un-normalised) features and folds the L2 normalisation, its backward and the
     ``logit_scale`` gradient into the same pass, so no normalised copy of any side is made.
+
+    Per direction, with ``z' = z - max``, ``e = exp(z')``, ``S = Σ e``, ``A = Σ e z'`` and
+    ``P = Σ_positives e`` along the softmax axis, ``δ = log(1/k + ε) - log ε``:
+    ``L = A/S - log S - log ε - δ P/S`` and the weighted gradient
+    ``w p (log p - log(q̃ + ε) - L) = (w/S) · (e z' - c e - δ e [positive])`` with
+    ``c = (A - δ P)/S``; so a block needs a handful of element-wise passes and the positive
+    entries are touched separately (see :class:`_Positives`).
     """
 
     @staticmethod
@@ -323,115 +417,127 @@ class _FusedSDM(torch.autograd.Function):
         else:  # row norms already computed by the caller's finiteness check
             rq, rg = _inv_from_norms(norms[0]), _inv_from_norms(norms[1])
             rc = torch.cat([rg, _inv_from_norms(norms[2])]) if n_mem > 0 else rg
-        g_labels = c_labels[:n]
         zero = q.new_zeros(())
-        loss1, loss2, mass1 = zero.clone(), zero.clone(), zero.clone()
-        mass2_cols = q.new_zeros(n)
+        loss1, mass1, loss2, mass2 = (q.new_zeros(()) for _ in range(4))
+        row_loss = q.new_zeros(b) if do_rows else q[:0, 0]
+        row_mass = q.new_zeros(b) if do_rows else q[:0, 0]
         dq = torch.empty_like(q) if need_grad else q[:0]
-        u = torch.zeros_like(g) if need_grad else g[:0]
+        u = torch.empty_like(g) if need_grad else g[:0]  # written by the first block
         ds = zero.clone()
         delta1 = t1pos - log_eps
         delta2 = t2pos - log_eps
-        starts = range(0, b, chunk)
+        rcs = rc * scale  # column factor of the logits: s / ||c||
+        pos1 = _Positives(q_labels, c_labels) if do_rows else None
+        pos2 = _Positives(q_labels, c_labels[:n]) if do_cols else None
         single = chunk >= b
 
-        def logits(i0: int, gallery_only: bool) -> tuple[Tensor, Tensor]:
-            qh = q[i0 : i0 + chunk] * rq[i0 : i0 + chunk, None]
-            qs = qh * scale
-            z = q.new_empty((qh.shape[0], n if gallery_only else width))
-            torch.mm(qs, g.T, out=z[:, :n])
-            if n_mem > 0 and not gallery_only:
-                torch.mm(qs, m.T, out=z[:, n:])
-            z.mul_(rg if gallery_only else rc)
-            return z, qh
+        def gallery_logits(i0: int, i1: int) -> Tensor:
+            z = torch.mm(q[i0:i1] * rq[i0:i1, None], g.T)
+            return z.mul_(rcs[:n])
 
-        lse2 = l2 = zero
+        # gallery -> query (softmax over the query rows of each gallery column): statistics
+        # before any gradient can be formed; streamed over row blocks unless there is one block.
+        col_stats: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        col_shift = col_back = zero
         if do_cols and not single:
-            # pass 1: per-column streaming log-sum-exp and KL numerator over all query rows
-            stats = None
-            for i0 in starts:
-                z2, _ = logits(i0, True)
-                y2 = q_labels[i0 : i0 + chunk, None] == g_labels[None, :]
-                part = _col_stats(z2, y2, t2pos, log_eps)
-                del z2, y2
-                stats = part if stats is None else _merge_col_stats(stats, part)
-            m_run, s_run, a_run = stats if stats is not None else _col_stats_empty(g)
-            log_s = s_run.log()
-            lse2, l2 = m_run + log_s, a_run / s_run - log_s
+            assert pos2 is not None
+            # this pass only touches the N gallery columns: blocks of chunk·(N + M) elements
+            step = max(chunk, (chunk * width) // max(n, 1))
+            for i0 in range(0, b, step):
+                i1 = min(b, i0 + step)
+                mx, s, a, p, _, _ = _block_stats(gallery_logits(i0, i1), pos2, i0, i1, 0)
+                part = (mx, s, a, p)
+                col_stats = part if col_stats is None else _merge_stats(col_stats, part)
+            assert col_stats is not None
+            mx, s, a, p = col_stats
+            inv = s.reciprocal()
+            col_c = (a - delta2 * p) * inv
+            log_s = s.log()
+            loss2 = torch.dot(w2, col_c - log_s - log_eps)
+            mass2 = torch.dot(w2, p * inv)
+            col_shift = mx + log_s  # log-sum-exp: log p = z - col_shift
+            col_back = log_s - col_c  # log p - log ε - L = z - (max + c) = log p + col_back
 
-        for i0 in starts:
-            z, qh = logits(i0, False)  # scaled cosine logits [r, N + M], computed once
-            # same-label indicator, written as floats directly (no bool temporary)
-            yf = torch.eq(
-                q_labels[i0 : i0 + chunk, None], c_labels[None, :], out=torch.empty_like(z)
-            )
-            # one scratch block for every row/column dot product of this chunk: fresh block-sized
-            # temporaries are what the element-wise part of this kernel mostly pays for on CPU
-            tmp = torch.empty_like(z)
-            tmp_g = tmp.view(-1)[: z.shape[0] * n].view(z.shape[0], n)
-            g2 = None
+        for i0 in range(0, b, chunk):
+            i1 = min(b, i0 + chunk)
+            r = i1 - i0
+            qh = q[i0:i1] * rq[i0:i1, None]  # q̂ of the block
+            z = q.new_empty((r, width))  # scaled cosine logits, computed once per block
+            torch.mm(qh, g.T, out=z[:, :n])
+            if n_mem > 0:
+                torch.mm(qh, m.T, out=z[:, n:])
+            z.mul_(rcs)
+            g2: Tensor | None = None
+            scratch: Tensor | None = None
             if do_cols:
-                y2f = yf[:, :n]
+                assert pos2 is not None
                 if single:
-                    # column log-softmax with a single exp: g2 = z - max, p2 = e^g2 / s, g2 -= log s
-                    g2 = z[:, :n] - z[:, :n].amax(0)
+                    g2 = z[:, :n].clone(memory_format=torch.contiguous_format) if do_rows else z
+                    _, s, a, p, e2, tok2 = _block_stats(g2, pos2, i0, i1, 0)
+                    inv = s.reciprocal()
+                    c = (a - delta2 * p) * inv
+                    loss2 = torch.dot(w2, c - s.log() - log_eps)
+                    mass2 = torch.dot(w2, p * inv)
+                    if need_grad:  # (w/S) · (e z' - c e - δ e [pos]); g2 holds e z'
+                        coef = w2 * inv
+                        g2.addcmul_(e2, c[None, :], value=-1.0)
+                        _Positives.sub_(g2, tok2, delta2, 0)
+                        g2.mul_(coef)
+                    del e2, tok2
+                elif need_grad:
+                    # log p = z - shift;  w p (log p - log ε - L - δ [pos])
+                    g2 = z[:, :n] - col_shift
                     p2 = g2.exp()
-                    s_c = p2.sum(0)
-                    p2.div_(s_c)
-                    g2.sub_(s_c.log_())  # log p (gallery -> query, softmax over query rows)
-                    mass2_cols += torch.mul(p2, y2f, out=tmp_g).sum(0)
-                    l2 = torch.mul(p2, g2, out=tmp_g).sum(0) - log_eps - delta2 * mass2_cols
-                else:
-                    g2 = z[:, :n] - lse2  # log p (gallery -> query, softmax over query rows)
-                    p2 = g2.exp()
-                    mass2_cols += torch.mul(p2, y2f, out=tmp_g).sum(0)
-                if need_grad:  # w2 * p2 * (log p2 - log q~ - L2)
-                    g2.sub_(l2 + log_eps).addcmul_(y2f, delta2, value=-1.0).mul_(p2).mul_(w2)
-                del p2
+                    g2.add_(col_back)
+                    g2.mul_(p2)
+                    _, tok2 = pos2.take(p2, i0, i1, 0)
+                    _Positives.sub_(g2, tok2, delta2, 0)
+                    g2.mul_(w2)
+                    del p2, tok2
             if do_rows:
-                wc = w1[i0 : i0 + chunk]
-                dc = delta1[i0 : i0 + chunk]
-                # row log-softmax with a single exp: z -= max, p = e^z / s, z -= log s
-                z.sub_(z.amax(1, keepdim=True))
-                p = z.exp()
-                s_r = p.sum(1, keepdim=True)
-                p.div_(s_r)
-                z.sub_(s_r.log_())  # log p
-                pos_mass = torch.mul(p, yf, out=tmp).sum(1)
-                row_loss = torch.mul(p, z, out=tmp).sum(1) - log_eps - dc * pos_mass
-                loss1 += (wc * row_loss).sum()
-                mass1 += (wc * pos_mass).sum()
-                if need_grad:  # w1 * p * (log p - log q~ - L1)
-                    z.sub_((row_loss + log_eps)[:, None]).addcmul_(yf, dc[:, None], value=-1.0)
-                    z.mul_(p.mul_(wc[:, None]))
-                del p
+                assert pos1 is not None
+                _, s, a, p, e, tok = _block_stats(z, pos1, i0, i1, 1)
+                inv = s.reciprocal()
+                c = (a - delta1[i0:i1] * p) * inv
+                row_loss[i0:i1] = c - s.log() - log_eps
+                row_mass[i0:i1] = p * inv
+                if need_grad:  # (w/S) · (e z' - c e - δ e [pos]); z holds e z'
+                    coef = w1[i0:i1] * inv
+                    z.addcmul_(e, c[:, None], value=-1.0)
+                    _Positives.sub_(z, tok, delta1[i0:i1], 1)
+                    z.mul_(coef[:, None])
+                scratch = e  # dead from here on: room for the row dot products below
+                del e, tok
                 grad_blk = z
-            elif need_grad:
-                grad_blk = torch.zeros_like(z)
+            elif need_grad:  # gallery -> query only: no memory columns, g2 has z's shape
+                grad_blk = g2 if g2 is not None and g2.shape == z.shape else torch.zeros_like(z)
             if need_grad:
-                if g2 is not None:
+                if g2 is not None and g2 is not grad_blk:
                     grad_blk[:, :n] += g2
                 grad_blk.mul_(rc)  # dL/dz · ||c||⁻¹: gradients w.r.t. raw columns
-                qc = q[i0 : i0 + chunk]
-                rqc = rq[i0 : i0 + chunk]
-                gc = grad_blk[:, :n] @ g  # Σ_j dL/dz_ij ĉ_j
+                qc = q[i0:i1]
+                rqc = rq[i0:i1]
+                gc = torch.mm(grad_blk[:, :n], g, out=dq[i0:i1])  # Σ_j dL/dz_ij ĉ_j
                 if n_mem > 0:
                     gc.addmm_(grad_blk[:, n:], m)
-                dot = torch.linalg.vecdot(qc, gc)
-                ds += (rqc * dot).sum()
+                dot = _row_dots(qc, gc, scratch)
+                ds += torch.dot(rqc, dot)
                 # through q̂ = q / ||q||: dq = s/||q|| (gc - q̂ (q̂·gc))
-                gc.sub_(qc * (rqc * rqc * dot)[:, None]).mul_((rqc * scale)[:, None])
-                dq[i0 : i0 + chunk] = gc
-                u.addmm_(grad_blk[:, :n].T, qh)
-            del z, yf, g2, tmp, tmp_g
+                gc.addcmul_(qc, (rqc * rqc * dot)[:, None], value=-1.0)
+                gc.mul_((rqc * scale)[:, None])
+                if i0 == 0:
+                    torch.mm(grad_blk[:, :n].T, qh, out=u)
+                else:
+                    u.addmm_(grad_blk[:, :n].T, qh)
+            del z, g2, qh
 
-        if do_cols:
-            loss2 = (w2 * l2).sum()
-            mass2 = (w2 * mass2_cols).sum()
-        else:
-            mass2 = zero.clone()
+        if do_rows:
+            loss1 = torch.dot(w1, row_loss)
+            mass1 = torch.dot(w1, row_mass)
         if need_grad:  # through ĝ = g / ||g||
-            dg = u.addcmul_(g, (rg * rg * torch.linalg.vecdot(g, u))[:, None], value=-1.0)
+            dot = _row_dots(g, u, scratch)
+            del scratch
+            dg = u.addcmul_(g, (rg * rg * dot)[:, None], value=-1.0)
             dg.mul_(scale)
         else:
             dg = u
