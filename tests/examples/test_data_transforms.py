@@ -218,3 +218,35 @@ def test_collate_in_a_dataloader_with_pin_memory():
             iter(DataLoader(data, batch_size=5, collate_fn=collate_multimodal, pin_memory=True))
         )
         assert pinned["images"].is_pinned() and pinned["tokens"].is_pinned()
+
+
+# --- channel augmentations of the trainer -------------------------------------------------------
+
+
+@given(seed=st.integers(0, 2**31 - 1), h=st.integers(1, 6), w=st.integers(1, 6))
+@settings(max_examples=30)
+def test_random_channel_replicates_one_input_channel(seed, h, w):
+    from reid_example.builders import RandomChannel
+
+    img = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed + 1))
+    out = RandomChannel(1.0)(img, torch.Generator().manual_seed(seed))
+    assert out.shape == img.shape
+    picked = [c for c in range(3) if torch.equal(out[0], img[c])]
+    assert picked, "output is not one of the input channels"
+    assert torch.equal(out[1], out[0]) and torch.equal(out[2], out[0])
+    again = RandomChannel(1.0)(img, torch.Generator().manual_seed(seed))
+    assert torch.equal(again, out)  # a pure function of the generator
+
+
+def test_random_channel_probability_and_passthrough():
+    from reid_example.builders import RandomChannel
+
+    img = torch.rand(3, 4, 2)
+    assert RandomChannel(0.0)(img, torch.Generator()) is img
+    one = torch.rand(1, 4, 2)
+    assert RandomChannel(1.0)(one, torch.Generator()) is one  # not a colour image
+    g = torch.Generator().manual_seed(0)
+    changed = sum(not torch.equal(RandomChannel(0.3)(img, g), img) for _ in range(2000))
+    assert 0.25 < changed / 2000 < 0.35
+    with pytest.raises(ValueError, match="channel_p"):
+        RandomChannel(1.5)

@@ -274,10 +274,10 @@ class _Positives:
     free on CPU). On other devices, where element-wise passes are cheap and host reads are
     synchronisations, a block-sized same-label mask is formed per block.
 
-    :meth:`take` returns, for the rows ``i0:i1`` of a contiguous block ``e``, the row (``dim=1``)
-    or column (``dim=0``) sums of ``e`` over same-label entries and a token; :meth:`sub_` then
-    subtracts ``coef[row or column] · e`` at those entries of another contiguous block ``out`` of
-    the same shape.
+    :meth:`take` reads the same-label entries of the rows ``i0:i1`` of a contiguous block ``e``
+    into a token; :meth:`add_sums_` adds their row (``dim=1``) or column (``dim=0``) sums to a
+    vector; :meth:`sub_` subtracts ``coef[row or column] · e`` at those entries of another
+    contiguous block of the same shape.
     """
 
     def __init__(self, row_labels: Tensor, col_labels: Tensor) -> None:
@@ -300,40 +300,41 @@ class _Positives:
         self.cols = order[left[rows] + offset]
         self.flat = rows * self.ncols + self.cols
 
-    def _chunk(self, i0: int, i1: int) -> tuple[Tensor, Tensor, Tensor]:
-        a, b = self.indptr[i0], self.indptr[i1]
-        if a == 0 and b == self.indptr[-1] and i0 == 0:
-            return self.rows, self.cols, self.flat
-        return self.rows[a:b] - i0, self.cols[a:b], self.flat[a:b] - i0 * self.ncols
-
-    def take(self, e: Tensor, i0: int, i1: int, dim: int) -> tuple[Tensor, Any]:
+    def take(self, e: Tensor, i0: int, i1: int) -> Any:
         if not self.sparse:
             mask = self.row_labels[i0:i1, None] == self.col_labels[None, :]
-            masked = torch.where(mask, e, 0.0)
-            return masked.sum(dim), masked
-        rows, cols, flat = self._chunk(i0, i1)
-        vals = e.view(-1)[flat]
-        index = rows if dim == 1 else cols
-        sums = e.new_zeros(e.shape[0] if dim == 1 else e.shape[1]).index_add_(0, index, vals)
-        return sums, (vals, index, flat)
+            return torch.where(mask, e, 0.0)
+        a, b = self.indptr[i0], self.indptr[i1]
+        if i0 == 0 and b == self.indptr[-1]:
+            rows, cols, flat = self.rows, self.cols, self.flat
+        else:
+            rows, cols, flat = self.rows[a:b] - i0, self.cols[a:b], self.flat[a:b] - i0 * self.ncols
+        return e.view(-1)[flat], rows, cols, flat
+
+    @staticmethod
+    def add_sums_(out: Tensor, token: Any, dim: int) -> None:
+        if isinstance(token, Tensor):
+            out.add_(token.sum(dim))
+            return
+        vals, rows, cols, _ = token
+        out.index_add_(0, rows if dim == 1 else cols, vals)
 
     @staticmethod
     def sub_(out: Tensor, token: Any, coef: Tensor, dim: int) -> None:
         if isinstance(token, Tensor):
             out.addcmul_(token, coef[:, None] if dim == 1 else coef[None, :], value=-1.0)
             return
-        vals, index, flat = token
-        out.view(-1).index_add_(0, flat, vals * coef[index], alpha=-1.0)
+        vals, rows, cols, flat = token
+        out.view(-1).index_add_(0, flat, vals * coef[rows if dim == 1 else cols], alpha=-1.0)
 
 
 def _block_stats(
     z: Tensor, pos: _Positives, i0: int, i1: int, dim: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Any]:
-    """Softmax statistics of ``z`` along ``1 - dim`` reductions, written in place.
+    """Softmax statistics of ``z`` along ``dim`` (1: each row; 0: each column of the block).
 
-    Along the reduced axis (``dim=1``: each row over its columns; ``dim=0``: each column over the
-    rows of the block), with ``z' = z - max``, ``e = exp(z')``: returns ``(max, S = Σ e,
-    A = Σ e·z', P = Σ_same-label e, e, token)`` and leaves ``e·z'`` in ``z``.
+    With ``z' = z - max`` and ``e = exp(z')``: returns ``(max, S = Σ e, A = Σ e·z',
+    P = Σ_same-label e, e, token)`` and leaves ``e·z'`` in ``z``.
     """
     mx = z.amax(dim, keepdim=True)
     z.sub_(mx)
@@ -341,7 +342,9 @@ def _block_stats(
     s = e.sum(dim)
     z.mul_(e)
     a = z.sum(dim)
-    p, token = pos.take(e, i0, i1, dim)
+    token = pos.take(e, i0, i1)
+    p = s.new_zeros(s.shape)
+    pos.add_sums_(p, token, dim)
     return mx.squeeze(dim), s, a, p, e, token
 
 
@@ -419,44 +422,45 @@ class _FusedSDM(torch.autograd.Function):
             rc = torch.cat([rg, _inv_from_norms(norms[2])]) if n_mem > 0 else rg
         zero = q.new_zeros(())
         loss1, mass1, loss2, mass2 = (q.new_zeros(()) for _ in range(4))
-        row_loss = q.new_zeros(b) if do_rows else q[:0, 0]
-        row_mass = q.new_zeros(b) if do_rows else q[:0, 0]
         dq = torch.empty_like(q) if need_grad else q[:0]
         u = torch.empty_like(g) if need_grad else g[:0]  # written by the first block
         ds = zero.clone()
         delta1 = t1pos - log_eps
         delta2 = t2pos - log_eps
         rcs = rc * scale  # column factor of the logits: s / ||c||
+        rq2, rqs = rq * rq, rq * scale
         pos1 = _Positives(q_labels, c_labels) if do_rows else None
         pos2 = _Positives(q_labels, c_labels[:n]) if do_cols else None
         single = chunk >= b
-
-        def gallery_logits(i0: int, i1: int) -> Tensor:
-            z = torch.mm(q[i0:i1] * rq[i0:i1, None], g.T)
-            return z.mul_(rcs[:n])
+        # query -> gallery row statistics (S, A, P per query row), filled block by block
+        s1, a1, p1 = (q.new_zeros(b if do_rows else 0) for _ in range(3))
 
         # gallery -> query (softmax over the query rows of each gallery column): statistics
         # before any gradient can be formed; streamed over row blocks unless there is one block.
-        col_stats: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
         col_shift = col_back = zero
-        if do_cols and not single:
-            assert pos2 is not None
+        if do_cols and not single and pos2 is not None:
             # this pass only touches the N gallery columns: blocks of chunk·(N + M) elements
             step = max(chunk, (chunk * width) // max(n, 1))
+            col_stats: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
             for i0 in range(0, b, step):
                 i1 = min(b, i0 + step)
-                mx, s, a, p, _, _ = _block_stats(gallery_logits(i0, i1), pos2, i0, i1, 0)
+                zg = torch.mm(q[i0:i1] * rq[i0:i1, None], g.T).mul_(rcs[:n])
+                mx, s, a, p, _, _ = _block_stats(zg, pos2, i0, i1, 0)
                 part = (mx, s, a, p)
                 col_stats = part if col_stats is None else _merge_stats(col_stats, part)
-            assert col_stats is not None
-            mx, s, a, p = col_stats
-            inv = s.reciprocal()
-            col_c = (a - delta2 * p) * inv
-            log_s = s.log()
-            loss2 = torch.dot(w2, col_c - log_s - log_eps)
-            mass2 = torch.dot(w2, p * inv)
-            col_shift = mx + log_s  # log-sum-exp: log p = z - col_shift
-            col_back = log_s - col_c  # log p - log ε - L = z - (max + c) = log p + col_back
+                del zg
+            if col_stats is not None:
+                mx, s, a, p = col_stats
+                inv = s.reciprocal()
+                c2 = torch.addcmul(a, delta2, p, value=-1.0).mul_(inv)
+                log_s = s.log()
+                loss2 = torch.dot(w2, c2 - log_s - log_eps)
+                mass2 = torch.dot(w2, p * inv)
+                # w p = exp(z - shift) with shift = max + log S - log w (a finite stand-in for
+                # log 0 keeps w = 0 columns at exactly 0); log p - log ε - L = z - max - c
+                log_w = torch.where(w2 > 0, w2.log(), -1e4)
+                col_shift = mx + log_s - log_w
+                col_back = log_s - log_w - c2
 
         for i0 in range(0, b, chunk):
             i1 = min(b, i0 + chunk)
@@ -469,43 +473,43 @@ class _FusedSDM(torch.autograd.Function):
             z.mul_(rcs)
             g2: Tensor | None = None
             scratch: Tensor | None = None
-            if do_cols:
-                assert pos2 is not None
+            if do_cols and pos2 is not None:
                 if single:
                     g2 = z[:, :n].clone(memory_format=torch.contiguous_format) if do_rows else z
                     _, s, a, p, e2, tok2 = _block_stats(g2, pos2, i0, i1, 0)
                     inv = s.reciprocal()
-                    c = (a - delta2 * p) * inv
-                    loss2 = torch.dot(w2, c - s.log() - log_eps)
+                    c2 = torch.addcmul(a, delta2, p, value=-1.0).mul_(inv)
+                    loss2 = torch.dot(w2, c2 - s.log() - log_eps)
                     mass2 = torch.dot(w2, p * inv)
                     if need_grad:  # (w/S) · (e z' - c e - δ e [pos]); g2 holds e z'
                         coef = w2 * inv
-                        g2.addcmul_(e2, c[None, :], value=-1.0)
-                        _Positives.sub_(g2, tok2, delta2, 0)
                         g2.mul_(coef)
+                        g2.addcmul_(e2, coef * c2, value=-1.0)
+                        _Positives.sub_(g2, tok2, coef * delta2, 0)
                     del e2, tok2
-                elif need_grad:
-                    # log p = z - shift;  w p (log p - log ε - L - δ [pos])
+                elif need_grad:  # w p (log p - log ε - L - δ [pos]) = w p (z - max - c) - ...
                     g2 = z[:, :n] - col_shift
-                    p2 = g2.exp()
-                    g2.add_(col_back)
-                    g2.mul_(p2)
-                    _, tok2 = pos2.take(p2, i0, i1, 0)
-                    _Positives.sub_(g2, tok2, delta2, 0)
-                    g2.mul_(w2)
-                    del p2, tok2
-            if do_rows:
-                assert pos1 is not None
-                _, s, a, p, e, tok = _block_stats(z, pos1, i0, i1, 1)
-                inv = s.reciprocal()
-                c = (a - delta1[i0:i1] * p) * inv
-                row_loss[i0:i1] = c - s.log() - log_eps
-                row_mass[i0:i1] = p * inv
+                    pw = g2.exp()  # w p
+                    g2.add_(col_back).mul_(pw)
+                    _Positives.sub_(g2, pos2.take(pw, i0, i1), delta2, 0)
+                    del pw
+            if do_rows and pos1 is not None:
+                mx = z.amax(1, keepdim=True)
+                z.sub_(mx)
+                e = z.exp()
+                s, a, p = s1[i0:i1], a1[i0:i1], p1[i0:i1]
+                torch.sum(e, 1, out=s)
+                z.mul_(e)
+                torch.sum(z, 1, out=a)
+                tok = pos1.take(e, i0, i1)
+                _Positives.add_sums_(p, tok, 1)
                 if need_grad:  # (w/S) · (e z' - c e - δ e [pos]); z holds e z'
-                    coef = w1[i0:i1] * inv
-                    z.addcmul_(e, c[:, None], value=-1.0)
-                    _Positives.sub_(z, tok, delta1[i0:i1], 1)
+                    dc = delta1[i0:i1]
+                    coef = w1[i0:i1] / s
+                    c = torch.addcmul(a, dc, p, value=-1.0).div_(s)
                     z.mul_(coef[:, None])
+                    z.addcmul_(e, (coef * c)[:, None], value=-1.0)
+                    _Positives.sub_(z, tok, coef * dc, 1)
                 scratch = e  # dead from here on: room for the row dot products below
                 del e, tok
                 grad_blk = z
@@ -516,15 +520,14 @@ class _FusedSDM(torch.autograd.Function):
                     grad_blk[:, :n] += g2
                 grad_blk.mul_(rc)  # dL/dz · ||c||⁻¹: gradients w.r.t. raw columns
                 qc = q[i0:i1]
-                rqc = rq[i0:i1]
                 gc = torch.mm(grad_blk[:, :n], g, out=dq[i0:i1])  # Σ_j dL/dz_ij ĉ_j
                 if n_mem > 0:
                     gc.addmm_(grad_blk[:, n:], m)
                 dot = _row_dots(qc, gc, scratch)
-                ds += torch.dot(rqc, dot)
+                ds += torch.dot(rq[i0:i1], dot)
                 # through q̂ = q / ||q||: dq = s/||q|| (gc - q̂ (q̂·gc))
-                gc.addcmul_(qc, (rqc * rqc * dot)[:, None], value=-1.0)
-                gc.mul_((rqc * scale)[:, None])
+                gc.addcmul_(qc, (rq2[i0:i1] * dot)[:, None], value=-1.0)
+                gc.mul_(rqs[i0:i1, None])
                 if i0 == 0:
                     torch.mm(grad_blk[:, :n].T, qh, out=u)
                 else:
@@ -532,8 +535,10 @@ class _FusedSDM(torch.autograd.Function):
             del z, g2, qh
 
         if do_rows:
-            loss1 = torch.dot(w1, row_loss)
-            mass1 = torch.dot(w1, row_mass)
+            inv1 = s1.reciprocal()
+            c1 = torch.addcmul(a1, delta1, p1, value=-1.0).mul_(inv1)
+            loss1 = torch.dot(w1, c1 - s1.log() - log_eps)
+            mass1 = torch.dot(w1, p1 * inv1)
         if need_grad:  # through ĝ = g / ||g||
             dot = _row_dots(g, u, scratch)
             del scratch
