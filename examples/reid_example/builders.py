@@ -110,17 +110,43 @@ class RandomGrayscale:
         return gray.expand_as(img).contiguous()
 
 
+class RandomChannel:
+    """With probability ``p``, replace a ``[3, H, W]`` float image by one of its channels, drawn
+    uniformly, in all three channels (the channel augmentation of CAJ, Ye et al., ICCV 2021: a
+    visible image seen through one sensor band, closer to an infrared one than any colour
+    image). Images with another channel count pass through. Draws only from the generator."""
+
+    def __init__(self, p: float) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"channel_p must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.p == 0.0 or img.shape[0] != 3:
+            return img
+        if float(torch.rand((), generator=generator)) >= self.p:
+            return img
+        c = int(torch.randint(0, 3, (), generator=generator))
+        return img[c : c + 1].expand_as(img).contiguous()
+
+
 def _train_transform(cfg: Config, size: tuple[int, int], padding: int) -> Any:
-    """The data package's training pipeline, plus optional grayscale before normalisation."""
+    """The data package's training pipeline, plus the optional channel augmentations (grayscale,
+    single channel) before normalisation."""
     from reid_example.data.transforms import Compose
 
     if not cfg.data.augment:
         return eval_transform(size)
     tf = train_transform(size, padding=padding, erasing_p=cfg.data.erasing_p)
+    extra: list[Any] = []
     if cfg.data.grayscale_p > 0:
+        extra.append(RandomGrayscale(cfg.data.grayscale_p))
+    if cfg.data.channel_p > 0:
+        extra.append(RandomChannel(cfg.data.channel_p))
+    if extra:
         steps = list(tf.transforms)
         at = next(i for i, t in enumerate(steps) if type(t).__name__ == "Normalize")
-        steps.insert(at, RandomGrayscale(cfg.data.grayscale_p))
+        steps[at:at] = extra
         tf = Compose(steps)
     return tf
 

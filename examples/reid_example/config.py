@@ -100,6 +100,11 @@ class DataConfig:
     grayscale_p: float = _opt(
         0.0, "probability of converting a training image to grayscale (channel augmentation)"
     )
+    channel_p: float = _opt(
+        0.0,
+        "probability of replacing a training colour image by one random channel of it "
+        "(CAJ channel augmentation, applied after grayscale_p)",
+    )
     num_workers: int = _opt(2, "DataLoader worker processes (0 = load in the main process)")
     persistent_workers: bool = _opt(True, "keep DataLoader workers alive between epochs")
     prefetch_factor: int = _opt(2, "batches prefetched per worker")
