@@ -554,6 +554,7 @@ def evaluate_split(
         amp=amp,
         channels_last=channels_last,
         embedding=cfg.model.embedding,
+        flip=cfg.eval.flip,
     )
     results = evaluate_protocols(
         feats,

@@ -237,6 +237,9 @@ class EvalConfig:
         "mAP_mean", "validation metric that picks the best checkpoint (mAP_mean or mAP/<protocol>)"
     )
     test_at_end: bool = _opt(True, "evaluate the best checkpoint on the test split at the end")
+    flip: bool = _opt(
+        False, "embed each evaluation image as the mean of it and its horizontal mirror"
+    )
     trials: int = _opt(
         10, "SYSU-MM01 / LLCM: trials of the published protocol run on the test split at the end"
     )

@@ -444,10 +444,13 @@ def extract_features(
     channels_last: bool = False,
     num_workers: int = 0,
     embedding: str = "pre_bn",
+    flip: bool = False,
 ) -> torch.Tensor:
     """Retrieval embeddings ``[len(dataset), d]`` (float32, CPU) in dataset order.
 
-    ``embedding`` picks the trunk feature (``pre_bn``) or the BNNeck output (``bn``).
+    ``embedding`` picks the trunk feature (``pre_bn``) or the BNNeck output (``bn``). With
+    ``flip`` an image's embedding is the mean of the embeddings of the image and of its
+    horizontal mirror (text items are embedded once).
 
     Under torch.distributed each rank embeds an interleaved shard and the shards are gathered.
     """
@@ -469,7 +472,14 @@ def extract_features(
             b["images"] = b["images"].contiguous(memory_format=torch.channels_last)
         with amp.autocast():
             out = _forward(model, b)
-        chunks.append((out.features if embedding == "pre_bn" else out.embeddings).float())
+        feat = (out.features if embedding == "pre_bn" else out.embeddings).float()
+        if flip and b["images"].shape[0] > 0:
+            with amp.autocast():
+                mirrored = _forward(model, {**b, "images": b["images"].flip(-1)})
+            rows = b["image_rows"]
+            other = (mirrored.features if embedding == "pre_bn" else mirrored.embeddings).float()
+            feat[rows] = 0.5 * (feat[rows] + other[rows])
+        chunks.append(feat)
     dim = chunks[0].shape[1] if chunks else int(getattr(model, "embed_dim", 1))
     local = torch.cat(chunks) if chunks else torch.zeros(0, dim, device=device)
     if not is_dist():

@@ -297,3 +297,52 @@ def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
     # Different batch compositions, same data per step: epoch CE within 10 %.
     for a, b in zip(ddp_rows, one_rows, strict=True):
         assert abs(a["ce"] - b["ce"]) <= 0.10 * b["ce"], (a["ce"], b["ce"])
+
+
+def test_flip_embedding_is_the_mean_of_image_and_mirror() -> None:
+    """eval.flip: image rows get the mean of both passes, text rows a single pass."""
+    from reid_example.engine import extract_features, resolve_amp
+    from reid_example.model import EmbeddingOutput
+
+    class Stub(torch.nn.Module):
+        embed_dim = 2
+
+        def forward(self, images, image_rows, tokens, text_rows, modalities):
+            n = modalities.shape[0]
+            feats = torch.zeros(n, 2)
+            if images is not None:
+                w = torch.arange(images.shape[-1], dtype=torch.float32)
+                # position-weighted: a mirror image gives a different feature
+                feats[image_rows, 0] = (images.mean(dim=(1, 2)) * w).sum(-1)
+                feats[image_rows, 1] = images.mean(dim=(1, 2, 3))
+            if tokens is not None:
+                feats[text_rows] = tokens.float().mean(1, keepdim=True).expand(-1, 2)
+            return EmbeddingOutput(feats, feats, feats)
+
+    g = torch.Generator().manual_seed(0)
+    items = [
+        {"image": torch.rand(3, 4, 3, generator=g), "label": 0, "modality": 0, "camera": 0},
+        {"tokens": torch.tensor([3, 4, 0]), "label": 1, "modality": 4, "camera": 0},
+        {"image": torch.rand(3, 4, 3, generator=g), "label": 1, "modality": 1, "camera": 0},
+    ]
+
+    def collate(batch):
+        rows = [i for i, x in enumerate(batch) if "image" in x]
+        trows = [i for i, x in enumerate(batch) if "tokens" in x]
+        return {
+            "images": torch.stack([batch[i]["image"] for i in rows]),
+            "image_rows": torch.tensor(rows),
+            "tokens": torch.stack([batch[i]["tokens"] for i in trows]),
+            "text_rows": torch.tensor(trows),
+            "modalities": torch.tensor([x["modality"] for x in batch]),
+        }
+
+    amp = resolve_amp("off", torch.device("cpu"))
+    kw = {"collate": collate, "batch_size": 8, "device": torch.device("cpu"), "amp": amp}
+    plain = extract_features(Stub(), items, **kw)
+    flipped = extract_features(Stub(), items, flip=True, **kw)
+    mirror_items = [{**x, "image": x["image"].flip(-1)} if "image" in x else x for x in items]
+    mirror = extract_features(Stub(), mirror_items, **kw)
+    torch.testing.assert_close(flipped[[0, 2]], 0.5 * (plain[[0, 2]] + mirror[[0, 2]]))
+    torch.testing.assert_close(flipped[1], plain[1])
+    assert not torch.allclose(plain[[0, 2]], mirror[[0, 2]])  # the stub sees the mirroring
