@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -379,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # 8. epochs --------------------------------------------------------------------------------
     stopped = False
     last_val: dict[str, dict[str, float]] = {}
+    train_split = train_score_split(data, cfg)
     throughput: list[float] = []
     t_run = time.perf_counter()
     while epoch <= cfg.train.epochs and not stopped:
@@ -454,9 +456,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             stats.seconds,
         )
 
-        # health: findings are logged; with health.act the SDM weight rolls back
-        findings = health.check(epoch, stats.ce)
-
         row: dict[str, Any] = {
             "epoch": epoch,
             "step": global_step,
@@ -469,9 +468,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "rows_without_positive_frac": stats.rows_without_positive_frac,
             "images_per_second": stats.images_per_second * world,
             "seconds": stats.seconds,
-            "findings": len(findings),
         }
         is_eval_epoch = epoch % max(1, cfg.eval.every) == 0 or epoch == cfg.train.epochs
+        train_score = val_score = None
         if is_eval_epoch:
             last_val = evaluate_split(model, data, "val", cfg, device, amp, use_channels_last)
             log.info(format_metrics("val", epoch, last_val))
@@ -480,10 +479,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     row[f"val/{k}/{proto}"] = m[k]
             score = select_score(last_val, cfg.eval.select_metric)
             row["val/select"] = score
+            if train_split is not None:  # the same score on training identities
+                on_train = evaluate_dataset(
+                    model, *train_split, data.collate, cfg, device, amp, use_channels_last
+                )
+                n_train_ids = len(np.unique(train_split[0].identities))
+                log.info(format_metrics(f"train ({n_train_ids} ids)", epoch, on_train))
+                for proto, m in on_train.items():
+                    row[f"train/mAP/{proto}"] = m["mAP"]
+                # compared on the protocols both sides have
+                common = [k for k in last_val if k in on_train]
+                train_score, val_score = (
+                    select_score({k: r[k] for k in common}, cfg.eval.select_metric, math.nan)
+                    for r in (on_train, last_val)
+                )
+                row["train/select"] = train_score
             if math.isfinite(score) and score > best["metric"]:
                 best = {"metric": score, "epoch": epoch, "val": last_val}
                 save("best.pt", epoch + 1, 0)
                 log.info("new best %s=%.4f at epoch %d", cfg.eval.select_metric, score, epoch)
+        # health: findings are logged; with health.act the SDM weight rolls back
+        findings = health.check(epoch, stats.ce, train_score, val_score)
+        row["findings"] = len(findings)
         metrics.log_epoch(row)
         if epoch % max(1, cfg.checkpoint.every_epochs) == 0 or epoch == cfg.train.epochs:
             save("last.pt", epoch + 1, 0)
@@ -535,6 +552,35 @@ def _finish(metrics: MetricsLog) -> None:
 # evaluation helpers
 
 
+def evaluate_dataset(
+    model: torch.nn.Module,
+    dataset: Any,
+    protocols: Sequence[Any],
+    collate: Any,
+    cfg: Config,
+    device: torch.device,
+    amp: Any,
+    channels_last: bool,
+    benchmark_fn: Any = None,
+) -> dict[str, dict[str, float]]:
+    """Embed ``dataset`` and evaluate ``protocols`` on it (plus ``benchmark_fn``, if given)."""
+    feats = extract_features(
+        model,
+        dataset,
+        collate=collate,
+        batch_size=cfg.data.eval_batch_size,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        embedding=cfg.model.embedding,
+        flip=cfg.eval.flip,
+    )
+    results = evaluate_protocols(feats, dataset, protocols, evaluate_retrieval, camera_pair_ignore)
+    if benchmark_fn is not None:
+        results.update(benchmark_fn(feats, dataset))
+    return results
+
+
 def evaluate_split(
     model: torch.nn.Module,
     data: Any,
@@ -544,38 +590,77 @@ def evaluate_split(
     amp: Any,
     channels_last: bool,
 ) -> dict[str, dict[str, float]]:
-    dataset = data.eval_set(split)
-    feats = extract_features(
+    # on the test split also the benchmark's published rules, all trials (SYSU, RegDB, LLCM)
+    bench = data.benchmark_fn if split == "test" and not cfg.eval.protocols else None
+    return evaluate_dataset(
         model,
-        dataset,
-        collate=data.collate,
-        batch_size=cfg.data.eval_batch_size,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        embedding=cfg.model.embedding,
-        flip=cfg.eval.flip,
-    )
-    results = evaluate_protocols(
-        feats,
-        dataset,
+        data.eval_set(split),
         data.protocols(split, cfg.eval.protocols),
-        evaluate_retrieval,
-        camera_pair_ignore,
+        data.collate,
+        cfg,
+        device,
+        amp,
+        channels_last,
+        bench,
     )
-    if split == "test" and data.benchmark_fn is not None and not cfg.eval.protocols:
-        # the benchmark's published rules, all trials (SYSU-MM01, RegDB, LLCM)
-        results.update(data.benchmark_fn(feats, dataset))
-    return results
 
 
-def select_score(results: dict[str, dict[str, float]], metric: str) -> float:
+class _IndexSubset:
+    """Items ``index`` of an evaluation dataset, with its identity/camera/modality arrays."""
+
+    def __init__(self, dataset: Any, index: np.ndarray) -> None:
+        self.dataset, self.index = dataset, index
+        self.identities = np.asarray(dataset.identities)[index]
+        self.cameras = np.asarray(dataset.cameras)[index]
+        self.modalities = np.asarray(dataset.modalities)[index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[int(self.index[i])]
+
+
+def train_score_split(data: Any, cfg: Config) -> tuple[Any, list[Any]] | None:
+    """The first ``eval.train_ids`` training identities (in label order; -1: as many as the
+    validation split has), embedded with the
+    evaluation transforms, and the dataset's protocols restricted to them: the train side of
+    the overfitting rule's train-val gap. ``None`` when off or unavailable."""
+    if cfg.eval.train_ids == 0 or data.train_eval is None:
+        return None
+    n_ids = cfg.eval.train_ids
+    if n_ids < 0:
+        n_ids = len(np.unique(np.asarray(data.val.identities)))
+    ds = data.train_eval
+    ids = np.asarray(ds.identities)
+    keep = np.isin(ids, np.unique(ids)[:n_ids])
+    kept = []
+    for p in data.protocols("train", cfg.eval.protocols):
+        q, g = np.asarray(p.query, dtype=np.int64), np.asarray(p.gallery, dtype=np.int64)
+        kept.append((p, q[keep[q]], g[keep[g]]))
+    index = np.unique(np.concatenate([np.concatenate([q, g]) for _, q, g in kept] or [[]]))
+    index = index.astype(np.int64)
+    if index.size == 0:
+        return None
+    protocols = [
+        dataclasses.replace(p, query=np.searchsorted(index, q), gallery=np.searchsorted(index, g))
+        for p, q, g in kept
+    ]
+    return _IndexSubset(ds, index), protocols
+
+
+def select_score(
+    results: dict[str, dict[str, float]], metric: str, missing: float | None = None
+) -> float:
+    """``eval.select_metric`` of ``results``; ``missing`` (if given) when it is not there."""
     if not results:
-        return -math.inf
+        return -math.inf if missing is None else missing
     if metric == "mAP_mean":
         return float(np.mean([m["mAP"] for m in results.values()]))
     if metric.startswith("mAP/") and metric[4:] in results:
         return results[metric[4:]]["mAP"]
+    if missing is not None:
+        return missing
     raise ValueError(
         f"eval.select_metric={metric!r}: use mAP_mean or mAP/<protocol> with one of "
         f"{sorted(results)}"

@@ -511,3 +511,34 @@ def test_tensor_readings_accepted() -> None:
     )
     assert [f.rule for f in got] == ["coverage_floor"]
     assert mon.observe_epoch(1, train_ce=torch.tensor(1.0), sdm_on=True) == []
+
+
+@given(
+    st.lists(st.floats(-0.2, 0.6, allow_nan=False), min_size=4, max_size=8),
+    st.integers(1, 4),
+)
+def test_overfitting_counts_scored_epochs_only(gaps: list[float], every: int) -> None:
+    """Scores every ``every`` epochs (as a trainer validating every N epochs gives them): the
+    rule runs over the scored epochs, fires only at a scored epoch, unaffected by the others."""
+    mon = HealthMonitor(NUM_CLASSES, gap_epochs=3, gap_min_growth=0.02)
+    fired: list[int] = []
+    scored_epochs = []
+    for i, gap in enumerate(gaps):
+        for j in range(every):
+            epoch = i * every + j + 1
+            kw: dict[str, Any] = {}
+            if j == every - 1:
+                kw = {"train_score": 0.8, "val_score": 0.8 - gap}
+                scored_epochs.append(epoch)
+            fired += [
+                f.epoch
+                for f in mon.observe_epoch(epoch, train_ce=1.0, sdm_on=True, **kw)
+                if f.rule == "overfitting"
+            ]
+    real = [0.8 - (0.8 - g) for g in gaps]
+    expected = [
+        scored_epochs[e]
+        for e in range(3, len(gaps))
+        if all(real[i + 1] > real[i] for i in range(e - 3, e)) and real[e] - real[e - 3] >= 0.02
+    ]
+    assert fired == expected

@@ -53,6 +53,8 @@ class DataBundle:
     #: The benchmark's published multi-trial protocol (``sdmreid.evaluation`` presets), run on
     #: the test split's features at the end: ``(feats, test_dataset) -> {name: metrics}``.
     benchmark_fn: Callable[[torch.Tensor, Any], dict[str, dict[str, float]]] | None = None
+    #: The training split with evaluation transforms (for the train-side score), if available.
+    train_eval: Any = None
 
     @property
     def num_classes(self) -> int:
@@ -63,6 +65,8 @@ class DataBundle:
         return int(self.tokenizer.vocab_size)
 
     def eval_set(self, split: str) -> Any:
+        if split == "train" and self.train_eval is not None:
+            return self.train_eval
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         return self.val if split == "val" else self.test
@@ -188,6 +192,7 @@ def _synthetic(cfg: Config) -> DataBundle:
         tokenizer=tokenizer,
         image_size=size,
         protocol_fn=lambda ds: ds.protocols(),
+        train_eval=SyntheticMultiModalReID.preset(cfg.data.preset, split="train", **common),
     )
 
 
@@ -258,6 +263,7 @@ def _real_layout(cfg: Config) -> DataBundle:
         size,
         protocols,
         benchmark_fn=_benchmark_fn(cfg),
+        train_eval=RecordDataset(splits.train, label_map=splits.label_map, **kw),
     )
 
 

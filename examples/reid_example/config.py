@@ -237,6 +237,12 @@ class EvalConfig:
         "mAP_mean", "validation metric that picks the best checkpoint (mAP_mean or mAP/<protocol>)"
     )
     test_at_end: bool = _opt(True, "evaluate the best checkpoint on the test split at the end")
+    train_ids: int = _opt(
+        -1,
+        "training identities also evaluated (eval transforms, the dataset's protocols) on "
+        "evaluation epochs; their score vs validation's feeds the overfitting rule "
+        "(-1 = as many as the validation split has, so both galleries are alike; 0 = off)",
+    )
     flip: bool = _opt(
         False, "embed each evaluation image as the mean of it and its horizontal mirror"
     )

@@ -3,7 +3,9 @@
 * Step level (every ``health.every_steps`` global steps): the pair-coverage reading and the
   classifier weight norm go to :meth:`HealthMonitor.observe_step`.
 * Epoch level: the epoch's mean CE and whether SDM was on go to
-  :meth:`HealthMonitor.observe_epoch`. With ``health.act = true`` the monitor is given the SDM
+  :meth:`HealthMonitor.observe_epoch`; on evaluation epochs also the selection score of the
+  validation split and the same score on training identities (``eval.train_ids``), which feed
+  the ``overfitting`` rule. With ``health.act = true`` the monitor is given the SDM
   weight scheduler, so a ``ce_near_chance`` finding rolls SDM back one stage at once (sticky,
   recorded in the scheduler's state). Other actions (reduce P/K, regularise, lower the head LR)
   are suggestions: they are logged with their suggested settings, never applied silently.
@@ -68,15 +70,32 @@ class HealthAdapter:
             )
         )
 
-    def check(self, epoch: int, train_ce: float) -> list[Any]:
+    def check(
+        self,
+        epoch: int,
+        train_ce: float,
+        train_score: float | None = None,
+        val_score: float | None = None,
+    ) -> list[Any]:
+        """End of an epoch: CE rules, and the overfitting rule on evaluation epochs (where the
+        same retrieval score is known for training identities and for the validation split)."""
         if not self.enabled or not math.isfinite(train_ce):
             return []
         sdm_on = bool(self.sdm_enabled and self.scheduler.use_sdm(epoch))
+        scores: dict[str, float] = {}
+        if (
+            train_score is not None
+            and val_score is not None
+            and math.isfinite(train_score)
+            and math.isfinite(val_score)
+        ):
+            scores = {"train_score": train_score, "val_score": val_score}
         findings = self.monitor.observe_epoch(
             epoch,
             train_ce=train_ce,
             sdm_on=sdm_on,
             scheduler=self.scheduler if (self.act and self.sdm_enabled) else None,
+            **scores,
         )
         self._report(findings)
         return findings

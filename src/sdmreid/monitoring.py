@@ -35,7 +35,8 @@ rule id                       severity trigger (defaults) → action
 ``coverage_floor``            critical pair coverage < 0.70 at every reading over a whole window
                                        (100 steps) → ``reduce_pk_or_raise_fallback``
 ``coverage_below_target``     warning  pair coverage < 0.85 over a whole window → ``watch``
-``overfitting``               warning  train−val score gap grew at each of the last 3 epochs,
+``overfitting``               warning  train−val score gap grew at each of the last 3 scored
+                                       epochs (epochs given both scores; others are skipped),
                                        by ≥ 0.02 in total → ``regularize`` (label smoothing 0.15,
                                        head LR 1e-3, weight decay 5e-4)
 ``head_weight_norm_growth``   warning  classifier weight norm ≥ 3× its value at the epoch's start
@@ -560,7 +561,8 @@ class HealthMonitor:
         coverage_floor: ``coverage_floor`` threshold (1 − 30 % rows without positive).
         coverage_target: ``coverage_below_target`` threshold.
         coverage_window: Steps a low coverage must persist (a whole meter window).
-        gap_epochs: Consecutive epochs over which the train−val gap must grow.
+        gap_epochs: Consecutive scored epochs (epochs given ``train_score`` and ``val_score``)
+            over which the train−val gap must grow.
         gap_min_growth: Minimum total growth of the gap over those epochs (score units).
         norm_growth: Weight-norm factor within an epoch that fires ``head_weight_norm_growth``.
         head_lr: Head LR suggested by ``head_weight_norm_growth``.
@@ -842,27 +844,28 @@ class HealthMonitor:
                 )
 
         # 4. growing train/val gap
+        # (over the scored epochs: a trainer that validates every N epochs scores every Nth)
         p = self.gap_epochs
-        if len(self._gap) >= p + 1:
-            gaps = self._gap[-(p + 1) :]
-            if not any(math.isnan(g) for g in gaps):
-                rising = all(b > a for a, b in itertools.pairwise(gaps))
-                if rising and gaps[-1] - gaps[0] >= self.gap_min_growth:
-                    self._emit(
-                        out,
-                        "overfitting",
-                        e,
-                        None,
-                        f"train-val gap grew for {p} epochs ({gaps[0]:.3f} -> {gaps[-1]:.3f}); "
-                        f"raise label smoothing to {self.overfit_label_smoothing:g}, lower the "
-                        f"head LR to {self.overfit_head_lr:g}, add weight decay "
-                        f"{self.overfit_weight_decay:g}",
-                        (
-                            ("label_smoothing", self.overfit_label_smoothing),
-                            ("head_lr", self.overfit_head_lr),
-                            ("weight_decay", self.overfit_weight_decay),
-                        ),
-                    )
+        scored = [g for g in self._gap if not math.isnan(g)]
+        if not math.isnan(gap) and len(scored) >= p + 1:
+            gaps = scored[-(p + 1) :]
+            rising = all(b > a for a, b in itertools.pairwise(gaps))
+            if rising and gaps[-1] - gaps[0] >= self.gap_min_growth:
+                self._emit(
+                    out,
+                    "overfitting",
+                    e,
+                    None,
+                    f"train-val gap grew over {p} scored epochs ({gaps[0]:.3f} -> {gaps[-1]:.3f}); "
+                    f"raise label smoothing to {self.overfit_label_smoothing:g}, lower the "
+                    f"head LR to {self.overfit_head_lr:g}, add weight decay "
+                    f"{self.overfit_weight_decay:g}",
+                    (
+                        ("label_smoothing", self.overfit_label_smoothing),
+                        ("head_lr", self.overfit_head_lr),
+                        ("weight_decay", self.overfit_weight_decay),
+                    ),
+                )
         return out
 
     # -- checkpointing ------------------------------------------------------------------------

@@ -94,6 +94,14 @@ def test_loss_decreases_and_coverage_is_reported(smoke: dict[str, Any]) -> None:
     ]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
     assert all(math.isfinite(e["ce"]) for e in epochs)
+    # evaluation epochs also score training identities (the overfitting rule's train side)
+    assert [("train/select" in e, "val/select" in e) for e in epochs] == [
+        (False, False),
+        (True, True),
+        (False, False),
+        (True, True),
+    ]
+    assert all(0.0 < e["train/select"] <= 1.0 for e in epochs if "train/select" in e)
 
 
 def test_eval_report_and_plots(smoke: dict[str, Any]) -> None:
@@ -346,3 +354,27 @@ def test_flip_embedding_is_the_mean_of_image_and_mirror() -> None:
     torch.testing.assert_close(flipped[[0, 2]], 0.5 * (plain[[0, 2]] + mirror[[0, 2]]))
     torch.testing.assert_close(flipped[1], plain[1])
     assert not torch.allclose(plain[[0, 2]], mirror[[0, 2]])  # the stub sees the mirroring
+
+
+def test_health_adapter_feeds_the_overfitting_rule_on_evaluation_epochs() -> None:
+    import logging
+
+    from reid_example.config import Config
+    from reid_example.health import HealthAdapter
+    from sdmreid import SDMWeightScheduler
+
+    adapter = HealthAdapter(Config(), SDMWeightScheduler(), logging.getLogger("t"), 100)
+    val = [0.50, 0.52, 0.52, 0.51]  # validation stalls while the train score climbs
+    train = [0.55, 0.62, 0.70, 0.80]
+    fired = []
+    for epoch in range(1, 9):
+        if epoch % 2 == 0:  # evaluated every second epoch
+            i = epoch // 2 - 1
+            found = adapter.check(epoch, 1.0, train[i], val[i])
+        else:
+            found = adapter.check(epoch, 1.0)
+        fired += [(f.rule, epoch) for f in found]
+    assert fired == [("overfitting", 8)]
+    assert any("overfitting" in line for line in adapter.history)
+    # non-finite scores are not fed (no crash, no finding)
+    assert adapter.check(9, 1.0, math.nan, 0.5) == []
