@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sdmreid.evaluation import (
     ProtocolResult,
     RegDBTrial,
     cross_modal_split,
+    draw_gallery,
     evaluate_cross_modal,
     evaluate_llcm,
     evaluate_regdb,
@@ -374,3 +377,70 @@ def test_text_to_rgb_with_cams():
     )
     # the same-camera RGB duplicate is removed; the other one is rank 1
     assert m.rank1 == 1.0 and m.mAP == 1.0 and len(m.cmc) == 2
+
+
+# --- draw_gallery (public form of the seeded gallery draw) ---------------------------------------
+
+
+@st.composite
+def _gallery_cases(draw):  # type: ignore[no-untyped-def]
+    n = draw(st.integers(1, 40))
+    labels = np.array(draw(st.lists(st.integers(0, 5), min_size=n, max_size=n)))
+    cams = np.array(draw(st.lists(st.integers(1, 4), min_size=n, max_size=n)))
+    mask = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    shots = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return labels, cams, np.flatnonzero(mask), shots, seed
+
+
+@given(_gallery_cases())
+@settings(max_examples=60)
+def test_draw_gallery_takes_min_shots_per_camera_identity(case):  # type: ignore[no-untyped-def]
+    labels, cams, cand, shots, seed = case
+    got = draw_gallery(cand, labels, cams, shots=shots, seed=seed)
+    assert len(set(got.tolist())) == len(got)  # no item twice
+    assert set(got.tolist()) <= set(cand.tolist())
+    # brute force: every (camera, identity) group of candidates contributes min(shots, size)
+    for c in np.unique(cams[cand]) if cand.size else []:
+        for p in np.unique(labels[cand]):
+            size = int(((cams[cand] == c) & (labels[cand] == p)).sum())
+            drawn = int(((cams[got] == c) & (labels[got] == p)).sum())
+            assert drawn == min(shots, size)
+    again = draw_gallery(cand, labels, cams, shots=shots, seed=seed)
+    assert np.array_equal(got, again)
+    # the evaluators' trial t is this draw with seed + t
+    assert np.array_equal(got, _seeded_gallery(cand, labels, cams, None, shots, seed))
+
+
+@given(_gallery_cases())
+@settings(max_examples=30)
+def test_draw_gallery_with_image_index_ignores_item_order(case):  # type: ignore[no-untyped-def]
+    labels, cams, cand, shots, seed = case
+    n = labels.shape[0]
+    image = np.arange(n) * 7 + 3  # distinct image numbers
+    perm = np.random.default_rng(seed).permutation(n)  # the same items listed in another order
+    inv = np.argsort(perm)
+    a = draw_gallery(cand, labels, cams, shots=shots, seed=seed, image_index=image)
+    b = draw_gallery(
+        np.sort(inv[cand]),
+        labels[perm],
+        cams[perm],
+        shots=shots,
+        seed=seed,
+        image_index=image[perm],
+    )
+    assert sorted(image[a].tolist()) == sorted(image[perm][b].tolist())
+
+
+def test_draw_gallery_rejects_bad_input() -> None:
+    labels, cams = np.array([1, 1, 2]), np.array([1, 2, 1])
+    with pytest.raises(ValueError, match="shots"):
+        draw_gallery([0, 1], labels, cams, shots=0)
+    with pytest.raises(ValueError, match="candidates must index"):
+        draw_gallery([0, 3], labels, cams)
+    with pytest.raises(ValueError, match="cams has length"):
+        draw_gallery([0], labels, cams[:2])
+    with pytest.raises(TypeError, match="labels must hold integers"):
+        draw_gallery([0], labels.astype(float), cams)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        draw_gallery([0], labels, cams, seed=1.5)  # type: ignore[arg-type]

@@ -301,3 +301,58 @@ def test_regdb_and_llcm_protocols():
     assert p.query.tolist() == [3, 5] and p.camera_rule == "same_identity_camera"
     g = p.gallery.tolist()
     assert len(g) == 3 and 2 in g and 4 in g and len({0, 1} & set(g)) == 1
+
+
+# --- per-epoch protocols agree with the library's published evaluators --------------------------
+
+
+@pytest.mark.parametrize("trial", [0, 3])
+@pytest.mark.parametrize("mode", ["all", "indoor"])
+def test_sysu_protocol_trial_is_the_library_trial(trial: int, mode: str) -> None:
+    import torch
+    from reid_example.data.protocols import sysu_protocol
+    from reid_example.engine import evaluate_protocols
+
+    from sdmreid.evaluation import camera_pair_ignore, evaluate_retrieval, evaluate_sysu_mm01
+
+    rng = np.random.default_rng(trial)
+    n = 400
+    ids = rng.integers(0, 12, n)
+    cams = rng.integers(1, 7, n)
+    mods = np.where(np.isin(cams, [3, 6]), 1, 0)
+    feats = torch.from_numpy(rng.normal(size=(n, 16))).float() + torch.from_numpy(ids)[:, None]
+    p = sysu_protocol(ids, mods, cams, mode=mode, trial=trial)  # type: ignore[arg-type]
+
+    class DS:
+        identities, cameras = ids, cams
+
+    ours = evaluate_protocols(feats, DS, [p], evaluate_retrieval, camera_pair_ignore)[p.name]
+    lib = evaluate_sysu_mm01(feats, ids, cams, mode=mode, num_trials=trial + 1, seed=0)
+    want = lib.trials[trial]
+    assert ours["mAP"] == pytest.approx(float(want.mAP), abs=1e-6)
+    assert ours["rank1"] == pytest.approx(float(want.rank1), abs=1e-6)
+
+
+def test_llcm_protocol_trial_is_the_library_trial() -> None:
+    import torch
+    from reid_example.data.protocols import llcm_protocol
+    from reid_example.engine import evaluate_protocols
+
+    from sdmreid.evaluation import camera_pair_ignore, evaluate_llcm, evaluate_retrieval
+
+    rng = np.random.default_rng(5)
+    n = 300
+    ids = rng.integers(0, 10, n)
+    cams = rng.integers(1, 10, n)
+    mods = rng.integers(0, 2, n)
+    cams = np.where((mods == 1) & (cams == 3), 4, cams)  # LLCM has no NIR camera 3
+    feats = torch.from_numpy(rng.normal(size=(n, 16))).float() + torch.from_numpy(ids)[:, None]
+
+    class DS:
+        identities, cameras = ids, cams
+
+    lib = evaluate_llcm(feats, ids, cams, mods, direction="nir_to_rgb", num_trials=3, seed=0)
+    for t in range(3):
+        p = llcm_protocol(ids, mods, cams, direction="nir_to_vis", trial=t)
+        ours = evaluate_protocols(feats, DS, [p], evaluate_retrieval, camera_pair_ignore)[p.name]
+        assert ours["mAP"] == pytest.approx(float(lib.trials[t].mAP), abs=1e-6)

@@ -361,6 +361,7 @@ def test_health_adapter_feeds_the_overfitting_rule_on_evaluation_epochs() -> Non
 
     from reid_example.config import Config
     from reid_example.health import HealthAdapter
+
     from sdmreid import SDMWeightScheduler
 
     adapter = HealthAdapter(Config(), SDMWeightScheduler(), logging.getLogger("t"), 100)

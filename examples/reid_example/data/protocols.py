@@ -9,8 +9,10 @@ arrays into an evaluation dataset (whose ``identities``/``cameras`` arrays the e
 * ``"same_identity_camera"`` — gallery items with the query's identity *and* camera are
   removed (LLCM, Market-style).
 
-Seeded draws (single-shot galleries, RGB→RGB queries) use ``numpy.random.default_rng`` seeded
-from the trial number, so every trial is reproducible.
+Seeded draws are reproducible per trial. The SYSU-MM01 and LLCM galleries come from
+:func:`sdmreid.evaluation.draw_gallery`, so trial ``t`` here is trial ``t`` of the library's
+published evaluators (``evaluate_sysu_mm01`` / ``evaluate_llcm`` with ``seed=0``); the RGB→RGB
+queries use ``numpy.random.default_rng`` seeded from the trial number.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from reid_example.data.records import ReIDRecord, build_label_map, remap_labels
+from sdmreid.evaluation import draw_gallery
 from sdmreid.modality import Modality
 
 __all__ = [
@@ -149,8 +152,8 @@ def sysu_protocol(
     query = np.flatnonzero((mods == int(Modality.NIR)) & np.isin(cams, [3, 6]))
     gcams = [1, 2, 4, 5] if mode == "all" else [1, 2]
     cand = np.flatnonzero((mods == int(Modality.RGB)) & np.isin(cams, gcams))
-    key = ids[cand] * 1000 + cams[cand]
-    gallery = _first_per_group(key, cand, shots, trial)
+    # the library's seeded draw: trial t here is trial t of evaluate_sysu_mm01 (seed 0)
+    gallery = np.sort(draw_gallery(cand, ids, cams, shots=shots, seed=trial))
     return RetrievalProtocol(
         f"SYSU-{mode}-{'single' if shots == 1 else 'multi'}",
         query,
@@ -213,7 +216,8 @@ def llcm_protocol(
         raise ValueError(f"direction must be 'nir_to_vis' or 'vis_to_nir', got {direction!r}")
     query = np.flatnonzero(mods == qm)
     cand = np.flatnonzero(mods == gm)
-    gallery = _first_per_group(ids[cand] * 1000 + cams[cand], cand, 1, trial)
+    # the library's seeded draw: trial t here is trial t of evaluate_llcm (seed 0)
+    gallery = np.sort(draw_gallery(cand, ids, cams, shots=1, seed=trial))
     return RetrievalProtocol(name, query, gallery, qm, gm, "same_identity_camera", trial)
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "RegDBTrial",
     "SYSUPermutation",
     "cross_modal_split",
+    "draw_gallery",
     "evaluate_cross_modal",
     "evaluate_llcm",
     "evaluate_regdb",
@@ -401,6 +402,61 @@ def evaluate_cross_modal(
 # ----------------------------------------------------------------------------------------------
 # gallery sampling
 # ----------------------------------------------------------------------------------------------
+
+
+def draw_gallery(
+    candidates: IntArrayLike,
+    labels: IntArrayLike,
+    cams: IntArrayLike,
+    *,
+    shots: int = 1,
+    seed: int = 0,
+    image_index: IntArrayLike | None = None,
+) -> npt.NDArray[np.int64]:
+    """The seeded single-/multi-shot gallery draw of :func:`evaluate_sysu_mm01` and
+    :func:`evaluate_llcm`: up to ``shots`` of ``candidates`` per (camera, identity).
+
+    Trial ``t`` of those evaluators (without an official permutation) is
+    ``draw_gallery(..., seed=seed + t)``, so a trainer that validates on one trial every epoch
+    sees exactly the gallery of the published evaluation's trial.
+
+    Args:
+        candidates: Item indices eligible for the gallery (into ``labels`` / ``cams``).
+        labels: Identity label of every item.
+        cams: Camera id of every item (same length as ``labels``).
+        shots: Items per (camera, identity); ``1`` = single-shot.
+        seed: Seed of ``numpy.random.default_rng``.
+        image_index: Optional per-item image number (as in the file name), which makes the
+            draw independent of the order of the items.
+
+    Returns:
+        The drawn item indices, in (camera, identity, draw) order.
+
+    Raises:
+        ValueError: Wrong lengths, negative or out-of-range indices, ``shots < 1``.
+        TypeError: Non-integer inputs.
+
+    Example:
+        >>> import numpy as np
+        >>> from sdmreid.evaluation import draw_gallery
+        >>> labels = np.array([7, 7, 7, 8, 8, 9])
+        >>> cams = np.array([1, 1, 2, 1, 1, 3])
+        >>> g = draw_gallery(np.arange(5), labels, cams, seed=0)  # item 5 is not a candidate
+        >>> sorted((int(cams[i]), int(labels[i])) for i in g)
+        [(1, 7), (1, 8), (2, 7)]
+        >>> bool((draw_gallery(np.arange(5), labels, cams, seed=0) == g).all())
+        True
+    """
+    _check_shots(shots)
+    lab = _np_ints(labels, "labels")
+    cam = _np_ints(cams, "cams", lab.shape[0])
+    cand = _np_ints(candidates, "candidates")
+    if cand.size and (cand.min() < 0 or cand.max() >= lab.shape[0]):
+        raise ValueError(f"candidates must index the {lab.shape[0]} items, got out-of-range values")
+    img = None if image_index is None else _np_ints(image_index, "image_index", lab.shape[0])
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return _seeded_gallery(cand, lab, cam, img, shots, int(seed))
 
 
 def _seeded_gallery(
