@@ -210,6 +210,42 @@ def test_rectangular_memory_matches_naive_loop(case):
 
 @given(rect_cases(max_rows=9), st.sampled_from([None, 1, 3]))
 @settings(max_examples=40)
+def test_sparse_positive_strategy_matches_naive_loop(case, chunk):
+    """Pair enumeration forced however many pairs there are: values and grads as the loop."""
+    b, n, m, d, ql, gl, ml, scale, seed = case
+    q, g, mf = feats(b, d, seed), feats(n, d, seed + 1), feats(m, d, seed + 2, requires_grad=False)
+    s = torch.tensor(scale, dtype=F64, requires_grad=True)
+    ref = naive_sdm(q, g, ql, gl, mf, ml, s)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sdm_module, "_SPARSE_MAX_FRACTION", 1.0)
+        res = sdm_loss(
+            q,
+            g,
+            torch.tensor(ql),
+            torch.tensor(gl),
+            (mf, torch.tensor(ml)),
+            logit_scale=s,
+            chunk_size=chunk,
+        )
+    close(res.loss, ref.loss)
+    assert float(res.positive_mass_query_to_gallery) == pytest.approx(ref.mass1, abs=1e-9)
+    assert float(res.positive_mass_gallery_to_query) == pytest.approx(ref.mass2, abs=1e-9)
+    want = torch.autograd.grad(ref.loss, [q, g, s], allow_unused=True)
+    for a, w, x in zip(grads(res.loss, [q, g, s]), want, [q, g, s], strict=True):
+        close(a, torch.zeros_like(x) if w is None else w)
+
+
+def test_positive_strategy_choice():
+    """Pairs listed on CPU when positives are few; the mask when most entries are positives."""
+    few = sdm_module._Positives(torch.arange(64), torch.arange(128))
+    many = sdm_module._Positives(
+        torch.zeros(64, dtype=torch.long), torch.zeros(128, dtype=torch.long)
+    )
+    assert few.sparse and not many.sparse
+
+
+@given(rect_cases(max_rows=9), st.sampled_from([None, 1, 3]))
+@settings(max_examples=40)
 def test_dense_positive_strategy_matches_naive_loop(case, chunk):
     """The same-label mask strategy (used off CPU) forced on CPU: values and grads as the loop."""
     b, n, m, d, ql, gl, ml, scale, seed = case

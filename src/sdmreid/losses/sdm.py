@@ -263,6 +263,9 @@ def _positive_counts(row_labels: Tensor, col_labels: Tensor) -> Tensor:
 
 #: Device types on which :class:`_Positives` enumerates the same-label pairs (see there).
 _SPARSE_POSITIVES_DEVICES = frozenset({"cpu"})
+#: ... as long as the pairs are at most this fraction of the block's entries (24 bytes of indices
+#: per pair then stay below 40 % of the float32 block; ReID batches have ~1-5 %).
+_SPARSE_MAX_FRACTION = 1 / 16
 
 
 class _Positives:
@@ -272,7 +275,8 @@ class _Positives:
     call from the sorted column labels (``O(pairs)`` work per block instead of a block-sized
     comparison, multiplication and reduction; enumerating needs one host read of the pair count,
     free on CPU). On other devices, where element-wise passes are cheap and host reads are
-    synchronisations, a block-sized same-label mask is formed per block.
+    synchronisations, a block-sized same-label mask is formed per block — and on CPU too when
+    the pairs are too many to be worth listing (few identities: most entries are positives).
 
     :meth:`take` reads the same-label entries of the rows ``i0:i1`` of a contiguous block ``e``
     into a token; :meth:`add_sums_` adds their row (``dim=1``) or column (``dim=0``) sums to a
@@ -294,6 +298,9 @@ class _Positives:
         torch.cumsum(k, 0, out=indptr[1:])
         self.indptr: list[int] = indptr.tolist()
         total = self.indptr[-1]
+        if total > _SPARSE_MAX_FRACTION * k.shape[0] * self.ncols:
+            self.sparse = False
+            return
         rows = torch.repeat_interleave(torch.arange(k.shape[0]), k, output_size=total)
         offset = torch.arange(total) - indptr[rows]
         self.rows = rows
