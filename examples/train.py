@@ -622,10 +622,10 @@ class _IndexSubset:
 
 
 def train_score_split(data: Any, cfg: Config) -> tuple[Any, list[Any]] | None:
-    """The first ``eval.train_ids`` training identities (in label order; -1: as many as the
-    validation split has), embedded with the
-    evaluation transforms, and the dataset's protocols restricted to them: the train side of
-    the overfitting rule's train-val gap. ``None`` when off or unavailable."""
+    """The train side of the overfitting rule's train-val gap: the first ``eval.train_ids``
+    training identities (in label order; -1: as many as the validation split has), seen through
+    the evaluation transforms, with the dataset's protocols restricted to them. ``None`` when off
+    or unavailable."""
     if cfg.eval.train_ids == 0 or data.train_eval is None:
         return None
     n_ids = cfg.eval.train_ids
