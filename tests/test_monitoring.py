@@ -542,3 +542,42 @@ def test_overfitting_counts_scored_epochs_only(gaps: list[float], every: int) ->
         if all(real[i + 1] > real[i] for i in range(e - 3, e)) and real[e] - real[e - 3] >= 0.02
     ]
     assert fired == expected
+
+
+def test_ce_near_chance_needs_a_return_or_a_stall() -> None:
+    """CE still leaving chance when SDM starts is not a collapse; coming back or stalling is."""
+    limit = 0.9 * math.log(120)  # 4.31
+    # leaving chance slowly through the end of the warm-up: no finding, no rollback
+    sched = SDMWeightScheduler(warmup_epochs=5)
+    mon = HealthMonitor(120)
+    ces = [4.78, 4.75, 4.70, 4.66, 4.63, 4.58, 4.47, 4.30, 4.10]
+    for e, c in enumerate(ces, start=1):
+        assert mon.observe_epoch(e, train_ce=c, sdm_on=sched.use_sdm(e), scheduler=sched) == []
+    assert sched.rollbacks == ()
+    # stalling at chance with SDM on fires
+    mon = HealthMonitor(120)
+    run_epochs(mon, [4.7, 4.6], [False, True])
+    assert [f.rule for f in mon.observe_epoch(3, train_ce=4.6, sdm_on=True)] == ["ce_near_chance"]
+    # coming back above the limit fires even while falling from a spike
+    mon = HealthMonitor(120)
+    run_epochs(mon, [4.7, 4.0, 4.7], [False, True, True])
+    got = mon.observe_epoch(4, train_ce=limit + 0.1, sdm_on=True)
+    assert "ce_near_chance" in [f.rule for f in got]
+
+
+@given(st.lists(st.floats(3.5, 5.0, allow_nan=False), min_size=1, max_size=8))
+def test_ce_near_chance_matches_predicate(ces: list[float]) -> None:
+    mon = HealthMonitor(120)
+    limit = 0.9 * math.log(120)
+    got = [
+        e
+        for e, c in enumerate(ces, start=1)
+        for f in mon.observe_epoch(e, train_ce=c, sdm_on=True)
+        if f.rule == "ce_near_chance"
+    ]
+    want = [
+        e
+        for e, c in enumerate(ces, start=1)
+        if c >= limit and (any(x < limit for x in ces[: e - 1]) or e == 1 or c >= ces[e - 2])
+    ]
+    assert got == want

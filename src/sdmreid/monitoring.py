@@ -28,7 +28,8 @@ typed, frozen :class:`Finding` instead of only printing:
 ============================= ======== ===================================================
 rule id                       severity trigger (defaults) → action
 ============================= ======== ===================================================
-``ce_near_chance``            critical SDM on and epoch CE ≥ 90 % of ln(num_classes)
+``ce_near_chance``            critical SDM on and epoch CE ≥ 90 % of ln(num_classes),
+                                       having been lower before or not falling
                                        → ``rollback_sdm`` (one scheduler stage lower)
 ``ce_not_recovering``         warning  SDM on, CE > 2.5 for 3 epochs and not lower than
                                        2 epochs ago → ``watch``
@@ -555,7 +556,8 @@ class HealthMonitor:
 
     Args:
         num_classes: Number of identity classes (chance CE is ``ln(num_classes)``).
-        chance_tolerance: ``ce_near_chance`` fires when CE ≥ ``(1 - tol)·ln(num_classes)``.
+        chance_tolerance: ``ce_near_chance`` fires when CE ≥ ``(1 - tol)·ln(num_classes)``
+            (and CE was lower at an earlier epoch, or did not fall since the previous one).
         ce_ceiling: ``ce_not_recovering`` needs CE above this.
         ce_recovery_epochs: Epochs CE may take to fall again after SDM is on.
         coverage_floor: ``coverage_floor`` threshold (1 − 30 % rows without positive).
@@ -813,9 +815,14 @@ class HealthMonitor:
         self._gap.append(gap)
         out: list[Finding] = []
 
-        # 1. CE near chance after SDM switched on
+        # 1. CE back near chance with SDM on: it came back (an earlier epoch was below the
+        # limit) or it is not falling there. A CE that is still leaving chance when a short
+        # warm-up ends is not a collapse (``ce_not_recovering`` watches one that stays high).
         limit = (1.0 - self.chance_tolerance) * self.chance_ce
-        if sdm_on and ce >= limit:
+        earlier = self._ce[:-1]
+        came_back = any(c < limit for c in earlier)
+        not_falling = not earlier or ce >= earlier[-1]
+        if sdm_on and ce >= limit and (came_back or not_falling):
             self._emit(
                 out,
                 "ce_near_chance",
