@@ -645,3 +645,36 @@ def test_cuda_matches_float64_reference(dtype: torch.dtype, chunk: int | None) -
     assert g.grad is not None
     torch.testing.assert_close(q.grad.double().cpu(), q_ref.grad, rtol=tol, atol=tol)
     torch.testing.assert_close(g.grad.double().cpu(), g_ref.grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_backward_twice_through_a_retained_graph(chunk):
+    """The first backward scales the stored gradients in place; a second one (retain_graph)
+    recomputes them: both accumulate exactly the reference gradient times the upstream weight."""
+    b, n, m, d = 7, 6, 5, 4
+    q, g, mf = feats(b, d, 1), feats(n, d, 2), feats(m, d, 3, requires_grad=False)
+    ql, gl, ml = [0, 0, 1, 2, 3, 3, 1], [0, 1, 1, 2, 4, 3], [0, 2, 5, 5, 1]
+    s = torch.tensor(20.0, dtype=F64, requires_grad=True)
+    ref = naive_sdm(q, g, ql, gl, mf, ml, s).loss
+    want = torch.autograd.grad(0.3 * ref, [q, g, s])
+    res = sdm_loss(
+        q,
+        g,
+        torch.tensor(ql),
+        torch.tensor(gl),
+        (mf, torch.tensor(ml)),
+        logit_scale=s,
+        chunk_size=chunk,
+    )
+    (0.3 * res.loss).backward(retain_graph=True)
+    first = [x.grad.clone() for x in (q, g, s)]
+    for a, w in zip(first, want, strict=True):
+        close(a, w)
+    (0.3 * res.loss).backward(retain_graph=True)  # recomputed, not the scaled leftovers
+    for x, w in zip((q, g, s), want, strict=True):
+        close(x.grad, 2 * w)
+    (0.5 * res.loss).backward()
+    for x, w in zip((q, g, s), want, strict=True):
+        close(x.grad, (2 + 0.5 / 0.3) * w)
+    with pytest.raises(RuntimeError, match="second time|freed"):
+        res.loss.backward()  # graph freed: PyTorch's own error

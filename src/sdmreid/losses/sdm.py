@@ -38,9 +38,10 @@ where such a mask costs little, it is).
 With ``chunk_size`` the query rows are processed ``chunk_size`` at a time (the gallery → query
 softmax runs over query rows, so its column statistics are accumulated first with a streaming
 log-sum-exp), bounding the extra memory to ``O(chunk_size · (N + M))`` with the same value and
-gradients. The backward pass only rescales the stored gradients, so the loss is differentiable
-once: double backward (``create_graph=True`` followed by a second backward through the SDM term)
-raises a ``RuntimeError``.
+gradients. The backward pass only rescales the stored gradients (in place), so the loss is
+differentiable once: double backward (``create_graph=True`` followed by a second backward
+through the SDM term) raises a ``RuntimeError``. A second backward through a graph kept with
+``retain_graph=True`` recomputes the gradients from the saved inputs.
 """
 
 from __future__ import annotations
@@ -554,23 +555,73 @@ class _FusedSDM(torch.autograd.Function):
         else:
             dg = u
         ctx.grads = (dq, dg, ds)  # type: ignore[attr-defined]
+        if need_grad:
+            # The backward pass scales these gradients in place (no second copy of them). The
+            # inputs are saved (references, no copies) so that a second backward through a
+            # retained graph can recompute them; without retain_graph PyTorch frees them and a
+            # second backward raises its usual error.
+            extra = norms if norms is not None else ()
+            ctx.save_for_backward(q, g, m, scale, q_labels, c_labels, t1pos, w1, t2pos, w2, *extra)
+            ctx.params = (log_eps, chunk, do_rows, do_cols, norms is not None)  # type: ignore[attr-defined]
         total = loss1 + loss2
         ctx.mark_non_differentiable(loss1, loss2, mass1, mass2)
         return total, loss1, loss2, mass1, mass2
 
     @staticmethod
     def backward(ctx: FunctionCtx, g_total: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
-        dq, dg, ds = ctx.grads  # type: ignore[attr-defined]
+        grads = ctx.grads  # type: ignore[attr-defined]
+        if grads is None:  # used by an earlier backward: recompute from the saved inputs
+            saved = ctx.saved_tensors  # type: ignore[attr-defined]
+            log_eps, chunk, do_rows, do_cols, has_norms = ctx.params  # type: ignore[attr-defined]
+            norms = (saved[10], saved[11], saved[12]) if has_norms else None
+            again = _Recompute()
+            with torch.no_grad():
+                q, g, m, scale, q_labels, c_labels, t1pos, w1, t2pos, w2 = saved[:10]
+                _FusedSDM.forward(
+                    again,  # type: ignore[arg-type]
+                    q,
+                    g,
+                    m,
+                    scale,
+                    q_labels,
+                    c_labels,
+                    t1pos,
+                    w1,
+                    t2pos,
+                    w2,
+                    log_eps,
+                    chunk,
+                    do_rows,
+                    do_cols,
+                    True,
+                    norms,
+                )
+            grads = again.grads
+        ctx.grads = None  # type: ignore[attr-defined]
+        dq, dg, ds = grads
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         with torch.no_grad():
             out: tuple[Tensor | None, ...] = (
-                g_total * dq if needs[0] else None,
-                g_total * dg if needs[1] else None,
-                g_total * ds if needs[3] else None,
+                dq.mul_(g_total) if needs[0] else None,
+                dg.mul_(g_total) if needs[1] else None,
+                ds.mul_(g_total) if needs[3] else None,
             )
         if torch.is_grad_enabled():  # create_graph=True: make a second backward fail loudly
             out = tuple(None if x is None else _once(x) for x in out)
         return (out[0], out[1], None, out[2], *([None] * 12))
+
+
+class _Recompute:
+    """Stand-in ``ctx`` for re-running :meth:`_FusedSDM.forward` inside a backward pass."""
+
+    grads: tuple[Tensor, Tensor, Tensor]
+    params: tuple[Any, ...]
+
+    def save_for_backward(self, *_: Tensor) -> None:
+        pass
+
+    def mark_non_differentiable(self, *_: Tensor) -> None:
+        pass
 
 
 class _NoDoubleBackward(torch.autograd.Function):
