@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import math
 import os
@@ -507,6 +508,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         epoch, step_in_epoch = epoch + 1, 0
 
     train_seconds = time.perf_counter() - t_run
+    # Release the DDP wrapper (its reducer holds the process group) and the loader's workers
+    # here, before destroy_process_group, not during interpreter shutdown: a gloo group torn
+    # down at exit can abort a rank ("terminate called without an active exception").
+    del ctx, train_model, train_loader
+    gc.collect()
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "stopped": stopped,
