@@ -362,16 +362,21 @@ class ReIDModel(nn.Module):
         if images is not None and images.shape[0] > 0:
             if image_modalities is None:
                 raise ValueError("image_modalities is required with images")
-            h, w = images.shape[-2] // 2, images.shape[-1] // 2
-            low = images.new_zeros((images.shape[0], self.stem_channels, h, w))
-            if images.is_contiguous(memory_format=torch.channels_last):
-                low = low.contiguous(memory_format=torch.channels_last)
+            low: torch.Tensor | None = None
             for code in torch.unique(image_modalities).tolist():
                 name = Modality(int(code)).name.lower()
                 if name not in self.image_stems:
                     raise ValueError(f"no image stem for modality {Modality(int(code)).name}")
                 sel = (image_modalities == code).nonzero(as_tuple=True)[0]
-                low = low.index_copy(0, sel, self.image_stems[name](images.index_select(0, sel)))
+                out = self.image_stems[name](images.index_select(0, sel))
+                if low is None:
+                    # the stems' output dtype (bf16/fp16 under autocast), not the images' one:
+                    # index_copy is not an autocast op and needs both sides alike
+                    low = out.new_zeros((images.shape[0], *out.shape[1:]))
+                    if images.is_contiguous(memory_format=torch.channels_last):
+                        low = low.contiguous(memory_format=torch.channels_last)
+                low = low.index_copy(0, sel, out.to(low.dtype))
+            assert low is not None  # images.shape[0] > 0, so at least one modality ran
             # One shared pass for all image rows: conv blocks, tokens, trunk.
             img_feat = self._trunk(self.image_tokenizer(low), None).float()
         txt_feat: torch.Tensor | None = None
