@@ -168,6 +168,10 @@ def run_device(
         q.grad = g.grad = None
         sdm_loss(q, g, ql, gl, (mf, ml)).loss.backward()
 
+    def fused_unchecked() -> None:
+        q.grad = g.grad = None
+        sdm_loss(q, g, ql, gl, (mf, ml), check_finite=False).loss.backward()
+
     def fused_chunked() -> None:
         q.grad = g.grad = None
         sdm_loss(q, g, ql, gl, (mf, ml), chunk_size=chunk).loss.backward()
@@ -214,6 +218,7 @@ def run_device(
         "naive": naive,
         "floor": floor,
         "fused": fused,
+        **({"fused check_finite=False": fused_unchecked} if device.type == "cuda" else {}),
         f"floor chunk={chunk}": floor_chunked,
         f"fused chunk={chunk}": fused_chunked,
     }
@@ -243,6 +248,10 @@ def run_device(
             "chunked floor / floor (matmuls alone)": t[f"floor chunk={chunk}"] / t["floor"],
             "chunked / chunked floor": t[ck] / t[f"floor chunk={chunk}"],
         }
+        if "fused check_finite=False" in t:
+            ratios[stat]["naive / fused check_finite=False"] = (
+                t["naive"] / t["fused check_finite=False"]
+            )
     # q.grad + g.grad, which every variant produces: a floor under the fwd+bwd peak of any of them
     grad_bytes = (q.numel() + g.numel()) * q.element_size()
     work = {k: v - grad_bytes for k, v in mem.items()}  # beyond the gradient outputs
@@ -331,6 +340,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
+        "--shape",
+        type=str,
+        default=None,
+        metavar="B,N,M,d",
+        help="queries, gallery rows, memory rows, feature dim (default 256,256,768,512)",
+    )
+    parser.add_argument(
         "--malloc",
         choices=["default", "heap"],
         default="default",
@@ -348,6 +364,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         b, n, m, d, warmup, repeats = 256, 256, 768, 512, 3, 25
     repeats = args.repeats or repeats
+    if args.shape:
+        try:
+            b, n, m, d = (int(x) for x in args.shape.split(","))
+        except ValueError:
+            parser.error(f"--shape expects four integers B,N,M,d, got {args.shape!r}")
     devices = []
     if args.device in ("cpu", "all"):
         devices.append(torch.device("cpu"))
