@@ -209,12 +209,17 @@ def test_cuda_counts_stay_on_device_without_sync() -> None:
     m = PairCoverageMeter(window=4)
     m.update(5, 1)  # int first: CPU buffer, migrates on the first tensor update
     ref: list[tuple[int, int]] = [(5, 1)]
+    steps = [(8, 2), (16, 0), (4, 4), (10, 3)]
+    # made before the check: a tensor from a Python number is a host-to-device copy
+    counts = [(torch.tensor(r, device=dev), torch.tensor(w, device=dev)) for r, w in steps]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for r, w in [(8, 2), (16, 0), (4, 4), (10, 3)]:
-            m.update(torch.tensor(r, device=dev), torch.tensor(w, device=dev))
+        for (r, w), (rt, wt) in zip(steps, counts, strict=True):
+            m.update(rt, wt)
             ref.append((r, w))
+        m.update(7, counts[0][1])  # int rows + device count (what a trainer passes)
+        ref.append((7, 2))
         m.update(3, 1)  # ints after the switch are written on the device too
         ref.append((3, 1))
     finally:

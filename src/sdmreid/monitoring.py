@@ -236,7 +236,7 @@ class PairCoverageMeter:
                 [
                     x.to(device=dev, dtype=torch.int64, non_blocking=dev.type != "cpu")
                     if isinstance(x, torch.Tensor)
-                    else torch.tensor(x, dtype=torch.int64, device=dev)
+                    else torch.full((), x, dtype=torch.int64, device=dev)  # a fill, no copy
                     for x in (r, w)
                 ]
             )
