@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -93,7 +94,10 @@ class SDPAPolicy:
         x = torch.zeros(1, 1, 4, q.shape[-1], device=q.device, dtype=q.dtype)
         mask = torch.ones(1, 1, 4, 4, device=q.device, dtype=torch.bool) if masked else None
         try:
-            with torch.no_grad(), sdpa_kernel([backend]):  # type: ignore[list-item]
+            # PyTorch explains each kernel it cannot use in UserWarnings: the one line below is
+            # what the run reports instead
+            with warnings.catch_warnings(), torch.no_grad(), sdpa_kernel([backend]):  # type: ignore[list-item]
+                warnings.simplefilter("ignore", UserWarning)
                 F.scaled_dot_product_attention(x, x, x, attn_mask=mask)
         except RuntimeError:
             return False
