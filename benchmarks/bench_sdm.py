@@ -12,6 +12,9 @@ process, interleaved round by round, with gc disabled, after warm-up; the median
   implementation can avoid.
 * ``fused`` / ``fused chunk=B/8``: :func:`sdmreid.losses.sdm_loss` (normalisation, validation
   and both directions included).
+* ``compiled``: ``sdm_loss(..., compiled=True)``, the one-block kernel under ``torch.compile``
+  (compiled during warm-up; its compile time is not in the table). On CUDA also
+  ``fused check_finite=False`` (the finiteness check is one host synchronisation).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the
 call. On CPU (where tracemalloc cannot see torch's allocator) the PyTorch profiler's allocation
@@ -172,6 +175,10 @@ def run_device(
         q.grad = g.grad = None
         sdm_loss(q, g, ql, gl, (mf, ml), check_finite=False).loss.backward()
 
+    def fused_compiled() -> None:
+        q.grad = g.grad = None
+        sdm_loss(q, g, ql, gl, (mf, ml), compiled=True).loss.backward()
+
     def fused_chunked() -> None:
         q.grad = g.grad = None
         sdm_loss(q, g, ql, gl, (mf, ml), chunk_size=chunk).loss.backward()
@@ -219,6 +226,7 @@ def run_device(
         "floor": floor,
         "fused": fused,
         **({"fused check_finite=False": fused_unchecked} if device.type == "cuda" else {}),
+        "compiled": fused_compiled,
         f"floor chunk={chunk}": floor_chunked,
         f"fused chunk={chunk}": fused_chunked,
     }
@@ -233,7 +241,7 @@ def run_device(
         gc.collect()
         return _peak_bytes(fn, device)
 
-    mem = {k: measured(fns[k]) for k in ("naive", "fused", f"fused chunk={chunk}")}
+    mem = {k: measured(fns[k]) for k in ("naive", "fused", "compiled", f"fused chunk={chunk}")}
     mem_fwd = {
         "fused": measured(fwd_only(None)),
         f"fused chunk={chunk}": measured(fwd_only(chunk)),
@@ -248,6 +256,8 @@ def run_device(
             "chunked floor / floor (matmuls alone)": t[f"floor chunk={chunk}"] / t["floor"],
             "chunked / chunked floor": t[ck] / t[f"floor chunk={chunk}"],
         }
+        ratios[stat]["naive / compiled (speed-up)"] = t["naive"] / t["compiled"]
+        ratios[stat]["compiled / floor"] = t["compiled"] / t["floor"]
         if "fused check_finite=False" in t:
             ratios[stat]["naive / fused check_finite=False"] = (
                 t["naive"] / t["fused check_finite=False"]
@@ -269,8 +279,12 @@ def run_device(
         targets[f"naive/fused >= {speed_target} ({stat})"] = (
             r["naive / fused (speed-up)"] >= speed_target
         )
+        targets[f"naive/compiled >= {speed_target} ({stat})"] = (
+            r["naive / compiled (speed-up)"] >= speed_target
+        )
         if device.type == "cpu":
             targets[f"fused/floor <= 1.5 ({stat})"] = r["fused / floor"] <= 1.5
+            targets[f"compiled/floor <= 1.5 ({stat})"] = r["compiled / floor"] <= 1.5
         targets[f"chunked/fused time <= 1.25 ({stat})"] = r["chunked / fused (time)"] <= 1.25
     targets["chunked/fused memory <= 0.25 (fwd+bwd)"] = (
         mem_ratios["chunked / fused (peak memory, fwd+bwd)"] <= 0.25

@@ -1,0 +1,191 @@
+"""``sdm_loss(compiled=True)``: the one-block kernel under ``torch.compile``.
+
+Checked against the same independent per-row float64 loop as the eager kernel
+(``tests/losses/test_sdm.py::naive_sdm``). Sizes avoid 0/1 except in the named edge cases, so
+that the dynamic-shape compilation is reused across examples (each new specialisation compiles
+for a few seconds on CPU).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sdmreid.losses._sdm_compiled as compiled_module
+from sdmreid.losses import SDMLoss, sdm_loss
+from tests.losses.test_sdm import F64, close, feats, naive_sdm
+
+
+@st.composite
+def cases(draw):
+    b, n = draw(st.integers(2, 9)), draw(st.integers(2, 9))
+    m = draw(st.sampled_from([0, 2, 3, 5]))
+    k = draw(st.integers(1, 5))
+    ql = draw(st.lists(st.integers(0, k), min_size=b, max_size=b))
+    gl = draw(st.lists(st.integers(0, k), min_size=n, max_size=n))
+    ml = draw(st.lists(st.integers(0, k + 2), min_size=m, max_size=m))
+    d = draw(st.integers(2, 10))
+    scale = draw(st.floats(0.5, 100.0))
+    return b, n, m, d, ql, gl, ml, scale, draw(st.integers(0, 2**16))
+
+
+def _check_against_naive(case, **kwargs):
+    b, n, m, d, ql, gl, ml, scale, seed = case
+    q, g, mf = feats(b, d, seed), feats(n, d, seed + 1), feats(m, d, seed + 2)
+    s = torch.tensor(scale, dtype=F64, requires_grad=True)
+    ref = naive_sdm(q, g, ql, gl, mf, ml, s)
+    res = sdm_loss(
+        q,
+        g,
+        torch.tensor(ql),
+        torch.tensor(gl),
+        (mf, torch.tensor(ml)),
+        logit_scale=s,
+        compiled=True,
+        **kwargs,
+    )
+    close(res.loss, ref.loss)
+    close(res.loss_query_to_gallery, ref.l1.detach())
+    close(res.loss_gallery_to_query, ref.l2.detach())
+    assert (res.rows, res.query_rows, res.gallery_rows) == (b + n, b, n)
+    assert int(res.query_rows_without_positive) == ref.miss1
+    assert int(res.gallery_rows_without_positive) == ref.miss2
+    assert int(res.rows_without_positive) == ref.miss1 + ref.miss2
+    assert float(res.positive_mass_query_to_gallery) == pytest.approx(ref.mass1, abs=1e-9)
+    assert float(res.positive_mass_gallery_to_query) == pytest.approx(ref.mass2, abs=1e-9)
+    got = torch.autograd.grad(res.loss, [q, g, s])
+    want = torch.autograd.grad(ref.loss, [q, g, s], allow_unused=True)
+    for a, w, x in zip(got, want, [q, g, s], strict=True):
+        close(a, torch.zeros_like(x) if w is None else w)
+    assert mf.grad is None
+
+
+@given(cases())
+@settings(max_examples=25)
+def test_compiled_matches_naive_loop(case):
+    _check_against_naive(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (1, 4, 0, 3, [2], [0, 2, 2, 1], [], 10.0, 1),  # one query
+        (4, 1, 1, 3, [0, 1, 0, 3], [0], [3], 20.0, 2),  # one gallery row, one memory row
+        (3, 3, 2, 1, [0, 1, 1], [1, 2, 0], [5, 1], 5.0, 3),  # d = 1
+    ],
+)
+def test_compiled_edge_sizes_match_naive_loop(case):
+    _check_against_naive(case)
+
+
+def test_compiled_no_valid_row_gives_zero_attached_loss():
+    q, g = feats(4, 5, 1), feats(3, 5, 2)
+    res = sdm_loss(q, g, torch.tensor([0, 0, 1, 1]), torch.tensor([5, 6, 7]), compiled=True)
+    assert float(res.loss) == 0.0
+    assert int(res.rows_without_positive) == 7
+    res.loss.backward()
+    assert q.grad is not None and g.grad is not None
+    assert not q.grad.any() and not g.grad.any()
+
+
+def test_compiled_float32_agrees_with_eager_and_no_grad_path():
+    q, g = feats(16, 8, 4, dtype=torch.float32), feats(12, 8, 5, dtype=torch.float32)
+    mf = feats(20, 8, 6, dtype=torch.float32, requires_grad=False)
+    gen = torch.Generator().manual_seed(0)
+    ql, gl = torch.randint(0, 6, (16,), generator=gen), torch.randint(0, 6, (12,), generator=gen)
+    ml = torch.randint(0, 9, (20,), generator=gen)
+    eager = sdm_loss(q, g, ql, gl, (mf, ml), logit_scale=30.0)
+    comp = sdm_loss(q, g, ql, gl, (mf, ml), logit_scale=30.0, compiled=True)
+    assert comp.loss.dtype == torch.float32
+    torch.testing.assert_close(comp.loss, eager.loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_of(comp.loss, q, g), grads_of(eager.loss, q, g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        plain = sdm_loss(q, g, ql, gl, (mf, ml), logit_scale=30.0, compiled=True)
+    assert not plain.loss.requires_grad
+    torch.testing.assert_close(plain.loss, eager.loss.detach(), rtol=1e-5, atol=1e-5)
+
+
+def grads_of(loss, *xs):
+    return torch.autograd.grad(loss, list(xs), retain_graph=True)
+
+
+def test_compiled_backward_twice_through_a_retained_graph_and_no_double_backward():
+    q, g, mf = feats(7, 4, 1), feats(6, 4, 2), feats(5, 4, 3, requires_grad=False)
+    ql, gl, ml = [0, 0, 1, 2, 3, 3, 1], [0, 1, 1, 2, 4, 3], [0, 2, 5, 5, 1]
+    s = torch.tensor(20.0, dtype=F64, requires_grad=True)
+    want = torch.autograd.grad(0.3 * naive_sdm(q, g, ql, gl, mf, ml, s).loss, [q, g, s])
+    args = (q, g, torch.tensor(ql), torch.tensor(gl), (mf, torch.tensor(ml)))
+    res = sdm_loss(*args, logit_scale=s, compiled=True)
+    (0.3 * res.loss).backward(retain_graph=True)
+    (0.3 * res.loss).backward(retain_graph=True)
+    (0.5 * res.loss).backward()
+    for x, w in zip((q, g, s), want, strict=True):
+        close(x.grad, (2 + 0.5 / 0.3) * w)
+    with pytest.raises(RuntimeError, match=r"second time|freed"):
+        res.loss.backward()
+    res = sdm_loss(*args, logit_scale=s, compiled=True)
+    (gq,) = torch.autograd.grad(res.loss, [q], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        gq.sum().backward()
+
+
+def test_compiled_option_validation():
+    q = torch.randn(4, 3)
+    lab = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="chunk_size and compiled"):
+        sdm_loss(q, q, lab, compiled=True, chunk_size=2)
+    with pytest.raises(TypeError, match="compiled must be a bool"):
+        sdm_loss(q, q, lab, compiled="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="chunk_size and compiled"):
+        SDMLoss(chunk_size=2, compiled=True)
+    assert "compiled=True" in repr(SDMLoss(compiled=True))
+    assert "compiled" not in repr(SDMLoss())
+
+
+def test_compile_failure_warns_once_and_runs_uncompiled(monkeypatch):
+    def broken(*_args):
+        raise RuntimeError("backend exploded\nmore detail")
+
+    monkeypatch.setattr(compiled_module, "_compiled", broken)
+    monkeypatch.setattr(compiled_module, "_failed", False)
+    q, g = feats(5, 4, 1), feats(5, 4, 2)
+    lab = torch.tensor([0, 1, 1, 2, 0])
+    want = sdm_loss(q, g, lab).loss
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*backend exploded"):
+        got = sdm_loss(q, g, lab, compiled=True).loss
+    close(got, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        close(sdm_loss(q, g, lab, compiled=True).loss, want)  # no second warning
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_cuda_matches_float64_reference(dtype):
+    gen = torch.Generator().manual_seed(7)
+    q64 = torch.randn(12, 16, generator=gen, dtype=torch.float64)
+    g64 = torch.randn(10, 16, generator=gen, dtype=torch.float64)
+    m64 = torch.randn(6, 16, generator=gen, dtype=torch.float64)
+    ql, gl = torch.randint(0, 5, (12,), generator=gen), torch.randint(0, 5, (10,), generator=gen)
+    ml = torch.randint(0, 7, (6,), generator=gen)
+    q_ref, g_ref = q64.clone().requires_grad_(), g64.clone().requires_grad_()
+    ref = naive_sdm(q_ref, g_ref, ql, gl, m64, ml, scale=30.0).loss
+    ref.backward()
+    dev = torch.device("cuda")
+    q, g = q64.to(dev, dtype).requires_grad_(), g64.to(dev, dtype).requires_grad_()
+    res = sdm_loss(
+        q, g, ql.to(dev), gl.to(dev), (m64.to(dev, dtype), ml.to(dev)),
+        logit_scale=30.0, compiled=True,
+    )  # fmt: skip
+    res.loss.backward()
+    assert res.loss.dtype == torch.float32 and res.loss.device.type == "cuda"
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(res.loss.double().cpu(), ref.detach(), rtol=tol, atol=tol)
+    assert q.grad is not None and g.grad is not None
+    torch.testing.assert_close(q.grad.double().cpu(), q_ref.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(g.grad.double().cpu(), g_ref.grad, rtol=tol, atol=tol)
