@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import math
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         base_lrs=base_lrs,
         head_switch=head_switch,
         sdm_scheduler=sdm_scheduler,
-        sdm_fn=sdm_loss,
+        sdm_fn=functools.partial(sdm_loss, compiled=cfg.loss.sdm_compiled),
         memory=memory,
         meter=meter,
         label_smoothing=cfg.loss.label_smoothing,

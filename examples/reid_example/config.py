@@ -172,6 +172,11 @@ class LossConfig:
     label_smoothing: float = _opt(0.1, "label smoothing of the identity cross-entropy")
     sdm: bool = _opt(True, "add the SDM loss (non-RGB queries vs RGB gallery + memory)")
     sdm_logit_scale: float = _opt(50.0, "SDM logit scale (1 / temperature)")
+    sdm_compiled: bool = _opt(
+        False,
+        "SDM as one torch.compile'd kernel (sdm_loss(compiled=True)): fewer, fused kernel "
+        "launches, several times faster on CUDA; compiles during the first steps",
+    )
     sdm_warmup_epochs: int = _opt(1, "epochs with SDM off at the start (epochs counted from 1)")
     sdm_schedule: tuple[float, ...] = _opt(
         (0.1, 0.3, 0.5), "SDM weight per epoch after the warm-up; the last value is kept"

@@ -265,6 +265,26 @@ def test_gpu_bf16_sdpa_backends(tmp_path: Path, backend: str) -> None:
     assert log.count("falling back to automatic selection") <= 1
 
 
+@pytest.mark.gpu
+def test_gpu_compiled_sdm_trains(tmp_path: Path) -> None:
+    summary = run(
+        tmp_path,
+        "gpu-compiled",
+        "train.device=cuda",
+        "loss.sdm_compiled=true",
+        "loss.sdm_warmup_epochs=0",
+        "train.epochs=2",
+        "eval.every=2",
+        "output.plots=false",
+    )
+    assert not summary["stopped"]
+    rows = [
+        json.loads(x) for x in (Path(summary["run_dir"]) / "epochs.jsonl").read_text().splitlines()
+    ]
+    assert all(math.isfinite(r["sdm"]) for r in rows)
+    assert rows[0]["sdm_weight"] > 0  # SDM (compiled) took part in training from epoch 1
+
+
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
