@@ -175,7 +175,8 @@ class LossConfig:
     sdm_compiled: bool = _opt(
         False,
         "SDM as one torch.compile'd kernel (sdm_loss(compiled=True)): fewer, fused kernel "
-        "launches, several times faster on CUDA; compiles during the first steps",
+        "launches (1.7x the eager kernel's speed on an H200 at 256 queries); compiles during "
+        "the first steps",
     )
     sdm_warmup_epochs: int = _opt(1, "epochs with SDM off at the start (epochs counted from 1)")
     sdm_schedule: tuple[float, ...] = _opt(
