@@ -120,15 +120,18 @@ def feats(n, d, seed, dtype=F64, requires_grad=True):
 
 
 @st.composite
-def rect_cases(draw, max_rows=10, allow_memory=True):
-    b = draw(st.integers(1, max_rows))
-    n = draw(st.integers(1, max_rows))
-    m = draw(st.integers(0, 6)) if allow_memory else 0
+def rect_cases(draw, max_rows=10, allow_memory=True, min_size=1, memory_sizes=None):
+    """``(b, n, m, d, labels..., scale, seed)``; ``min_size`` bounds b, n and d from below and
+    ``memory_sizes`` (a strategy) replaces the default 0..6 memory rows."""
+    b = draw(st.integers(min_size, max_rows))
+    n = draw(st.integers(min_size, max_rows))
+    memory_sizes = st.integers(0, 6) if memory_sizes is None else memory_sizes
+    m = draw(memory_sizes) if allow_memory else 0
     k = draw(st.integers(1, 6))
     ql = draw(st.lists(st.integers(0, k), min_size=b, max_size=b))
     gl = draw(st.lists(st.integers(0, k), min_size=n, max_size=n))
     ml = draw(st.lists(st.integers(0, k + 2), min_size=m, max_size=m))
-    d = draw(st.integers(1, 12))
+    d = draw(st.integers(min_size, 12))
     scale = draw(st.floats(0.5, 100.0))
     seed = draw(st.integers(0, 2**16))
     return b, n, m, d, ql, gl, ml, scale, seed
@@ -182,14 +185,23 @@ def test_irra_default_scale_float32_close():
 # ----------------------------------------------------------------------------------------------
 
 
-@given(rect_cases())
-def test_rectangular_memory_matches_naive_loop(case):
+def assert_matches_naive(case, **kwargs):
+    """``sdm_loss(**kwargs)`` on a drawn case equals the naive loop: values, counts, masses and
+    gradients (the memory features get none)."""
     b, n, m, d, ql, gl, ml, scale, seed = case
     q, g = feats(b, d, seed), feats(n, d, seed + 1)
     mf = feats(m, d, seed + 2)
     s = torch.tensor(scale, dtype=F64, requires_grad=True)
     ref = naive_sdm(q, g, ql, gl, mf, ml, s)
-    res = sdm_loss(q, g, torch.tensor(ql), torch.tensor(gl), (mf, torch.tensor(ml)), logit_scale=s)
+    res = sdm_loss(
+        q,
+        g,
+        torch.tensor(ql),
+        torch.tensor(gl),
+        (mf, torch.tensor(ml)),
+        logit_scale=s,
+        **kwargs,
+    )
     close(res.loss, ref.loss)
     close(res.loss_query_to_gallery, ref.l1.detach())
     close(res.loss_gallery_to_query, ref.l2.detach())
@@ -206,6 +218,11 @@ def test_rectangular_memory_matches_naive_loop(case):
     for a, w, x in zip(got, want, [q, g, s], strict=True):
         close(a, torch.zeros_like(x) if w is None else w)
     assert mf.grad is None  # memory columns are constants
+
+
+@given(rect_cases())
+def test_rectangular_memory_matches_naive_loop(case):
+    assert_matches_naive(case)
 
 
 # each strategy of the same-label entries, forced: the block-sized mask (used off CPU, and on CPU

@@ -17,57 +17,14 @@ from hypothesis import strategies as st
 
 import sdmreid.losses._sdm_compiled as compiled_module
 from sdmreid.losses import SDMLoss, sdm_loss
-from tests.losses.test_sdm import F64, close, feats, naive_sdm
+from tests.losses.test_sdm import F64, assert_matches_naive, close, feats, naive_sdm, rect_cases
 
 
-@st.composite
-def cases(draw):
-    b, n = draw(st.integers(2, 9)), draw(st.integers(2, 9))
-    m = draw(st.sampled_from([0, 2, 3, 5]))
-    k = draw(st.integers(1, 5))
-    ql = draw(st.lists(st.integers(0, k), min_size=b, max_size=b))
-    gl = draw(st.lists(st.integers(0, k), min_size=n, max_size=n))
-    ml = draw(st.lists(st.integers(0, k + 2), min_size=m, max_size=m))
-    d = draw(st.integers(2, 10))
-    scale = draw(st.floats(0.5, 100.0))
-    return b, n, m, d, ql, gl, ml, scale, draw(st.integers(0, 2**16))
-
-
-def _check_against_naive(case, **kwargs):
-    b, n, m, d, ql, gl, ml, scale, seed = case
-    q, g, mf = feats(b, d, seed), feats(n, d, seed + 1), feats(m, d, seed + 2)
-    s = torch.tensor(scale, dtype=F64, requires_grad=True)
-    ref = naive_sdm(q, g, ql, gl, mf, ml, s)
-    res = sdm_loss(
-        q,
-        g,
-        torch.tensor(ql),
-        torch.tensor(gl),
-        (mf, torch.tensor(ml)),
-        logit_scale=s,
-        compiled=True,
-        **kwargs,
-    )
-    close(res.loss, ref.loss)
-    close(res.loss_query_to_gallery, ref.l1.detach())
-    close(res.loss_gallery_to_query, ref.l2.detach())
-    assert (res.rows, res.query_rows, res.gallery_rows) == (b + n, b, n)
-    assert int(res.query_rows_without_positive) == ref.miss1
-    assert int(res.gallery_rows_without_positive) == ref.miss2
-    assert int(res.rows_without_positive) == ref.miss1 + ref.miss2
-    assert float(res.positive_mass_query_to_gallery) == pytest.approx(ref.mass1, abs=1e-9)
-    assert float(res.positive_mass_gallery_to_query) == pytest.approx(ref.mass2, abs=1e-9)
-    got = torch.autograd.grad(res.loss, [q, g, s])
-    want = torch.autograd.grad(ref.loss, [q, g, s], allow_unused=True)
-    for a, w, x in zip(got, want, [q, g, s], strict=True):
-        close(a, torch.zeros_like(x) if w is None else w)
-    assert mf.grad is None
-
-
-@given(cases())
+# sizes >= 2 and memory sizes 0 or >= 2: one dynamic-shape graph serves the examples
+@given(rect_cases(max_rows=9, min_size=2, memory_sizes=st.sampled_from([0, 2, 3, 5])))
 @settings(max_examples=25)
 def test_compiled_matches_naive_loop(case):
-    _check_against_naive(case)
+    assert_matches_naive(case, compiled=True)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +36,7 @@ def test_compiled_matches_naive_loop(case):
     ],
 )
 def test_compiled_edge_sizes_match_naive_loop(case):
-    _check_against_naive(case)
+    assert_matches_naive(case, compiled=True)
 
 
 def test_compiled_no_valid_row_gives_zero_attached_loss():

@@ -861,9 +861,23 @@ def _sdm_compiled(
     )
     out = _DenseSDM.apply(qn, gn, mn, scale, ql, gl, ml, epsilon, need_grad)  # type: ignore[no-untyped-call]
     total, l1, l2, m1, m2, miss1, miss2 = out
-    b, n = qn.shape[0], gn.shape[0]
+    return _result(total, l1, l2, m1, m2, miss1, miss2, qn.shape[0], gn.shape[0])
+
+
+def _result(
+    loss: Tensor,
+    l1: Tensor,
+    l2: Tensor,
+    m1: Tensor,
+    m2: Tensor,
+    miss1: Tensor,
+    miss2: Tensor,
+    b: int,
+    n: int,
+) -> SDMResult:
+    """The :class:`SDMResult` of ``b`` query and ``n`` gallery rows (logged fields detached)."""
     return SDMResult(
-        loss=total,
+        loss=loss,
         loss_query_to_gallery=l1.detach(),
         loss_gallery_to_query=l2.detach(),
         rows=b + n,
@@ -988,19 +1002,7 @@ def _sdm_core(
         # value: the global loss on every rank; gradient: world × this rank's share.
         loss = world * local + (l1 + l2 - world * local).detach()
 
-    return SDMResult(
-        loss=loss,
-        loss_query_to_gallery=l1.detach(),
-        loss_gallery_to_query=l2.detach(),
-        rows=b + n,
-        rows_without_positive=miss1 + miss2,
-        query_rows=b,
-        gallery_rows=n,
-        query_rows_without_positive=miss1,
-        gallery_rows_without_positive=miss2,
-        positive_mass_query_to_gallery=m1.detach(),
-        positive_mass_gallery_to_query=m2.detach(),
-    )
+    return _result(loss, l1, l2, m1, m2, miss1, miss2, b, n)
 
 
 class SDMLoss(nn.Module):
