@@ -121,6 +121,18 @@ def test_compile_failure_warns_once_and_runs_uncompiled(monkeypatch):
         close(sdm_loss(q, g, lab, compiled=True).loss, want)  # no second warning
 
 
+def test_out_of_memory_is_raised_not_taken_for_a_compile_failure(monkeypatch):
+    def oom(*_args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(compiled_module, "_compiled", oom)
+    monkeypatch.setattr(compiled_module, "_failed", False)
+    q = feats(4, 3, 1)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        sdm_loss(q, q, torch.tensor([0, 0, 1, 1]), compiled=True)
+    assert compiled_module._failed is False  # later calls still try the compiled kernel
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_cuda_matches_float64_reference(dtype):

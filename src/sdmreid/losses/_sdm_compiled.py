@@ -29,9 +29,10 @@ __all__ = ["run_compiled", "sdm_dense"]
 
 def _direction(
     z: Tensor, pos: Tensor, dim: int, epsilon: float, log_eps: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Loss, positive mass, ``∂L/∂z`` (already weighted) and the row count stats of one softmax
-    direction of ``z`` along ``dim`` (1: each row's softmax over columns; 0: each column's)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Loss, positive mass, ``∂L/∂z`` (already weighted) and the number of rows without a
+    positive of one softmax direction of ``z`` along ``dim`` (1: each row's softmax over the
+    columns; 0: each column's over the rows)."""
     posf = pos.to(z.dtype)
     k = posf.sum(dim)
     valid = k > 0
@@ -50,7 +51,7 @@ def _direction(
     if dim == 1:
         coef, cc, dd = coef[:, None], cc[:, None], dd[:, None]
     grad = e * (zs * coef - cc - dd * posf)
-    return loss, mass, grad, (~valid).sum(), n_valid
+    return loss, mass, grad, (~valid).sum()
 
 
 def sdm_dense(
@@ -88,8 +89,8 @@ def sdm_dense(
     cos = qh @ ch.T
     z = cos * scale
     pos = q_labels[:, None] == torch.cat([g_labels, m_labels])[None, :]
-    loss1, mass1, grad1, miss1, _ = _direction(z, pos, 1, epsilon, log_eps)
-    loss2, mass2, grad2, miss2, _ = _direction(z[:, :n], pos[:, :n], 0, epsilon, log_eps)
+    loss1, mass1, grad1, miss1 = _direction(z, pos, 1, epsilon, log_eps)
+    loss2, mass2, grad2, miss2 = _direction(z[:, :n], pos[:, :n], 0, epsilon, log_eps)
     if not need_grad:
         empty = q.new_zeros(0)
         return loss1, loss2, mass1, mass2, miss1, miss2, empty, empty, empty
@@ -114,7 +115,8 @@ def run_compiled(*args: Any) -> tuple[Tensor, ...]:
 
     If compilation fails (no ``torch.compile`` support, no C++ compiler for a CPU build, ...),
     one ``RuntimeWarning`` says why and this and later calls run :func:`sdm_dense` uncompiled.
-    The arguments are validated by the caller, so an error here is the compiler's.
+    The arguments are validated by the caller, so an error here is the compiler's (except running
+    out of device memory, which is raised as is).
     """
     global _compiled, _failed
     if not _failed:
@@ -123,6 +125,8 @@ def run_compiled(*args: Any) -> tuple[Tensor, ...]:
                 _compiled = torch.compile(sdm_dense, dynamic=True)
         try:
             return _compiled(*args)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the computation's own failure, not the compiler's
         except Exception as exc:
             _failed = True
             warnings.warn(
