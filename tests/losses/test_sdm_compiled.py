@@ -91,6 +91,18 @@ def test_compiled_backward_twice_through_a_retained_graph_and_no_double_backward
         gq.sum().backward()
 
 
+def test_compiled_gradcheck_float64_with_tensor_scale_and_memory():
+    q, g = feats(5, 4, 0), feats(4, 4, 1)
+    mem = (feats(3, 4, 2, requires_grad=False), torch.tensor([1, 2, 8]))
+    ql, gl = torch.tensor([0, 1, 1, 2, 7]), torch.tensor([0, 1, 3, 2])
+    s = torch.tensor(7.0, dtype=F64, requires_grad=True)
+
+    def fn(a, b, sc):
+        return sdm_loss(a, b, ql, gl, mem, logit_scale=sc, compiled=True).loss
+
+    assert torch.autograd.gradcheck(fn, (q, g, s))
+
+
 def test_compiled_option_validation():
     q = torch.randn(4, 3)
     lab = torch.tensor([0, 0, 1, 1])

@@ -176,21 +176,26 @@ def _check_labels(y: object, name: str, n: int, device: torch.device) -> Tensor:
     return t.to(device=device, dtype=torch.int64)
 
 
-def _checked_norms(q: Tensor, g: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Row 2-norms of the three sides, after checking that they are all finite.
+def _checked_norms(q: Tensor, g: Tensor, m: Tensor) -> Tensor:
+    """Row 2-norms of the three sides, concatenated (``[B + N + M]``), after checking that they
+    are all finite.
 
     A row's 2-norm is finite iff all its entries are (barring overflow of huge values), and unlike
     ``torch.isfinite(x)`` it needs no temporary of ``x``'s size. The norms are reused by the
-    kernel for the L2 normalisation, and one host read checks all three sides at once.
+    kernel for the L2 normalisation. One host read of their sum checks all three sides at once
+    (a NaN or Inf anywhere makes the sum non-finite); only then is each side looked at, so a sum
+    that merely overflows raises nothing.
     """
-    norms = tuple(torch.linalg.vector_norm(x, dim=1) for x in (q, g, m))
-    if not bool(torch.isfinite(torch.cat(norms)).all()):
+    with torch.no_grad():  # the kernel differentiates the normalisation itself
+        norms = [torch.linalg.vector_norm(x, dim=1) for x in (q, g, m)]
+        joined = torch.cat(norms)
+    if not math.isfinite(float(joined.sum())):
         for x, name in zip(norms, ("query", "gallery", "memory features"), strict=True):
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(
                     f"{name} contains NaN or Inf values (or values whose norm overflows)"
                 )
-    return norms[0], norms[1], norms[2]
+    return joined
 
 
 def _unpack_memory(memory: object) -> tuple[Any, Any]:
@@ -285,7 +290,7 @@ class _Positives:
     the pairs are too many to be worth listing (few identities: most entries are positives).
 
     :meth:`take` reads the same-label entries of the rows ``i0:i1`` of a contiguous block ``e``
-    into a token; :meth:`add_sums_` adds their row (``dim=1``) or column (``dim=0``) sums to a
+    into a token; :meth:`sums_` writes their row (``dim=1``) or column (``dim=0``) sums into a
     vector; :meth:`sub_` subtracts ``coef[row or column] · e`` at those entries of another
     contiguous block of the same shape.
     """
@@ -316,7 +321,7 @@ class _Positives:
     def take(self, e: Tensor, i0: int, i1: int) -> Any:
         if not self.sparse:
             mask = self.row_labels[i0:i1, None] == self.col_labels[None, :]
-            return torch.where(mask, e, 0.0)
+            return e * mask  # e is finite (in [0, 1]): the same as where(mask, e, 0)
         a, b = self.indptr[i0], self.indptr[i1]
         if i0 == 0 and b == self.indptr[-1]:
             rows, cols, flat = self.rows, self.cols, self.flat
@@ -325,12 +330,12 @@ class _Positives:
         return e.view(-1)[flat], rows, cols, flat
 
     @staticmethod
-    def add_sums_(out: Tensor, token: Any, dim: int) -> None:
+    def sums_(out: Tensor, token: Any, dim: int) -> None:
         if isinstance(token, Tensor):
-            out.add_(token.sum(dim))
+            torch.sum(token, dim, out=out)
             return
         vals, rows, cols, _ = token
-        out.index_add_(0, rows if dim == 1 else cols, vals)
+        out.zero_().index_add_(0, rows if dim == 1 else cols, vals)
 
     @staticmethod
     def sub_(out: Tensor, token: Any, coef: Tensor, dim: int) -> None:
@@ -356,8 +361,8 @@ def _block_stats(
     z.mul_(e)
     a = z.sum(dim)
     token = pos.take(e, i0, i1)
-    p = s.new_zeros(s.shape)
-    pos.add_sums_(p, token, dim)
+    p = s.new_empty(s.shape)
+    pos.sums_(p, token, dim)
     return mx.squeeze(dim), s, a, p, e, token
 
 
@@ -423,18 +428,24 @@ class _FusedSDM(torch.autograd.Function):
         do_rows: bool,
         do_cols: bool,
         need_grad: bool,
-        norms: tuple[Tensor, Tensor, Tensor] | None,
+        norms: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        ctx.set_materialize_grads(False)  # no zero gradients for the non-differentiable outputs
         b, n, n_mem = q.shape[0], g.shape[0], m.shape[0]
         width = n + n_mem
         if norms is None:
             rq, rg = _inv_norm(q), _inv_norm(g)
             rc = torch.cat([rg, _inv_norm(m)]) if n_mem > 0 else rg
-        else:  # row norms already computed by the caller's finiteness check
-            rq, rg = _inv_from_norms(norms[0]), _inv_from_norms(norms[1])
-            rc = torch.cat([rg, _inv_from_norms(norms[2])]) if n_mem > 0 else rg
+        else:  # row norms [q; g; m] already computed by the caller's finiteness check
+            inv = _inv_from_norms(norms)
+            rq, rc = inv[:b], inv[b:]  # the columns are [g; m]
+            rg = rc[:n]
         zero = q.new_zeros(())
-        loss1, mass1, loss2, mass2 = (q.new_zeros(()) for _ in range(4))
+        # per-direction loss and positive mass; zeros only for a direction not computed
+        loss1: Tensor | None = None
+        mass1: Tensor | None = None
+        loss2: Tensor | None = None
+        mass2: Tensor | None = None
         dq = torch.empty_like(q) if need_grad else q[:0]
         u = torch.empty_like(g) if need_grad else g[:0]  # written by the first block
         ds = zero.clone()
@@ -446,7 +457,7 @@ class _FusedSDM(torch.autograd.Function):
         pos2 = _Positives(q_labels, c_labels[:n]) if do_cols else None
         single = chunk >= b
         # query -> gallery row statistics (S, A, P per query row), filled block by block
-        s1, a1, p1 = (q.new_zeros(b if do_rows else 0) for _ in range(3))
+        s1, a1, p1 = (q.new_empty(b if do_rows else 0) for _ in range(3))
 
         # gallery -> query (softmax over the query rows of each gallery column): statistics
         # before any gradient can be formed; streamed over row blocks unless there is one block.
@@ -515,7 +526,7 @@ class _FusedSDM(torch.autograd.Function):
                 z.mul_(e)
                 torch.sum(z, 1, out=a)
                 tok = pos1.take(e, i0, i1)
-                _Positives.add_sums_(p, tok, 1)
+                _Positives.sums_(p, tok, 1)
                 if need_grad:  # (w/S) · (e z' - c e - δ e [pos]); z holds e z'
                     dc = delta1[i0:i1]
                     coef = w1[i0:i1] / s
@@ -565,20 +576,26 @@ class _FusedSDM(torch.autograd.Function):
             # inputs are saved (references, no copies) so that a second backward through a
             # retained graph can recompute them; without retain_graph PyTorch frees them and a
             # second backward raises its usual error.
-            extra = norms if norms is not None else ()
+            extra = (norms,) if norms is not None else ()
             ctx.save_for_backward(q, g, m, scale, q_labels, c_labels, t1pos, w1, t2pos, w2, *extra)
             ctx.params = (log_eps, chunk, do_rows, do_cols, norms is not None)  # type: ignore[attr-defined]
+        if loss1 is None or mass1 is None:
+            loss1, mass1 = q.new_zeros(()), q.new_zeros(())
+        if loss2 is None or mass2 is None:
+            loss2, mass2 = q.new_zeros(()), q.new_zeros(())
         total = loss1 + loss2
         ctx.mark_non_differentiable(loss1, loss2, mass1, mass2)
         return total, loss1, loss2, mass1, mass2
 
     @staticmethod
-    def backward(ctx: FunctionCtx, g_total: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: FunctionCtx, g_total: Tensor | None, *_: Tensor) -> tuple[Tensor | None, ...]:
+        if g_total is None:  # no gradient reached the loss (grads are not materialised)
+            return (None,) * 16
         grads = ctx.grads  # type: ignore[attr-defined]
         if grads is None:  # used by an earlier backward: recompute from the saved inputs
             saved = ctx.saved_tensors  # type: ignore[attr-defined]
             log_eps, chunk, do_rows, do_cols, has_norms = ctx.params  # type: ignore[attr-defined]
-            norms = (saved[10], saved[11], saved[12]) if has_norms else None
+            norms = saved[10] if has_norms else None
             again = _Recompute()
             with torch.no_grad():
                 q, g, m, scale, q_labels, c_labels, t1pos, w1, t2pos, w2 = saved[:10]
@@ -626,6 +643,9 @@ class _Recompute:
         pass
 
     def mark_non_differentiable(self, *_: Tensor) -> None:
+        pass
+
+    def set_materialize_grads(self, _: bool) -> None:
         pass
 
 
@@ -818,6 +838,7 @@ class _DenseSDM(torch.autograd.Function):
         epsilon: float,
         need_grad: bool,
     ) -> tuple[Tensor, ...]:
+        ctx.set_materialize_grads(False)
         out = run_compiled(
             q, g, m, q_labels, g_labels, m_labels, scale, epsilon, math.log(epsilon), need_grad
         )
@@ -831,8 +852,10 @@ class _DenseSDM(torch.autograd.Function):
         return total, l1, l2, m1, m2, miss1, miss2
 
     @staticmethod
-    def backward(ctx: FunctionCtx, g_total: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: FunctionCtx, g_total: Tensor | None, *_: Tensor) -> tuple[Tensor | None, ...]:
         _ = ctx.saved_tensors  # type: ignore[attr-defined]
+        if g_total is None:  # no gradient reached the loss (grads are not materialised)
+            return (None,) * 9
         dq, dg, ds = ctx.grads  # type: ignore[attr-defined]
         needs = ctx.needs_input_grad  # type: ignore[attr-defined]
         with torch.no_grad():
@@ -902,7 +925,7 @@ def _sdm_core(
     epsilon: float,
     chunk_size: int | None,
     gather: bool,
-    norms: tuple[Tensor, Tensor, Tensor] | None = None,
+    norms: Tensor | None = None,
 ) -> SDMResult:
     b, n = qn.shape[0], gn.shape[0]
     log_eps = math.log(epsilon)
@@ -915,20 +938,22 @@ def _sdm_core(
     cl = torch.cat([gl_all, ml])
 
     # positives per row: query rows vs [gallery; memory], gallery rows vs queries
-    k1 = _positive_counts(ql, cl)
-    k2 = _positive_counts(gl, ql_all)
-    valid1, valid2 = k1 > 0, k2 > 0
-    miss1 = (~valid1).sum()
-    miss2 = (~valid2).sum()
-    n1, n2 = valid1.sum(), valid2.sum()
+    # both directions' rows in one vector: fewer (small) kernels per call
+    k = torch.cat([_positive_counts(ql, cl), _positive_counts(gl, ql_all)])
+    b1 = ql.shape[0]
+    valid = k > 0
+    missing = (~valid).to(torch.int64)
+    miss1, miss2 = missing[:b1].sum(), missing[b1:].sum()
+    cdt = qn.dtype
+    vf = valid.to(cdt)
+    n1, n2 = vf[:b1].sum(), vf[b1:].sum()
     if distributed:
         n12 = all_reduce_sum(torch.stack([n1, n2]))
         n1, n2 = n12[0], n12[1]
-    cdt = qn.dtype
-    w1 = valid1.to(cdt) / n1.clamp(min=1).to(cdt)
-    w2 = valid2.to(cdt) / n2.clamp(min=1).to(cdt)
-    t1pos = (k1.clamp(min=1).to(cdt).reciprocal() + epsilon).log()
-    t2pos = (k2.clamp(min=1).to(cdt).reciprocal() + epsilon).log()
+    w1 = vf[:b1] / n1.clamp(min=1)
+    w2 = vf[b1:] / n2.clamp(min=1)
+    tpos = (k.clamp(min=1).to(cdt).reciprocal() + epsilon).log()
+    t1pos, t2pos = tpos[:b1], tpos[b1:]
 
     need_grad = torch.is_grad_enabled() and (
         qn.requires_grad or gn.requires_grad or scale.requires_grad
