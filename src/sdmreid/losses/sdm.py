@@ -541,7 +541,7 @@ class _FusedSDM(torch.autograd.Function):
                 grad_blk = g2 if g2 is not None and g2.shape == z.shape else torch.zeros_like(z)
             if need_grad:
                 if g2 is not None and g2 is not grad_blk:
-                    grad_blk[:, :n] += g2
+                    grad_blk[:, :n].add_(g2)  # (`+=` on a slice would copy it back once more)
                 grad_blk.mul_(rc)  # dL/dz · ||c||⁻¹: gradients w.r.t. raw columns
                 qc = q[i0:i1]
                 gc = torch.mm(grad_blk[:, :n], g, out=dq[i0:i1])  # Σ_j dL/dz_ij ĉ_j
