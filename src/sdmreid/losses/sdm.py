@@ -812,7 +812,7 @@ def sdm_loss(
         if isinstance(scale, Tensor):
             s_t = scale.to(device=dev, dtype=cdt)
         else:
-            s_t = torch.tensor(scale, device=dev, dtype=cdt)
+            s_t = torch.full((), scale, device=dev, dtype=cdt)  # a fill: no host-to-device copy
         if compiled and not (gather and is_dist()):
             return _sdm_compiled(qn, gn, mn, ql, gl, ml, s_t, float(epsilon))
         return _sdm_core(qn, gn, mn, ql, gl, ml, s_t, float(epsilon), chunk_size, gather, norms)
