@@ -230,8 +230,8 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
 
 
 def test_cpu_bf16_autocast_trains(tmp_path: Path) -> None:
-    """The autocast path on CPU: per-modality stems write into one bf16 block (CUDA's default
-    precision path runs the same code, so this catches dtype mismatches without a GPU)."""
+    """bf16 autocast runs end to end on CPU. (CPU autocast keeps batch norm in float32, unlike
+    CUDA's: the dtype case the GPU run found is tested in tests/examples/test_model.py.)"""
     summary = run(
         tmp_path, "bf16", "train.amp=bf16", "train.epochs=2", "eval.every=2", "output.plots=false"
     )
