@@ -66,6 +66,7 @@ from reid_example.logging_utils import progress_enabled, setup_logging
 from reid_example.model import build_model, count_parameters, param_groups
 from reid_example.reporting import MetricsLog, write_plots, write_report
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sdmreid.distributed import all_reduce_sum, get_rank, get_world_size, is_dist
 from sdmreid.evaluation import camera_pair_ignore, evaluate_retrieval
@@ -244,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, nesterov=True
         )
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    # weight averaging (optim.ema_decay): evaluation reads the average, training the raw model
+    ema: AveragedModel | None = None
+    if cfg.optim.ema_decay > 0:
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True
+        )
+    eval_model: torch.nn.Module = ema.module if ema is not None else model
     train_model: torch.nn.Module = model
     if is_dist():
         train_model = DistributedDataParallel(
@@ -305,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gather_sdm=cfg.dist.gather_sdm,
         gather_memory=cfg.dist.gather_memory,
         embedding=cfg.model.embedding,
+        ema=ema,
+        ema_source=model,
     )
 
     # 7. resume ------------------------------------------------------------------------------
@@ -313,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     best: dict[str, Any] = {"metric": -math.inf, "epoch": 0, "val": {}}
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
+        if ema is not None and resume_state.get("ema") is not None:
+            ema.load_state_dict(resume_state["ema"])
         optimizer.load_state_dict(resume_state["optimizer"])
         if amp.scaler is not None and resume_state.get("scaler"):
             amp.scaler.load_state_dict(resume_state["scaler"])
@@ -355,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "step_in_epoch": sie,
             "global_step": global_step_box[0],
             "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict(),
             "scaler": amp.scaler.state_dict() if amp.scaler is not None else None,
             "lr": {
@@ -474,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         is_eval_epoch = epoch % max(1, cfg.eval.every) == 0 or epoch == cfg.train.epochs
         train_score = val_score = None
         if is_eval_epoch:
-            last_val = evaluate_split(model, data, "val", cfg, device, amp, use_channels_last)
+            last_val = evaluate_split(eval_model, data, "val", cfg, device, amp, use_channels_last)
             log.info(format_metrics("val", epoch, last_val))
             for proto, m in last_val.items():
                 for k in ("mAP", "rank1", "mINP"):
@@ -483,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row["val/select"] = score
             if train_split is not None:  # the same score on training identities
                 on_train = evaluate_dataset(
-                    model, *train_split, data.collate, cfg, device, amp, use_channels_last
+                    eval_model, *train_split, data.collate, cfg, device, amp, use_channels_last
                 )
                 n_train_ids = len(np.unique(train_split[0].identities))
                 log.info(format_metrics(f"train ({n_train_ids} ids)", epoch, on_train))
@@ -536,8 +549,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if is_dist():
             dist.barrier()  # rank 0 has finished writing best.pt
         if best["epoch"] and (run_dir / "best.pt").exists():
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-        test = evaluate_split(model, data, "test", cfg, device, amp, use_channels_last)
+            ck = load_checkpoint(run_dir / "best.pt")
+            if ema is not None and ck.get("ema") is not None:
+                ema.load_state_dict(ck["ema"])
+            else:
+                model.load_state_dict(ck["model"])
+        test = evaluate_split(eval_model, data, "test", cfg, device, amp, use_channels_last)
         log.info(format_metrics(f"test (best epoch {best['epoch']})", best["epoch"], test))
     summary["test"] = test
     if rank == 0:

@@ -206,6 +206,11 @@ class OptimConfig:
     schedule: str = _opt("cosine", "LR decay after warm-up", ("cosine", "constant"))
     min_lr_ratio: float = _opt(0.05, "final LR as a fraction of the peak (cosine)")
     grad_clip: float = _opt(0.0, "clip the global gradient norm to this value (0 = off)")
+    ema_decay: float = _opt(
+        0.0,
+        "exponential moving average of the weights (and BN statistics), updated every step; "
+        "when > 0 it is what evaluation, best.pt's test and the report use (0 = off)",
+    )
 
 
 @dataclass

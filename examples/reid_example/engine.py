@@ -193,6 +193,8 @@ class StepContext:
     gather_sdm: bool = False
     gather_memory: bool = False
     embedding: str = "pre_bn"
+    ema: Any | None = None  # torch.optim.swa_utils.AveragedModel of the (unwrapped) model
+    ema_source: nn.Module | None = None  # the unwrapped model the average follows
 
 
 @dataclass
@@ -309,6 +311,8 @@ def train_step(
         ctx.amp.scaler.update()
     else:
         ctx.optimizer.step()
+    if ctx.ema is not None:
+        ctx.ema.update_parameters(ctx.ema_source if ctx.ema_source is not None else ctx.model)
 
     if ctx.memory is not None:
         # Every step is enqueued (a step without RGB rows still counts towards "the last N

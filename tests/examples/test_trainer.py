@@ -181,13 +181,15 @@ def _state_equal(a: dict[str, Any], b: dict[str, Any], path: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_resume_is_bit_identical(tmp_path: Path, ema: str) -> None:
     common = (
         "train.epochs=2",
         "eval.every=2",
         "eval.test_at_end=false",
         "output.plots=false",
         "train.max_steps_per_epoch=5",
+        f"optim.ema_decay={ema}",  # with weight averaging the validation reads the average
     )
     full = run(tmp_path, "full", *common)
     # Stop mid-epoch 1 (after global step 3), then resume with DataLoader workers.
@@ -208,8 +210,12 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     assert resumed["global_step"] == full["global_step"] == 10
     a = load_checkpoint(Path(full["run_dir"]) / "last.pt")
     b = load_checkpoint(Path(resumed["run_dir"]) / "last.pt")
-    for key in ("model", "optimizer", "memory", "meter", "sdm_scheduler", "head_switch", "rng"):
+    keys = ("model", "ema", "optimizer", "memory", "meter", "sdm_scheduler", "head_switch", "rng")
+    for key in keys:
         _state_equal({key: a[key]}, {key: b[key]})
+    assert (a["ema"] is None) == (ema == "0")
+    if a["ema"] is not None:  # one average update per optimiser step, resumed or not
+        assert int(a["ema"]["n_averaged"]) == int(b["ema"]["n_averaged"]) == 10
     assert resumed["val"] == full["val"]
 
     def steps(run: dict[str, Any]) -> list[dict[str, Any]]:
