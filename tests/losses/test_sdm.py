@@ -237,27 +237,9 @@ POSITIVE_STRATEGIES = {
 @given(rect_cases(max_rows=9), st.sampled_from([None, 1, 3]))
 @settings(max_examples=40)
 def test_positive_strategies_match_naive_loop(strategy, case, chunk):
-    b, n, m, d, ql, gl, ml, scale, seed = case
-    q, g, mf = feats(b, d, seed), feats(n, d, seed + 1), feats(m, d, seed + 2, requires_grad=False)
-    s = torch.tensor(scale, dtype=F64, requires_grad=True)
-    ref = naive_sdm(q, g, ql, gl, mf, ml, s)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sdm_module, *POSITIVE_STRATEGIES[strategy])
-        res = sdm_loss(
-            q,
-            g,
-            torch.tensor(ql),
-            torch.tensor(gl),
-            (mf, torch.tensor(ml)),
-            logit_scale=s,
-            chunk_size=chunk,
-        )
-    close(res.loss, ref.loss)
-    assert float(res.positive_mass_query_to_gallery) == pytest.approx(ref.mass1, abs=1e-9)
-    assert float(res.positive_mass_gallery_to_query) == pytest.approx(ref.mass2, abs=1e-9)
-    want = torch.autograd.grad(ref.loss, [q, g, s], allow_unused=True)
-    for a, w, x in zip(grads(res.loss, [q, g, s]), want, [q, g, s], strict=True):
-        close(a, torch.zeros_like(x) if w is None else w)
+        assert_matches_naive(case, chunk_size=chunk)
 
 
 def test_positive_strategy_choice():
