@@ -65,10 +65,13 @@ class DataBundle:
         return int(self.tokenizer.vocab_size)
 
     def eval_set(self, split: str) -> Any:
+        """The dataset evaluated for ``split``: "val", "test" or, when available, "train"."""
         if split == "train" and self.train_eval is not None:
             return self.train_eval
         if split not in ("val", "test"):
-            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+            has_train = self.train_eval is not None
+            allowed = "'val', 'test' or 'train'" if has_train else "'val' or 'test'"
+            raise ValueError(f"split must be {allowed}, got {split!r}")
         return self.val if split == "val" else self.test
 
     def protocols(self, split: str, only: Sequence[str] = ()) -> list[Any]:

@@ -52,6 +52,9 @@ def test_csv_layout_builds_splits_and_protocols(tmp_path: Path) -> None:
     assert len(set(data.test.identities.tolist())) == 4
     names = [p.name for p in data.protocols("test")]
     assert "NIR->RGB" in names
+    assert data.eval_set("train") is data.train_eval
+    with pytest.raises(ValueError, match="'val', 'test' or 'train', got 'training'"):
+        data.eval_set("training")
 
 
 def test_trainer_runs_on_a_csv_manifest(tmp_path: Path) -> None:
