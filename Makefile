@@ -34,6 +34,7 @@ lint: install-dev
 
 typecheck: install-dev
 	$(PY) -m mypy --strict src
+	cd examples && $(abspath $(PY)) -m mypy --strict reid_example train.py ablation.py
 
 bench: install-bench
 	$(PY) benchmarks/run_all.py --json-dir bench-results

@@ -229,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ).to(device)
     use_channels_last = cfg.train.channels_last and device.type == "cuda"
     if use_channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        # torch's stubs omit Module.to's memory_format-only overload (accepted at runtime)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     log.info(
         "model: %.2fM parameters, sdpa backend %s",
         count_parameters(model) / 1e6,
@@ -249,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ema: AveragedModel | None = None
     if cfg.optim.ema_decay > 0:
         ema = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True
+            model,
+            multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay),  # type: ignore[no-untyped-call]
+            use_buffers=True,
         )
     eval_model: torch.nn.Module = ema.module if ema is not None else model
     train_model: torch.nn.Module = model
@@ -662,7 +665,11 @@ def train_score_split(data: Any, cfg: Config) -> tuple[Any, list[Any]] | None:
     for p in data.protocols("train", cfg.eval.protocols):
         q, g = np.asarray(p.query, dtype=np.int64), np.asarray(p.gallery, dtype=np.int64)
         kept.append((p, q[keep[q]], g[keep[g]]))
-    index = np.unique(np.concatenate([np.concatenate([q, g]) for _, q, g in kept] or [[]]))
+    index = np.unique(
+        np.concatenate(
+            [np.concatenate([q, g]) for _, q, g in kept] or [np.empty(0, dtype=np.int64)]
+        )
+    )
     index = index.astype(np.int64)
     if index.size == 0:
         return None

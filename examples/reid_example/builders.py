@@ -20,7 +20,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -36,6 +36,14 @@ from sdmreid.samplers import ModalAwarePKSampler, ModalAwarePKSampler_Strict
 __all__ = ["BatchWindow", "DataBundle", "build_data", "build_train_loader"]
 
 log = logging.getLogger("reid_example")
+
+
+class _RecordDatasetKwargs(TypedDict):
+    """The ``RecordDataset`` arguments every split of a real layout shares."""
+
+    tokenizer: WordTokenizer
+    max_text_len: int
+    image_size: tuple[int, int]
 
 
 @dataclasses.dataclass
@@ -234,7 +242,11 @@ def _real_layout(cfg: Config) -> DataBundle:
     size = (cfg.data.image_height or 256, cfg.data.image_width or 128)
     tokenizer = WordTokenizer()
     train_tf = _train_transform(cfg, size, 10)
-    kw = {"tokenizer": tokenizer, "max_text_len": cfg.data.text_length, "image_size": size}
+    kw: _RecordDatasetKwargs = {
+        "tokenizer": tokenizer,
+        "max_text_len": cfg.data.text_length,
+        "image_size": size,
+    }
     train = RecordDataset(splits.train, train_tf, label_map=splits.label_map, **kw)
     val = RecordDataset(splits.val, **kw)
     test = RecordDataset(splits.test, **kw)

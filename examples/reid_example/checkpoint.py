@@ -79,7 +79,7 @@ def capture_rng(numpy_rng: np.random.Generator | None = None) -> dict[str, Any]:
     checkpoint stays loadable with ``weights_only=True``.
     """
     out: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         out["torch_cuda"] = torch.cuda.get_rng_state_all()
     if numpy_rng is not None:
         out["numpy"] = json.dumps(numpy_rng.bit_generator.state)

@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -70,7 +70,9 @@ def resolve_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available")
-    if dev.type == "cuda" and dev.index is None:
+    # torch's stubs type device.index as int, but it is None for a device named without one
+    index = cast("int | None", dev.index)
+    if dev.type == "cuda" and index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return dev
 
@@ -295,10 +297,10 @@ def train_step(
 
     ctx.optimizer.zero_grad(set_to_none=True)
     if ctx.amp.scaler is not None:
-        ctx.amp.scaler.scale(loss).backward()
+        ctx.amp.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         ctx.amp.scaler.unscale_(ctx.optimizer)
     else:
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
     params = [p for g in ctx.optimizer.param_groups for p in g["params"] if p.grad is not None]
     if ctx.grad_clip > 0:
         gn = torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)

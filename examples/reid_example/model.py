@@ -24,7 +24,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -148,7 +148,7 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
             )
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return cast(torch.Tensor, self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
 
 class Block(nn.Module):
@@ -165,8 +165,8 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + cast(torch.Tensor, self.attn(self.norm1(x), key_mask))
+        return x + cast(torch.Tensor, self.mlp(self.norm2(x)))
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -189,7 +189,7 @@ class ImageStem(nn.Module):
         self.block = _conv_block(3, channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.block(images)
+        return cast(torch.Tensor, self.block(images))
 
 
 class ImageTokenizer(nn.Module):
@@ -241,7 +241,7 @@ class TextStem(nn.Module):
                 f"token sequences of length {tokens.shape[1]} exceed text_length "
                 f"{self.pos.shape[1]}"
             )
-        return self.embed(tokens) + self.pos[:, : tokens.shape[1]]
+        return cast(torch.Tensor, self.embed(tokens)) + self.pos[:, : tokens.shape[1]]
 
 
 @dataclass
@@ -337,8 +337,8 @@ class ReIDModel(nn.Module):
         if self.external_trunk is not None:
             return self._external(x, key_mask)
         for blk in self.blocks:
-            x = blk(x, key_mask)
-        x = self.norm(x)
+            x = cast(torch.Tensor, blk(x, key_mask))
+        x = cast(torch.Tensor, self.norm(x))
         if self.pool == "cls":
             return x[:, 0]
         # mean over the (unmasked) tokens, CLS included
