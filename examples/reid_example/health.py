@@ -25,6 +25,9 @@ from sdmreid.monitoring import HealthMonitor
 
 __all__ = ["HealthAdapter"]
 
+#: The direction the health rules advise each setting to move in: +1 raise, -1 lower.
+_ADVICE_DIRECTION: Mapping[str, int] = {"label_smoothing": +1, "weight_decay": +1, "head_lr": -1}
+
 
 class HealthAdapter:
     """Feeds the monitor, logs findings, applies the rollback action when configured."""
@@ -32,6 +35,7 @@ class HealthAdapter:
     def __init__(
         self, cfg: Config, sdm_scheduler: Any, log: logging.Logger, num_classes: int
     ) -> None:
+        self.cfg = cfg
         self.enabled = cfg.health.enabled
         self.act = cfg.health.act
         self.every_steps = max(1, cfg.health.every_steps)
@@ -47,11 +51,37 @@ class HealthAdapter:
         )
         self.history: list[str] = []
 
+    def _current(self, name: str, epoch: int) -> float | None:
+        """This run's value of a setting a finding suggests (``None`` if not one of ours)."""
+        o = self.cfg.optim
+        if name == "label_smoothing":
+            return self.cfg.loss.label_smoothing
+        if name == "weight_decay":
+            return o.weight_decay
+        if name == "head_lr":
+            return o.head_lr_after if epoch >= o.head_lr_switch_epoch else o.head_lr
+        return None
+
+    def _suggestion(self, name: str, value: float, epoch: int) -> str:
+        """``name=value``, plus this run's value when the advice would not move it the way
+        the rule means (e.g. the weight decay 5e-4 of an SGD recipe under AdamW's 0.2)."""
+        text = f"{name}={value:g}"
+        now = self._current(name, epoch)
+        direction = _ADVICE_DIRECTION.get(name, 0)
+        if now is not None and direction and (value - now) * direction <= 0:
+            already = "higher" if direction > 0 else "lower"
+            text += f" (this run: {now:g}, already {already} or equal)"
+        return text
+
     def _report(self, findings: list[Any]) -> None:
         for f in findings:
             line = str(f)
             if f.suggested:
-                line += " (suggested: " + ", ".join(f"{k}={v:g}" for k, v in f.suggested) + ")"
+                line += (
+                    " (suggested: "
+                    + ", ".join(self._suggestion(k, v, f.epoch) for k, v in f.suggested)
+                    + ")"
+                )
             if f.action == "rollback_sdm":
                 line += " -> SDM rolled back" if self.act else " (health.act=false: not applied)"
             self.history.append(line)

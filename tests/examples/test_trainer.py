@@ -418,6 +418,35 @@ def test_health_adapter_feeds_the_overfitting_rule_on_evaluation_epochs() -> Non
             found = adapter.check(epoch, 1.0)
         fired += [(f.rule, epoch) for f in found]
     assert fired == [("overfitting", 8)]
-    assert any("overfitting" in line for line in adapter.history)
+    (line,) = [line for line in adapter.history if "overfitting" in line]
+    # the rule's advice, checked against this run's settings (AdamW default weight decay 0.05;
+    # label smoothing 0.1 and head LR 3e-3 from epoch 2 are below/above the advice: no remark)
+    assert "label_smoothing=0.15, head_lr=0.001, weight_decay=0.0005 (this run: 0.05, " in line
+    assert line.endswith("already higher or equal))")
     # non-finite scores are not fed (no crash, no finding)
     assert adapter.check(9, 1.0, math.nan, 0.5) == []
+
+
+def test_health_adapter_marks_advice_the_run_already_follows() -> None:
+    import logging
+
+    from reid_example.config import Config, apply_overrides
+    from reid_example.health import HealthAdapter
+
+    from sdmreid import SDMWeightScheduler
+
+    cfg = apply_overrides(
+        Config(),
+        ["optim.weight_decay=1e-4", "loss.label_smoothing=0.2", "optim.head_lr_after=1e-3"],
+    )
+    adapter = HealthAdapter(cfg, SDMWeightScheduler(), logging.getLogger("t"), 100)
+    # epoch 1 is before the head-LR switch: the epoch-1 head LR (1e-2) is the run's value
+    assert adapter._suggestion("head_lr", 1e-3, 1) == "head_lr=0.001"
+    assert adapter._suggestion("head_lr", 1e-3, 2) == (
+        "head_lr=0.001 (this run: 0.001, already lower or equal)"
+    )
+    assert adapter._suggestion("weight_decay", 5e-4, 5) == "weight_decay=0.0005"
+    assert adapter._suggestion("label_smoothing", 0.15, 5) == (
+        "label_smoothing=0.15 (this run: 0.2, already higher or equal)"
+    )
+    assert adapter._suggestion("num_instances", 2, 5) == "num_instances=2"
