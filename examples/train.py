@@ -670,7 +670,6 @@ def train_score_split(data: Any, cfg: Config) -> tuple[Any, list[Any]] | None:
             [np.concatenate([q, g]) for _, q, g in kept] or [np.empty(0, dtype=np.int64)]
         )
     )
-    index = index.astype(np.int64)
     if index.size == 0:
         return None
     protocols = [

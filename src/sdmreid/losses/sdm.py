@@ -229,8 +229,9 @@ def _check_scale(logit_scale: float | Tensor) -> float | Tensor:
     return float(logit_scale)
 
 
-def _check_options(epsilon: object, chunk_size: object) -> None:
-    """Validate ``epsilon`` (finite, > 0) and ``chunk_size`` (``None`` or an int >= 1)."""
+def _check_options(epsilon: object, chunk_size: object, compiled: bool = False) -> None:
+    """Validate ``epsilon`` (finite, > 0), ``chunk_size`` (``None`` or an int >= 1) and that
+    ``compiled`` is not asked for together with ``chunk_size``."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise TypeError(f"epsilon must be a float, got {epsilon!r}")
     if not (math.isfinite(epsilon) and epsilon > 0):
@@ -239,6 +240,11 @@ def _check_options(epsilon: object, chunk_size: object) -> None:
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+    if compiled and chunk_size is not None:
+        raise ValueError(
+            "chunk_size and compiled=True exclude each other: the compiled kernel forms the "
+            "whole similarity block; pass chunk_size=None or compiled=False"
+        )
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -781,14 +787,9 @@ def sdm_loss(
     else:
         gl = _check_labels(gallery_labels, "gallery_labels", n, dev)
     scale = _check_scale(logit_scale)
-    _check_options(epsilon, chunk_size)
     if not isinstance(compiled, bool):
         raise TypeError(f"compiled must be a bool, got {compiled!r}")
-    if compiled and chunk_size is not None:
-        raise ValueError(
-            "chunk_size and compiled=True exclude each other: the compiled kernel forms the "
-            "whole similarity block; pass chunk_size=None or compiled=False"
-        )
+    _check_options(epsilon, chunk_size, compiled)
 
     cdt = torch.float64 if torch.float64 in (q.dtype, g.dtype) else torch.float32
     mem_f: Tensor | None = None
@@ -1081,13 +1082,11 @@ class SDMLoss(nn.Module):
             self.register_buffer("logit_scale", checked.detach().clone())
         else:
             self.logit_scale = logit_scale if isinstance(logit_scale, nn.Parameter) else checked
-        _check_options(epsilon, chunk_size)
+        _check_options(epsilon, chunk_size, bool(compiled))
         self.epsilon = float(epsilon)
         self.chunk_size = chunk_size
         self.gather = bool(gather)
         self.check_finite = bool(check_finite)
-        if compiled and chunk_size is not None:
-            raise ValueError("chunk_size and compiled=True exclude each other (see sdm_loss)")
         self.compiled = bool(compiled)
 
     def detailed(
