@@ -34,8 +34,10 @@ __all__ = [
     "IMAGENET_STD",
     "Compose",
     "Normalize",
+    "RandomChannel",
     "RandomCrop",
     "RandomErasing",
+    "RandomGrayscale",
     "RandomHorizontalFlip",
     "Resize",
     "ToFloat",
@@ -84,6 +86,12 @@ def _check_image(img: torch.Tensor) -> None:
     if not isinstance(img, torch.Tensor) or img.ndim != 3:
         shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
         raise ValueError(f"image must be a [C, H, W] tensor, got {shape}")
+
+
+def _check_probability(p: float, name: str) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p!r}")
+    return float(p)
 
 
 def _check_size(size: Sequence[int], name: str = "size") -> tuple[int, int]:
@@ -217,6 +225,65 @@ class RandomHorizontalFlip:
         return f"RandomHorizontalFlip(p={self.p})"
 
 
+class RandomGrayscale:
+    """With probability ``p``, replace a colour image by its luminance in all three channels.
+
+    Luminance uses the ITU-R BT.601 weights ``(0.299, 0.587, 0.114)``. Removing colour is the
+    usual visible/infrared augmentation: colour is an RGB-only cue that no NIR query can match.
+    Images without exactly three channels pass through unchanged.
+
+    Example:
+        >>> img = torch.tensor([[[1.0]], [[0.0]], [[0.0]]])
+        >>> [round(v, 3) for v in RandomGrayscale(1.0)(img, torch.Generator()).flatten().tolist()]
+        [0.299, 0.299, 0.299]
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = _check_probability(p, "p")
+        self.weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        _check_image(img)
+        # Always draw, so later transforms see the same stream whatever p is.
+        if _uniform(generator) >= self.p or img.shape[0] != 3:
+            return img
+        gray = (img * self.weights.to(img.dtype)).sum(dim=0, keepdim=True)
+        return gray.expand_as(img).contiguous()
+
+    def __repr__(self) -> str:
+        return f"RandomGrayscale(p={self.p})"
+
+
+class RandomChannel:
+    """With probability ``p``, replace a colour image by one of its channels, drawn uniformly,
+    repeated in all three channels.
+
+    This is the channel augmentation of CAJ (Ye et al., ICCV 2021): a visible image seen through
+    one sensor band is closer to an infrared one than any colour image. Images without exactly
+    three channels pass through unchanged.
+
+    Example:
+        >>> img = torch.tensor([[[1.0]], [[2.0]], [[3.0]]])
+        >>> out = RandomChannel(1.0)(img, torch.Generator().manual_seed(0))
+        >>> len(set(out.flatten().tolist())), out[0].item() in (1.0, 2.0, 3.0)
+        (1, True)
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = _check_probability(p, "p")
+
+    def __call__(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        _check_image(img)
+        # Always draw the decision, so later transforms see the same stream whatever p is.
+        if _uniform(generator) >= self.p or img.shape[0] != 3:
+            return img
+        c = _randint(generator, 0, 2)
+        return img[c : c + 1].expand_as(img).contiguous()
+
+    def __repr__(self) -> str:
+        return f"RandomChannel(p={self.p})"
+
+
 class RandomErasing:
     """Random erasing (Zhong et al., 2020): with probability ``p`` replace a random rectangle.
 
@@ -312,26 +379,50 @@ def train_transform(
     padding: int = 10,
     flip_p: float = 0.5,
     erasing_p: float = 0.5,
+    grayscale_p: float = 0.0,
+    channel_p: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Compose:
-    """The usual ReID training pipeline: to-float, resize, flip, pad+crop, normalise, erase.
+    """The ReID training pipeline: to-float, resize, flip, pad + crop, the optional channel
+    augmentations, normalise, erase.
+
+    Args:
+        size: output ``(height, width)``.
+        padding: zero padding of each side before the random crop back to ``size``.
+        flip_p: probability of a horizontal flip.
+        erasing_p: probability of random erasing (after normalisation, so it fills with the
+            mean colour).
+        grayscale_p: probability of :class:`RandomGrayscale`; ``0`` leaves the step out.
+        channel_p: probability of :class:`RandomChannel` (after grayscale); ``0`` leaves the
+            step out.
+        mean, std: per-channel normalisation.
+
+    Raises:
+        ValueError: a probability outside ``[0, 1]``, a bad size or padding.
 
     Example:
-        >>> train_transform((16, 8), padding=1)(torch.rand(3, 20, 10), torch.Generator()).shape
+        >>> tf = train_transform((16, 8), padding=1, grayscale_p=0.5)
+        >>> [type(t).__name__ for t in tf.transforms]  # doctest: +NORMALIZE_WHITESPACE
+        ['ToFloat', 'Resize', 'RandomHorizontalFlip', 'RandomCrop', 'RandomGrayscale',
+         'Normalize', 'RandomErasing']
+        >>> tf(torch.rand(3, 20, 10), torch.Generator()).shape
         torch.Size([3, 16, 8])
     """
     size = _check_size(size)
-    return Compose(
-        [
-            ToFloat(),
-            Resize(size),
-            RandomHorizontalFlip(flip_p),
-            RandomCrop(size, padding=padding),
-            Normalize(mean, std),
-            RandomErasing(erasing_p),
-        ]
-    )
+    steps: list[Transform] = [
+        ToFloat(),
+        Resize(size),
+        RandomHorizontalFlip(flip_p),
+        RandomCrop(size, padding=padding),
+    ]
+    # Channel augmentations act on [0, 1] colours, before normalisation shifts each channel.
+    if _check_probability(grayscale_p, "grayscale_p") > 0:
+        steps.append(RandomGrayscale(grayscale_p))
+    if _check_probability(channel_p, "channel_p") > 0:
+        steps.append(RandomChannel(channel_p))
+    steps += [Normalize(mean, std), RandomErasing(erasing_p)]
+    return Compose(steps)
 
 
 def eval_transform(
