@@ -5,6 +5,8 @@ Each component's block is headed by a comment naming it; reuse before adding.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -75,3 +77,44 @@ def label_modality_layouts(
     lab = np.asarray(labels, dtype=np.int64)[list(perm)]
     mod = np.asarray(mods, dtype=np.int64)[list(perm)]
     return lab, mod
+
+
+# --- component state (load_state_dict) ------------------------------------------------------------
+
+
+@st.composite
+def corrupted_states(
+    draw: st.DrawFn,
+    valid: Mapping[str, object],
+    bad_values: Mapping[str, st.SearchStrategy[object]],
+    required: Collection[str] = (),
+    unknown_key: bool = True,
+) -> dict[str, object]:
+    """``valid`` with one defect its ``load_state_dict`` must refuse.
+
+    The defect is one of: a key of ``bad_values`` set to a value drawn from its strategy, a
+    ``required`` key dropped, or (``unknown_key``) an unknown key added. Every other key keeps its
+    valid value, so taking ``valid`` from *another* instance than the one loading it catches a
+    loader that assigns part of the state before it refuses the rest. Pass one kind of defect
+    per test case (e.g. ``bad_values`` of one key) to make sure each is tried often.
+
+    Args:
+        valid: A state the loader accepts.
+        bad_values: Per key, a strategy of values the loader must refuse for that key.
+        required: Keys the loader must refuse to do without.
+        unknown_key: Whether adding a key the loader does not know is one of the defects.
+    """
+    defects = [("bad", k) for k in bad_values] + [("missing", k) for k in required]
+    if unknown_key:
+        defects.append(("unknown", "__unknown_key__"))
+    if not defects:
+        raise ValueError("corrupted_states needs at least one kind of defect")
+    kind, key = draw(st.sampled_from(defects))
+    out = dict(valid)
+    if kind == "bad":
+        out[key] = draw(bad_values[key])
+    elif kind == "missing":
+        del out[key]
+    else:
+        out[key] = draw(st.integers(0, 3))
+    return out

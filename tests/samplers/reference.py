@@ -47,3 +47,8 @@ def split_chunks(batch: Sequence[int], labels: np.ndarray) -> dict[int, list[int
 
 def index_counts(streams: Sequence[Sequence[Sequence[int]]]) -> Counter[int]:
     return Counter(i for stream in streams for batch in stream for i in batch)
+
+
+def oversampling_draws(labels: Sequence[int], k: int) -> int:
+    """Draws with replacement one epoch needs: every identity with fewer than k samples to k."""
+    return sum(max(0, k - n) for n in Counter(labels).values())

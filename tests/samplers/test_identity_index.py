@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from sdmreid.samplers import build_identity_index
+from sdmreid.samplers import as_label_array, build_identity_index
 from sdmreid.samplers.identity_index import stable_argsort_small
 from tests.strategies import label_modality_layouts
 
@@ -63,3 +63,35 @@ def test_stable_argsort_small_matches_numpy() -> None:
     for high in (3, 70_000, 2**31):
         keys = rng.integers(0, high, 5_000)
         assert stable_argsort_small(keys).tolist() == np.argsort(keys, kind="stable").tolist()
+
+
+MIXED_LABELS = [
+    [0, "0", 1, "1"],
+    ("a", 1),
+    [True, 1, 2],
+    [np.int64(3), "3"],
+    [np.str_("a"), 2],
+]
+
+
+@pytest.mark.parametrize("labels", MIXED_LABELS, ids=repr)
+def test_mixed_label_types_raise_type_error(labels: list[object]) -> None:
+    # NumPy would silently turn [0, "0"] into the strings ["0", "0"]: one identity, not two.
+    with pytest.raises(TypeError, match="labels"):
+        as_label_array(labels)
+    with pytest.raises(TypeError, match="labels"):
+        build_identity_index(labels, None)
+    with pytest.raises(TypeError, match="labels"):
+        build_identity_index(iter(labels), None)
+
+
+def test_uniform_label_types_are_accepted() -> None:
+    assert as_label_array([np.int64(3), 1, np.int32(3)]).tolist() == [3, 1, 3]
+    assert as_label_array(("b", np.str_("a"))).tolist() == ["b", "a"]
+    assert as_label_array(iter([2, 2])).tolist() == [2, 2]
+
+
+def test_identity_and_sample_counts() -> None:
+    idx = build_identity_index([5, 5, 9, 7], None)
+    assert (idx.identity_count, idx.sample_count) == (3, 4)
+    assert not hasattr(idx, "num_identities")  # P only: a sampler argument, never a dataset count

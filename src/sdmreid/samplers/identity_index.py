@@ -30,17 +30,41 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+def _check_python_label_types(labels: list[Any] | tuple[Any, ...]) -> None:
+    """Refuse a Python sequence mixing integers, strings and bools.
+
+    NumPy would coerce such a mix without complaint (``[0, "0"]`` becomes the strings
+    ``["0", "0"]``, ``[True, 2]`` the integers ``[1, 2]``), merging distinct identities.
+    """
+    kinds: set[str] = set()
+    for t in set(map(type, labels)):
+        if issubclass(t, bool | np.bool_):
+            kinds.add("bool")
+        elif issubclass(t, int | np.integer):
+            kinds.add("int")
+        elif issubclass(t, str):
+            kinds.add("str")
+        else:
+            kinds.add(t.__name__)
+    if len(kinds) > 1:
+        raise TypeError(f"labels must be all integers or all strings, got a mix of {sorted(kinds)}")
+
+
 def as_label_array(labels: Iterable[Any] | npt.ArrayLike | torch.Tensor) -> npt.NDArray[Any]:
     """Validate identity labels and return them as a 1-D NumPy array (integer or string dtype).
 
     Raises:
-        TypeError: labels are floats, booleans or mixed objects.
+        TypeError: labels are floats or booleans, or mix types (e.g. ``[0, "0"]``).
         ValueError: labels are not 1-D.
 
     Example:
         >>> from sdmreid.samplers import as_label_array
         >>> as_label_array([3, 1, 3]).tolist()
         [3, 1, 3]
+        >>> as_label_array([0, "0"])
+        Traceback (most recent call last):
+        ...
+        TypeError: labels must be all integers or all strings, got a mix of ['int', 'str']
     """
     if isinstance(labels, torch.Tensor):
         if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
@@ -48,7 +72,11 @@ def as_label_array(labels: Iterable[Any] | npt.ArrayLike | torch.Tensor) -> npt.
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
         return labels.detach().to("cpu", torch.int64).numpy()
-    arr = np.asarray(labels if isinstance(labels, np.ndarray | list | tuple) else list(labels))  # type: ignore[arg-type]
+    if not isinstance(labels, np.ndarray):
+        seq = labels if isinstance(labels, list | tuple) else list(labels)  # type: ignore[arg-type]
+        _check_python_label_types(seq)
+        labels = seq
+    arr = np.asarray(labels)
     if arr.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind in "iu":
@@ -137,13 +165,13 @@ class IdentityIndex:
     has_modalities: bool
 
     @property
-    def num_samples(self) -> int:
+    def sample_count(self) -> int:
         """Number of dataset items ``N``."""
         return int(self.order.shape[0])
 
     @property
-    def num_identities(self) -> int:
-        """Number of distinct identities ``I``."""
+    def identity_count(self) -> int:
+        """Number of distinct identities ``I`` in the dataset (not ``P``, the per-batch count)."""
         return int(self.counts.shape[0])
 
     @property

@@ -13,6 +13,9 @@ Epoch semantics (both samplers)
   shuffled and each is used at most once: the ``n_i - c_i·K`` left over are skipped this epoch
   (a different random subset every epoch). If ``n_i < K`` the single chunk holds all ``n_i``
   samples plus ``K - n_i`` draws with replacement from the identity (oversampling; never dropped).
+  A ``K`` so large that these draws would outnumber the dataset's samples
+  (``Σ_i max(0, K - n_i) > N``) is refused at construction: such an epoch would be mostly
+  repeats, and refusing it bounds an epoch at ``2·N`` indices whatever ``K`` is asked for.
 * **Batches.** A batch takes one chunk from each of ``P`` distinct identities, so an identity
   appears in at most one chunk per batch and in at most ``c_i`` batches per epoch: identities
   appear in proportion to their size. The number of batches ``B`` is the largest value with
@@ -22,8 +25,9 @@ Epoch semantics (both samplers)
   identities remain. ``len(sampler)`` is the exact number of batches the next iteration yields.
 * **Randomness.** Everything is drawn from ``numpy.random.default_rng([seed, epoch])``:
   the same ``(seed, epoch)`` gives the same batches on every machine; call :meth:`set_epoch`
-  before each epoch. Batch composition is randomised (identities are laid out in random order,
-  then chunks are permuted within layout rows and the batch order is permuted).
+  before each epoch. Epochs are numbered from 1, as training logs print them: a sampler never
+  given an epoch draws epoch 1. Batch composition is randomised (identities are laid out in
+  random order, then chunks are permuted within layout rows and the batch order is permuted).
 
 :class:`ModalAwarePKSampler_Strict` additionally
 ------------------------------------------------
@@ -33,10 +37,8 @@ Epoch semantics (both samplers)
   identity has chunks, that minority modality is reused (drawn with replacement) so that each
   chunk still gets one (``c_i - m_i`` repeats, ``m_i`` the minority count); all other samples are
   used at most once, so ``n_i - c_i·K + max(0, c_i - m_i)`` samples of the identity are skipped
-  that epoch. The remaining slots get the two modalities in proportion. The construction never
-  retries a pairable identity: the seed's "unless its retries ran out" exception does not
-  occur, and ``retry_limit`` is accepted (and validated) for configuration compatibility but does
-  not change the batches.
+  that epoch. The remaining slots get the two modalities in proportion. Because the pair is
+  built into every chunk, no identity is ever retried, so there is no retry budget to set.
 * Identities that cannot form a strong pair (RGB-only, non-RGB-only, or any identity when
   ``K == 1``) are **fallback** identities. Every batch holds at most
   ``max(F, P - ⌊p / R⌋)`` fallback identities, where ``F = ⌈fallback_ratio·P⌉``, ``R`` the number
@@ -67,7 +69,8 @@ Resuming
 batches this sampler's iterator has yielded in the current epoch; a ``DataLoader`` with workers
 prefetches ahead of the training step, so a trainer should overwrite ``next_batch`` with the
 number of steps it actually completed before saving. :meth:`load_state_dict` makes the next
-iteration start at exactly that batch of that epoch; later iterations start at batch 0.
+iteration start at exactly that batch of that epoch; later iterations start at batch 0. It checks
+the whole state before changing anything, so a refused state leaves the sampler as it was.
 """
 
 from __future__ import annotations
@@ -194,6 +197,11 @@ def coverage_report(
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_epoch(name: str, epoch: object) -> int:
+    """An epoch number: an integer ``>= 1`` (epochs are numbered from 1, as logs print them)."""
+    return check_int(f"{name} (numbered from 1)", epoch, 1)
+
+
 def _stable_group_shuffle(group: IntArray, rng: np.random.Generator) -> IntArray:
     """Permutation of ``arange(len(group))`` that sorts by ``group`` with random ties.
 
@@ -232,7 +240,7 @@ class _ChunkPlan:
     def __init__(self, index: IdentityIndex, k: int, strong: BoolArray, by_modality: bool) -> None:
         self.index, self.k = index, k
         counts, starts, rgb_counts = index.counts, index.starts, index.rgb_counts
-        n_ids, n = index.num_identities, index.num_samples
+        n_ids, n = index.identity_count, index.sample_count
         c = np.maximum(counts // k, 1)
         self.counts_c = c
         self.base = np.cumsum(c) - c
@@ -430,7 +438,7 @@ def _epoch_batches(
     chunks = plan.draw(rng)
     fallback = ~plan.strong
     use_cap = cap if plan.strong.any() else None
-    shared_steps = p * replicas <= plan.index.num_identities
+    shared_steps = p * replicas <= plan.index.identity_count
     r = replicas if shared_steps else 1
     sched = _schedule(plan.counts_c, plan.base, fallback, p, r, use_cap, rng)
     # [steps, r, p]: rank q of a shared step holds layout rows q, q + r, q + 2r, ...
@@ -479,39 +487,70 @@ class _PKSamplerBase:
         if self.rank >= self.num_replicas:
             raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
         self.index = build_identity_index(labels, modalities)
-        if self.num_identities > self.index.num_identities:
+        if self.num_identities > self.index.identity_count:
             raise ValueError(
                 f"num_identities (P={self.num_identities}) must be <= the number of distinct "
-                f"identities in labels ({self.index.num_identities})"
+                f"identities in labels ({self.index.identity_count})"
             )
+        self._check_oversampling()
         self._cap = math.ceil(fallback_ratio * self.num_identities)
         strong = self.index.pairable if (self._strict and self.num_instances >= 2) else None
         self._plan = _ChunkPlan(
             self.index,
             self.num_instances,
-            strong if strong is not None else np.zeros(self.index.num_identities, np.bool_),
+            strong if strong is not None else np.zeros(self.index.identity_count, np.bool_),
             by_modality=self._strict,
         )
-        self._epoch = 0
+        self._epoch = 1
         self._next = 0
         self._cache: tuple[int, IntArray] | None = None
+
+    def _check_oversampling(self) -> None:
+        """Refuse a ``K`` whose draws with replacement would outnumber the dataset's samples.
+
+        Checked from the identity sizes alone, before any ``[chunks, K]`` array exists, so an
+        absurd ``K`` costs nothing (the chunk matrix would hold about ``N + draws`` indices).
+        """
+        k, counts, n = self.num_instances, self.index.counts, self.index.sample_count
+        short = counts < min(k, n + 1)  # min(): no NumPy overflow for a huge Python int K
+        draws = k * int(short.sum()) - int(counts[short].sum())
+        if draws > n:
+            raise ValueError(
+                f"num_instances (K={k}) is too large for this dataset: filling every identity "
+                f"with fewer than K samples up to K would draw {draws} samples with replacement "
+                f"per epoch, more than the dataset's {n} samples"
+            )
 
     # -- epoch --------------------------------------------------------------------------------
     @property
     def epoch(self) -> int:
-        """The epoch the next iteration draws."""
+        """The epoch (from 1) the next iteration draws."""
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (reshuffles deterministically); resets the resume position to 0."""
-        e = check_int("epoch", epoch, 0)
+        """Select the epoch, numbered from 1 (reshuffles deterministically).
+
+        Selecting another epoch resets the resume position to its first batch.
+
+        Raises:
+            ValueError: ``epoch < 1``.
+            TypeError: ``epoch`` is not an integer.
+        """
+        e = _check_epoch("epoch", epoch)
         if e != self._epoch:
             self._next = 0
         self._epoch = e
 
     def batches(self, epoch: int | None = None) -> IntArray:
-        """All of this rank's batches of an epoch as a read-only ``[len, P·K]`` int64 array."""
-        e = self._epoch if epoch is None else check_int("epoch", epoch, 0)
+        """All of this rank's batches of an epoch as a read-only ``[len, P·K]`` int64 array.
+
+        Args:
+            epoch: The epoch (from 1); default: the one the next iteration draws.
+
+        Raises:
+            ValueError: ``epoch < 1``.
+        """
+        e = self._epoch if epoch is None else _check_epoch("epoch", epoch)
         if self._cache is not None and self._cache[0] == e:
             return self._cache[1]
         arr = _epoch_batches(
@@ -534,13 +573,14 @@ class _PKSamplerBase:
 
     # -- checkpointing ------------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, int]:
+        """The settings that decide the batches: a state saved under others is refused."""
         return {
             "seed": self.seed,
             "num_identities": self.num_identities,
             "num_instances": self.num_instances,
             "num_replicas": self.num_replicas,
             "rank": self.rank,
-            "num_samples": self.index.num_samples,
+            "sample_count": self.index.sample_count,
         }
 
     def state_dict(self) -> dict[str, int]:
@@ -550,25 +590,41 @@ class _PKSamplerBase:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next iteration starts at batch ``next_batch`` of epoch ``epoch``.
 
+        ``epoch`` and ``next_batch`` are required; the settings keys of :meth:`state_dict` are
+        optional and, when present, must match this sampler's. The whole state is checked before
+        anything changes: a refused state leaves the sampler as it was.
+
         Raises:
-            ValueError: a key is missing, or the state was saved with other settings (seed,
-                P, K, replicas, rank or dataset size).
+            ValueError: A key is missing or unknown, ``epoch < 1``, ``next_batch`` is past the
+                epoch's last batch, or the state was saved with other settings (seed, P, K,
+                replicas, rank, dataset size or, for the strict sampler, fallback cap).
+            TypeError: ``state`` is not a mapping, or a value is not an integer.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+        fingerprint = self._fingerprint()
+        unknown = sorted(map(repr, set(state) - {"epoch", "next_batch", *fingerprint}))
+        if unknown:
+            raise ValueError(
+                f"state has unknown keys {', '.join(unknown)}; expected 'epoch', 'next_batch' "
+                f"and optionally {', '.join(map(repr, fingerprint))}"
+            )
         for key in ("epoch", "next_batch"):
             if key not in state:
-                raise ValueError(f"state_dict is missing {key!r}")
-        for key, value in self._fingerprint().items():
-            if key in state and int(state[key]) != value:
+                raise ValueError(f"state is missing {key!r}")
+        for key, value in fingerprint.items():
+            if key in state and check_int(f"state[{key!r}]", state[key], 0) != value:
                 raise ValueError(
-                    f"state_dict was saved with {key}={int(state[key])}, this sampler has {value}"
+                    f"state was saved with {key}={int(state[key])}, this sampler has {value}"
                 )
-        epoch = check_int("epoch", state["epoch"], 0)
-        nxt = check_int("next_batch", state["next_batch"], 0)
-        self._epoch = epoch
-        n = len(self)
+        epoch = _check_epoch("state['epoch']", state["epoch"])
+        nxt = check_int("state['next_batch']", state["next_batch"], 0)
+        n = int(self.batches(epoch).shape[0])
         if nxt > n:
-            raise ValueError(f"next_batch must be <= {n} (batches in epoch {epoch}), got {nxt}")
-        self._next = nxt
+            raise ValueError(
+                f"state['next_batch'] must be <= {n} (batches in epoch {epoch}), got {nxt}"
+            )
+        self._epoch, self._next = epoch, nxt
 
     # -- diagnostics --------------------------------------------------------------------------
     def coverage_report(self, batches: Iterable[Sequence[int]] | None = None) -> CoverageReport:
@@ -586,7 +642,7 @@ class _PKSamplerBase:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(P={self.num_identities}, K={self.num_instances}, "
-            f"identities={self.index.num_identities}, samples={self.index.num_samples}, "
+            f"identities={self.index.identity_count}, samples={self.index.sample_count}, "
             f"seed={self.seed}, replicas={self.num_replicas}, rank={self.rank})"
         )
 
@@ -598,7 +654,7 @@ class ModalAwarePKSampler(_PKSamplerBase):
     :meth:`coverage_report` and may be ``None``.
 
     Args:
-        labels: identity label of each dataset item (integers or strings).
+        labels: identity label of each dataset item (all integers or all strings).
         modalities: modality of each dataset item (any accepted form) or ``None``.
         num_identities: ``P``, distinct identities per batch (``1 <= P <= #identities``).
         num_instances: ``K``, indices per identity (``>= 1``).
@@ -607,17 +663,22 @@ class ModalAwarePKSampler(_PKSamplerBase):
         rank: this rank (default: the initialised rank, else 0).
 
     Raises:
-        ValueError: empty labels, length mismatch, ``P``/``K`` < 1, ``P`` > #identities,
-            rank out of range.
+        ValueError: empty labels, length mismatch, ``P``/``K`` < 1, ``P`` > #identities, a ``K``
+            whose draws with replacement would outnumber the samples, rank out of range.
+        TypeError: non-integer settings, or labels mixing integers and strings.
 
     Example:
         >>> from sdmreid.samplers import ModalAwarePKSampler
         >>> labels = [0, 0, 1, 1, 2, 2, 3, 3]
         >>> s = ModalAwarePKSampler(labels, None, num_identities=2, num_instances=2, seed=1)
-        >>> len(s), [len(b) for b in s]
-        (2, [4, 4])
+        >>> s.epoch, len(s), [len(b) for b in s]
+        (1, 2, [4, 4])
         >>> sorted(i for b in s for i in b)
         [0, 1, 2, 3, 4, 5, 6, 7]
+        >>> s.set_epoch(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: epoch (numbered from 1) must be >= 1, got 0
     """
 
     def __init__(
@@ -645,16 +706,15 @@ class ModalAwarePKSampler(_PKSamplerBase):
 class ModalAwarePKSampler_Strict(_PKSamplerBase):
     """P×K batch sampler whose pairable identities always bring an RGB↔non-RGB pair.
 
-    See the module docstring for the exact epoch, fallback and replica semantics.
+    See the module docstring for the exact epoch, fallback and replica semantics. Every chunk of
+    a pairable identity is built with its pair, so nothing is ever retried.
 
     Args:
-        labels: identity label of each dataset item (integers or strings).
+        labels: identity label of each dataset item (all integers or all strings).
         modalities: modality of each dataset item, any form
             :func:`sdmreid.modality.as_modality_array` accepts.
         num_identities: ``P``, distinct identities per batch (``1 <= P <= #identities``).
         num_instances: ``K``, indices per identity (``>= 1``; strong pairs need ``K >= 2``).
-        retry_limit: the seed's retry budget (``>= 0``). Pairable identities never need a retry
-            here (their chunks are strong pairs by construction), so it does not change batches.
         fallback_ratio: in ``[0, 1]``; at most ``⌈fallback_ratio·P⌉`` fallback identities per
             batch while enough pairable identities remain.
         seed: non-negative base seed.
@@ -662,8 +722,10 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
         rank: this rank (default: the initialised rank, else 0).
 
     Raises:
-        ValueError: empty labels, length mismatch, ``P``/``K`` < 1, ``P`` > #identities,
-            ``fallback_ratio`` outside ``[0, 1]``, ``retry_limit`` < 0, rank out of range.
+        ValueError: empty labels, length mismatch, ``P``/``K`` < 1, ``P`` > #identities, a ``K``
+            whose draws with replacement would outnumber the samples, ``fallback_ratio``
+            outside ``[0, 1]``, rank out of range.
+        TypeError: non-numeric settings, or labels mixing integers and strings.
 
     Example:
         >>> from sdmreid.samplers import ModalAwarePKSampler_Strict
@@ -687,7 +749,6 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
         num_identities: int,
         num_instances: int,
         *,
-        retry_limit: int = 3,
         fallback_ratio: float = 0.3,
         seed: int = 0,
         num_replicas: int | None = None,
@@ -695,7 +756,6 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
     ) -> None:
         if modalities is None:
             raise ValueError("ModalAwarePKSampler_Strict needs modalities, got None")
-        self.retry_limit = check_int("retry_limit", retry_limit, 0)
         if isinstance(fallback_ratio, bool) or not isinstance(
             fallback_ratio, float | int | np.floating | np.integer
         ):
@@ -719,3 +779,6 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
     def max_fallback(self) -> int:
         """``⌈fallback_ratio·P⌉``."""
         return self._cap
+
+    def _fingerprint(self) -> dict[str, int]:
+        return {**super()._fingerprint(), "max_fallback": self._cap}
