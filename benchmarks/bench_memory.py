@@ -142,12 +142,12 @@ def ours(dim: int, max_steps: int = 6, max_items: int | None = None) -> Callable
 
 def step_ours(mem: CrossBatchMemory, b: Batch) -> object:
     mem.enqueue(b[0], b[1])
-    return mem.get()
+    return mem.view()
 
 
 def step_ours_keep_rgb(mem: CrossBatchMemory, b: Batch) -> object:
     mem.enqueue(b[0], b[1], modalities=b[2], keep=Modality.RGB)
-    return mem.get()
+    return mem.view()
 
 
 def _check_isfinite(x: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sdmreid.memory import UNKNOWN_MODALITY, CrossBatchMemory, MemoryView
@@ -75,13 +75,12 @@ steps_strategy = st.lists(
 
 def assert_memory_equals(mem: CrossBatchMemory, feats, labels, mods) -> None:
     assert len(mem) == feats.shape[0]
-    torch.testing.assert_close(mem.features(), feats, rtol=0, atol=0)
-    assert mem.labels().tolist() == labels.tolist()
-    assert mem.modalities().tolist() == mods.tolist()
-    view = mem.get()
-    assert isinstance(view, MemoryView)
-    torch.testing.assert_close(view.features, feats, rtol=0, atol=0)
-    assert view.labels.dtype == torch.int64 and view.modalities.dtype == torch.int64
+    for view in (mem.view(), mem.view(copy=True)):
+        assert isinstance(view, MemoryView)
+        torch.testing.assert_close(view.features, feats, rtol=0, atol=0)
+        assert view.labels.tolist() == labels.tolist()
+        assert view.modalities.tolist() == mods.tolist()
+        assert view.labels.dtype == torch.int64 and view.modalities.dtype == torch.int64
 
 
 def run_and_check(mem: CrossBatchMemory, steps, seed: int, reference) -> None:
@@ -166,7 +165,7 @@ def test_zero_row_step_evicts_oldest_step():
     mem.enqueue(torch.ones(2, DIM), torch.tensor([1, 1]))
     mem.enqueue(torch.ones(3, DIM), torch.tensor([2, 2, 2]))
     mem.enqueue(torch.ones(0, DIM), torch.tensor([], dtype=torch.int64))
-    assert mem.labels().tolist() == [2, 2, 2]
+    assert mem.view().labels.tolist() == [2, 2, 2]
     mem.enqueue(torch.ones(4, DIM), [3, 3, 3, 3], keep=torch.zeros(4, dtype=torch.bool))
     assert len(mem) == 0 and mem.steps_seen == 4
 
@@ -176,8 +175,8 @@ def test_item_mode_batch_larger_than_capacity_keeps_its_last_rows():
     mem.enqueue(torch.zeros(2, DIM), [0, 1])
     feats = torch.arange(7 * DIM, dtype=torch.float32).reshape(7, DIM)
     mem.enqueue(feats, list(range(10, 17)), keep=torch.tensor([1, 1, 0, 1, 1, 0, 1]).bool())
-    assert mem.labels().tolist() == [13, 14, 16]
-    torch.testing.assert_close(mem.features(), feats[[3, 4, 6]])
+    assert mem.view().labels.tolist() == [13, 14, 16]
+    torch.testing.assert_close(mem.view().features, feats[[3, 4, 6]])
 
 
 def test_string_modalities_and_alias_keep():
@@ -185,8 +184,8 @@ def test_string_modalities_and_alias_keep():
     mem.enqueue(
         torch.zeros(4, DIM), [1, 2, 3, 4], modalities=["rgb", "IR", "vis", "sketch"], keep="visible"
     )
-    assert mem.labels().tolist() == [1, 3]
-    assert mem.modalities().tolist() == [0, 0]
+    assert mem.view().labels.tolist() == [1, 3]
+    assert mem.view().modalities.tolist() == [0, 0]
 
 
 def test_integer_modality_tensors_are_validated_and_stored_as_int64():
@@ -208,14 +207,39 @@ def test_integer_modality_tensors_are_validated_and_stored_as_int64():
         modalities=torch.tensor([2, 3], dtype=torch.int16),
         keep={"sketch"},
     )
-    assert mem.modalities().tolist() == [4, 1, 2] and mem.modalities().dtype == torch.int64
-    assert mem.labels().tolist() == [1, 2, 4] and len(mem) == 3
+    view = mem.view()
+    assert view.modalities.tolist() == [4, 1, 2] and view.modalities.dtype == torch.int64
+    assert view.labels.tolist() == [1, 2, 4] and len(mem) == 3
 
 
 def test_modalities_none_stores_unknown():
     mem = CrossBatchMemory(DIM)
     mem.enqueue(torch.zeros(2, DIM), [1, 2])
-    assert mem.modalities().tolist() == [UNKNOWN_MODALITY] * 2 == [-1, -1]
+    assert mem.view().modalities.tolist() == [UNKNOWN_MODALITY] * 2 == [-1, -1]
+
+
+@pytest.mark.parametrize(
+    "single",
+    [Modality.NIR, 1, "ir", np.int64(1), torch.tensor(1), torch.tensor(1, dtype=torch.int16)],
+)
+def test_a_single_modality_applies_to_every_row(single):
+    mem = CrossBatchMemory(DIM)
+    assert mem.enqueue(torch.zeros(3, DIM), [1, 2, 3], modalities=single) == 3
+    assert mem.view().modalities.tolist() == [1, 1, 1]
+    # keep selects on the broadcast modality like on a per-row one
+    assert mem.enqueue(torch.zeros(3, DIM), [4, 5, 6], modalities=single, keep="rgb") == 0
+    assert mem.enqueue(torch.zeros(2, DIM), [7, 8], modalities=single, keep={"nir"}) == 2
+    assert mem.enqueue(torch.zeros(0, DIM), [], modalities=single) == 0
+    assert mem.view().labels.tolist() == [1, 2, 3, 7, 8]
+
+
+def test_a_single_unknown_modality_is_refused():
+    mem = CrossBatchMemory(DIM)
+    with pytest.raises(ValueError, match="unknown modality"):
+        mem.enqueue(torch.zeros(2, DIM), [1, 2], modalities=7)
+    with pytest.raises(TypeError, match="bool"):
+        mem.enqueue(torch.zeros(2, DIM), [1, 2], modalities=True)
+    assert len(mem) == 0 and mem.steps_seen == 0
 
 
 def test_reset_behaves_like_fresh_memory():
@@ -225,7 +249,7 @@ def test_reset_behaves_like_fresh_memory():
     run_and_check(mem, steps, 1, DequeReference(2))
     mem.reset()
     assert len(mem) == 0 and mem.steps_seen == 0
-    assert mem.features().shape == (0, DIM)
+    assert mem.view().features.shape == (0, DIM)
     run_and_check(mem, steps, int(rng.integers(100)), DequeReference(2))
 
 
@@ -275,7 +299,7 @@ def test_state_dict_round_trip_mid_sequence_continues_exactly(item_mode, cap, st
     for f, lab, m, keep in batches[cut:]:
         straight.enqueue(f, lab, modalities=m, keep=keep)
         resumed.enqueue(f, lab, modalities=m, keep=keep)
-        assert_memory_equals(resumed, straight.features(), straight.labels(), straight.modalities())
+        assert_memory_equals(resumed, *straight.view())
     assert resumed.steps_seen == straight.steps_seen
 
 
@@ -288,9 +312,9 @@ def test_round_trip_keeps_empty_steps_in_the_window():
     restored.load_state_dict(_roundtrip(mem.state_dict()))
     for m in (mem, restored):
         m.enqueue(torch.ones(1, DIM), [4])  # evicts step 0 only
-        assert m.labels().tolist() == [3, 4]
+        assert m.view().labels.tolist() == [3, 4]
         m.enqueue(torch.ones(1, DIM), [5])  # evicts the empty step
-        assert m.labels().tolist() == [3, 4, 5]
+        assert m.view().labels.tolist() == [3, 4, 5]
 
 
 def test_state_dict_records_the_step_of_every_row():
@@ -320,7 +344,7 @@ def test_state_dict_keys_and_nested_prefix():
     other = torch.nn.Module()
     other.mem = CrossBatchMemory(DIM, max_steps=3)
     other.load_state_dict(sd)
-    assert other.mem.labels().tolist() == [4, 5]
+    assert other.mem.view().labels.tolist() == [4, 5]
 
 
 def test_load_state_dict_rejects_other_config_and_missing_keys():
@@ -343,7 +367,148 @@ def test_state_of_empty_memory_keeps_dtype_lazy():
     dst = CrossBatchMemory(DIM)
     dst.load_state_dict(src.state_dict())
     dst.enqueue(torch.ones(1, DIM, dtype=torch.float64), [1])
-    assert dst.features().dtype == torch.float64
+    assert dst.view().features.dtype == torch.float64
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a
+    )
+
+
+def _fill(mem: CrossBatchMemory, sizes: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    counter = 0
+    for n in sizes:
+        f, lab, m = make_batch(rng, n, counter)
+        counter += n
+        mem.enqueue(f, lab, modalities=m)
+
+
+CORRUPTIONS = [
+    "nan_feature", "inf_feature", "modality_above", "modality_below", "float_labels",
+    "bool_labels", "float_modalities", "integer_features", "short_labels", "wide_features",
+    "step_id_too_new", "step_id_too_old", "step_ids_unsorted", "config", "negative_steps",
+    "counters_shape", "rows_but_unmaterialised", "over_max_items", "unexpected_key",
+]  # fmt: skip
+
+
+def corrupt(state: dict, kind: str, row: int) -> bool:
+    """Make ``state`` invalid in the way ``kind`` names; False when ``kind`` does not apply."""
+    m = state["labels"].shape[0]
+    steps_seen, max_steps, max_items = (
+        int(v) for v in (*state["counters"][:1], *state["config"][1:])
+    )
+    row = row % max(m, 1)
+    if kind in ("nan_feature", "inf_feature", "modality_above", "modality_below") and m == 0:
+        return False
+    if kind == "nan_feature":
+        state["features"][row, row % DIM] = math.nan
+    elif kind == "inf_feature":
+        state["features"][row, 0] = -math.inf
+    elif kind == "modality_above":
+        state["modalities"][row] = len(Modality)
+    elif kind == "modality_below":
+        state["modalities"][row] = UNKNOWN_MODALITY - 1
+    elif kind == "float_labels":
+        state["labels"] = state["labels"].double()
+    elif kind == "bool_labels":
+        state["labels"] = state["labels"] > 0
+    elif kind == "float_modalities":
+        state["modalities"] = state["modalities"].float()
+    elif kind == "integer_features":
+        state["features"] = state["features"].long()
+    elif kind == "short_labels":
+        if m == 0:
+            return False
+        state["labels"] = state["labels"][1:]
+    elif kind == "wide_features":
+        state["features"] = torch.zeros(m, DIM + 1)
+    elif kind == "step_id_too_new":
+        if m == 0:
+            return False
+        state["step_ids"][row] = steps_seen
+    elif kind == "step_id_too_old":
+        if m == 0 or max_steps == 0:
+            return False
+        state["step_ids"][row] = steps_seen - max_steps - 1
+    elif kind == "step_ids_unsorted":
+        ids = state["step_ids"]
+        if ids.unique().numel() < 2:
+            return False
+        state["step_ids"] = ids.flip(0)
+    elif kind == "config":
+        state["config"][1:] = state["config"][1:] + (state["config"][1:] > 0).long()
+    elif kind == "negative_steps":
+        state["counters"][0] = -1
+    elif kind == "counters_shape":
+        state["counters"] = state["counters"][:2]
+    elif kind == "rows_but_unmaterialised":
+        if m == 0:
+            return False
+        state["counters"][1] = 0
+    elif kind == "over_max_items":
+        if max_items == 0:
+            return False
+        extra = max_items + 1 - m
+        state["features"] = torch.cat([state["features"], torch.zeros(extra, DIM)])
+        state["labels"] = torch.cat([state["labels"], torch.zeros(extra, dtype=torch.int64)])
+        state["modalities"] = torch.cat(
+            [state["modalities"], torch.zeros(extra, dtype=torch.int64)]
+        )
+        last = state["step_ids"][-1:] if m else torch.tensor([max(steps_seen - 1, 0)])
+        state["step_ids"] = torch.cat([state["step_ids"], last.repeat(extra)])
+    elif kind == "unexpected_key":
+        state["bogus"] = torch.zeros(1)
+    return True
+
+
+@settings(max_examples=80)
+@given(
+    item_mode=st.booleans(),
+    source_sizes=st.lists(st.integers(0, 9), min_size=0, max_size=7),
+    target_sizes=st.lists(st.integers(0, 9), min_size=0, max_size=7),
+    kind=st.sampled_from(CORRUPTIONS),
+    row=st.integers(0, 100),
+    seed=st.integers(0, 2**16),
+)
+def test_a_refused_load_state_dict_leaves_state_dict_unchanged(
+    item_mode, source_sizes, target_sizes, kind, row, seed
+):
+    def fresh() -> CrossBatchMemory:
+        return (
+            CrossBatchMemory(DIM, max_items=12) if item_mode else CrossBatchMemory(DIM, max_steps=3)
+        )
+
+    source, target = fresh(), fresh()
+    _fill(source, source_sizes, seed)
+    _fill(target, target_sizes, seed + 1)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    assume(corrupt(state, kind, row))
+    before = target.state_dict()
+    with pytest.raises(RuntimeError):
+        target.load_state_dict(state)
+    assert _state_equal(target.state_dict(), before)
+    assert (
+        target.steps_seen == int(before["counters"][0]) and len(target) == before["labels"].shape[0]
+    )
+
+
+def test_load_state_dict_refuses_rows_that_overflow_the_storage_dtype():
+    source = CrossBatchMemory(DIM, max_steps=2)
+    source.enqueue(torch.full((2, DIM), 1e5), [1, 2])  # finite in float32
+    target = CrossBatchMemory(DIM, max_steps=2, dtype=torch.float16)
+    target.enqueue(torch.ones(1, DIM), [7])
+    before = target.state_dict()
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        target.load_state_dict(source.state_dict())
+    assert _state_equal(target.state_dict(), before)
+    # values that fit the storage dtype load (converted)
+    source.enqueue(torch.full((1, DIM), 60000.0), [3])
+    source.enqueue(torch.full((1, DIM), -2.0), [4])
+    target.load_state_dict(source.state_dict())
+    assert target.view().features.dtype == torch.float16
+    assert target.view().labels.tolist() == [3, 4]
 
 
 # --- gradients, NaN, validation ----------------------------------------------------------------
@@ -354,27 +519,24 @@ def test_stored_rows_are_detached_copies():
     feats = x * 2
     mem = CrossBatchMemory(DIM)
     mem.enqueue(feats, [1, 2, 3, 4])
-    stored = mem.features()
+    stored = mem.view().features
     assert not stored.requires_grad and stored.grad_fn is None
     expected = feats.detach().clone()
     with torch.no_grad():
         feats.add_(100.0)  # the caller reuses its tensor: the memory must not change
-    torch.testing.assert_close(mem.features(), expected)
-    loss = (x.sum() + (mem.features() * 3).sum()) if mem.features().requires_grad else x.sum()
-    loss.backward()
-    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    torch.testing.assert_close(mem.view().features, expected)
 
 
 def test_autograd_raises_if_a_saved_view_is_overwritten_before_backward():
     mem = CrossBatchMemory(DIM, max_items=2)
     mem.enqueue(torch.randn(2, DIM), [1, 2])
     q = torch.randn(3, DIM, requires_grad=True)
-    loss = (q @ mem.features().T).sum()  # autograd saves the view
+    loss = (q @ mem.view().features.T).sum()  # autograd saves the view
     mem.enqueue(torch.randn(2, DIM), [3, 4])
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
     q2 = torch.randn(3, DIM, requires_grad=True)
-    loss2 = (q2 @ mem.features(copy=True).T).sum()
+    loss2 = (q2 @ mem.view(copy=True).features.T).sum()
     mem.enqueue(torch.randn(2, DIM), [5, 6])
     loss2.backward()  # a copy is unaffected
     assert q2.grad is not None
@@ -388,10 +550,16 @@ def test_nonfinite_rows_raise_and_leave_memory_unchanged(bad):
     feats[1, 2] = bad
     with pytest.raises(ValueError, match=r"1 row\(s\) with NaN or Inf.*row 1"):
         mem.enqueue(feats, [7, 8, 9])
-    assert mem.labels().tolist() == [1, 2] and mem.steps_seen == 1
+    assert mem.view().labels.tolist() == [1, 2] and mem.steps_seen == 1
+    # a refused first batch does not fix the storage dtype of a lazy memory
+    lazy = CrossBatchMemory(DIM)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        lazy.enqueue(feats.half(), [7, 8, 9])
+    lazy.enqueue(torch.ones(1, DIM, dtype=torch.float64), [1])
+    assert lazy.view().features.dtype == torch.float64
     # a non-finite row that keep does not select is not stored, so it is no error
     mem.enqueue(feats, [7, 8, 9], keep=torch.tensor([True, False, True]))
-    assert mem.labels().tolist() == [1, 2, 7, 9]
+    assert mem.view().labels.tolist() == [1, 2, 7, 9]
 
 
 @settings(max_examples=30)
@@ -418,8 +586,8 @@ def test_drop_mode_never_stores_nonfinite_rows(n, data, dtype):
         warnings.simplefilter("always")
         stored = mem.enqueue(feats, list(range(n)))
     assert stored == len(expected)
-    assert mem.labels().tolist() == expected
-    assert bool(torch.isfinite(mem.features()).all())
+    assert mem.view().labels.tolist() == expected
+    assert bool(torch.isfinite(mem.view().features).all())
     drop_warnings = [w for w in caught if "dropped" in str(w.message)]
     assert len(drop_warnings) == (1 if bad_rows else 0)
     if bad_rows:
@@ -434,6 +602,72 @@ def test_large_finite_values_whose_sum_overflows_are_stored():
     half = torch.full((4, DIM), 60000.0, dtype=torch.float16)
     mem16 = CrossBatchMemory(DIM)
     assert mem16.enqueue(half, [1, 2, 3, 4]) == 4
+
+
+def _storage_memory(how: str, dtype: torch.dtype, on_nonfinite: str) -> CrossBatchMemory:
+    """A memory whose storage dtype is ``dtype``, fixed in one of the three ways there are."""
+    if how == "constructor":
+        return CrossBatchMemory(8, dtype=dtype, on_nonfinite=on_nonfinite)
+    if how == "to":
+        return CrossBatchMemory(8, on_nonfinite=on_nonfinite).to(dtype)
+    mem = CrossBatchMemory(8, on_nonfinite=on_nonfinite)
+    mem.enqueue(torch.zeros(1, 8, dtype=dtype), [99])  # the first batch fixes the dtype
+    return mem
+
+
+@pytest.mark.parametrize("how", ["constructor", "to", "first_batch"])
+def test_rows_that_overflow_the_storage_dtype_are_nonfinite(how):
+    assert math.isinf(float(torch.tensor(1e5).to(torch.float16)))  # the premise
+    mem = _storage_memory(how, torch.float16, "raise")
+    before = mem.state_dict()
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        mem.enqueue(torch.full((2, 8), 1e5), [0, 1])
+    assert _state_equal(mem.state_dict(), before)
+    drop = _storage_memory(how, torch.float16, "drop")
+    kept = len(drop)
+    feats = torch.ones(3, 8)
+    feats[1, 4] = 1e5
+    with pytest.warns(RuntimeWarning, match="dropped 1 row"):
+        assert drop.enqueue(feats, [0, 1, 2]) == 2
+    assert drop.view().labels.tolist()[kept:] == [0, 2]
+    assert bool(torch.isfinite(drop.view().features).all())
+    with pytest.warns(RuntimeWarning, match="dropped 2 row"):
+        assert drop.enqueue(torch.full((2, 8), 1e5), [0, 1]) == 0
+
+
+@settings(max_examples=60)
+@given(
+    rows=st.lists(
+        st.lists(
+            st.one_of(st.floats(-7e4, 7e4, width=32), st.sampled_from([65504.0, 65519.0, 65520.0])),
+            min_size=4,
+            max_size=4,
+        ),
+        min_size=0,
+        max_size=6,
+    ),
+    keep_every=st.integers(1, 3),
+    on_nonfinite=st.sampled_from(["raise", "drop"]),
+)
+def test_float16_storage_matches_a_numpy_cast(rows, keep_every, on_nonfinite):
+    x = np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+    with np.errstate(over="ignore"):
+        cast = x.astype(np.float16)  # the reference conversion (round to nearest even)
+    keep = np.arange(len(x)) % keep_every == 0
+    finite = np.isfinite(cast).all(axis=1)
+    expected = keep & finite
+    mem = CrossBatchMemory(4, dtype=torch.float16, on_nonfinite=on_nonfinite)
+    args = (torch.from_numpy(x), list(range(len(x))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if on_nonfinite == "raise" and not finite[keep].all():
+            with pytest.raises(ValueError, match="NaN or Inf"):
+                mem.enqueue(*args, keep=torch.from_numpy(keep))
+            assert len(mem) == 0 and mem.steps_seen == 0
+            return
+        assert mem.enqueue(*args, keep=torch.from_numpy(keep)) == int(expected.sum())
+    assert mem.view().labels.tolist() == np.flatnonzero(expected).tolist()
+    np.testing.assert_array_equal(mem.view().features.numpy(), cast[expected])
 
 
 def test_constructor_validation():
@@ -485,7 +719,7 @@ def test_enqueue_validation_leaves_memory_unchanged():
     for args, kwargs, exc, match in cases:
         with pytest.raises(exc, match=match):
             mem.enqueue(*args, **kwargs)
-    assert mem.labels().tolist() == [1] and mem.steps_seen == 1
+    assert mem.view().labels.tolist() == [1] and mem.steps_seen == 1
 
 
 # --- dtype, device, views, allocation --------------------------------------------------------
@@ -493,18 +727,19 @@ def test_enqueue_validation_leaves_memory_unchanged():
 
 def test_dtype_follows_constructor_else_first_batch():
     mem = CrossBatchMemory(DIM, dtype=torch.float64)
-    assert mem.features().dtype == torch.float64
+    assert mem.view().features.dtype == torch.float64
     mem.enqueue(torch.ones(2, DIM), [1, 2])
-    assert mem.features().dtype == torch.float64
+    assert mem.view().features.dtype == torch.float64
     lazy = CrossBatchMemory(DIM)
     lazy.enqueue(torch.ones(2, DIM, dtype=torch.float16), [1, 2])
     lazy.enqueue(torch.ones(2, DIM, dtype=torch.float32), [1, 2])
-    assert lazy.features().dtype == torch.float16
+    assert lazy.view().features.dtype == torch.float16
     moved = CrossBatchMemory(DIM).to(torch.float64)
     moved.enqueue(torch.ones(2, DIM), [1, 2])
-    assert moved.features().dtype == torch.float64
+    assert moved.view().features.dtype == torch.float64
     moved.to(torch.float32)
-    assert moved.features().dtype == torch.float32 and moved.labels().tolist() == [1, 2]
+    assert moved.view().features.dtype == torch.float32
+    assert moved.view().labels.tolist() == [1, 2]
 
 
 def test_labels_of_other_integer_dtypes_are_stored_as_int64():
@@ -516,15 +751,18 @@ def test_labels_of_other_integer_dtypes_are_stored_as_int64():
         keep=torch.tensor([True, True]),
     )
     mem.enqueue(torch.ones(2, DIM), np.array([5, 6], dtype=np.uint8))
-    assert mem.labels().dtype == torch.int64 and mem.labels().tolist() == [3, 4, 5, 6]
+    assert mem.view().labels.dtype == torch.int64
+    assert mem.view().labels.tolist() == [3, 4, 5, 6]
 
 
 def test_copy_survives_enqueue_and_views_are_views():
     mem = CrossBatchMemory(DIM, max_items=2)
     mem.enqueue(torch.ones(2, DIM), [1, 2])
-    snapshot = mem.get(copy=True)
-    view = mem.features()
-    assert view.data_ptr() != snapshot.features.data_ptr()
+    snapshot = mem.view(copy=True)
+    view = mem.view()
+    for v, again, c in zip(view, mem.view(), snapshot, strict=True):
+        assert v.data_ptr() == again.data_ptr()  # both views read the storage
+        assert v.untyped_storage().data_ptr() != c.untyped_storage().data_ptr()
     for k in range(5):
         mem.enqueue(torch.full((2, DIM), float(k)), [10 + k, 20 + k])
     assert snapshot.labels.tolist() == [1, 2]
@@ -539,12 +777,13 @@ def test_no_storage_allocation_after_warm_up():
             mem.enqueue(torch.randn(n, 8, generator=g), torch.zeros(n, dtype=torch.int64))
         mem.enqueue(torch.randn(99, 8, generator=g), torch.zeros(99, dtype=torch.int64))
         mem.enqueue(torch.randn(99, 8, generator=g), torch.zeros(99, dtype=torch.int64))
-        ptr = mem.features().untyped_storage().data_ptr()
+        ptr = mem.view().features.untyped_storage().data_ptr()
         cap = mem.capacity
         for n in sizes[20:]:
             mem.enqueue(torch.randn(n, 8, generator=g), torch.zeros(n, dtype=torch.int64))
-            assert mem.features().untyped_storage().data_ptr() == ptr
-            assert mem.labels().is_contiguous() and mem.features().is_contiguous()
+            assert mem.view().features.untyped_storage().data_ptr() == ptr
+            view = mem.view()
+            assert view.labels.is_contiguous() and view.features.is_contiguous()
         # step mode: 4 * 99 rows fit after growth; item mode capacity is max_items from the start
         assert mem.capacity == cap
 
@@ -554,7 +793,7 @@ def test_gather_without_process_group_is_local_enqueue():
     f = torch.randn(5, DIM)
     mem.enqueue(f, [1, 2, 3, 4, 5], modalities=[0, 1, 0, 1, 0], keep="rgb", gather=True)
     ref.enqueue(f, [1, 2, 3, 4, 5], modalities=[0, 1, 0, 1, 0], keep="rgb")
-    assert_memory_equals(mem, ref.features(), ref.labels(), ref.modalities())
+    assert_memory_equals(mem, *ref.view())
 
 
 def test_memory_view_feeds_sdm_loss_including_empty():
@@ -563,12 +802,13 @@ def test_memory_view_feeds_sdm_loss_including_empty():
     q, gal = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
     y = torch.tensor([0, 1, 2, 3])
     mem = CrossBatchMemory(8, max_steps=2)
-    empty = sdm.sdm_loss(q, gal, y, y, memory=mem.get())
+    empty = sdm.sdm_loss(q, gal, y, y, memory=mem.view())
     plain = sdm.sdm_loss(q, gal, y, y)
     torch.testing.assert_close(empty.loss, plain.loss)
     mem.enqueue(torch.randn(3, 8, generator=g), [0, 1, 9])
-    with_mem = sdm.sdm_loss(q, gal, y, y, memory=mem.get())
-    explicit = sdm.sdm_loss(q, gal, y, y, memory=(mem.features(copy=True), mem.labels(copy=True)))
+    with_mem = sdm.sdm_loss(q, gal, y, y, memory=mem.view())
+    copied = mem.view(copy=True)
+    explicit = sdm.sdm_loss(q, gal, y, y, memory=(copied.features, copied.labels))
     torch.testing.assert_close(with_mem.loss, explicit.loss)
     assert not torch.allclose(with_mem.loss, plain.loss)
 
@@ -584,14 +824,16 @@ def test_cuda_storage_with_cpu_labels_and_modalities():
             modalities=torch.tensor([0, 1, 0]),
             keep=Modality.RGB,
         )
-    assert mem.features().device.type == "cuda" and mem.labels().device.type == "cuda"
-    assert mem.labels().tolist() == [2, 2, 3, 3]
+    assert mem.view().features.device.type == "cuda"
+    assert mem.view().labels.device.type == "cuda"
+    assert mem.view().labels.tolist() == [2, 2, 3, 3]
     cpu = CrossBatchMemory(DIM, max_steps=2)
     cpu.load_state_dict(mem.state_dict())
-    assert cpu.features().device.type == "cuda"  # lazy memory follows the checkpoint
+    assert cpu.view().features.device.type == "cuda"  # lazy memory follows the checkpoint
     cpu2 = CrossBatchMemory(DIM, max_steps=2, device="cpu")
     cpu2.load_state_dict(mem.state_dict())
-    assert cpu2.features().device.type == "cpu" and cpu2.labels().tolist() == [2, 2, 3, 3]
+    assert cpu2.view().features.device.type == "cpu"
+    assert cpu2.view().labels.tolist() == [2, 2, 3, 3]
 
 
 def test_deepcopy_is_independent():
@@ -601,5 +843,5 @@ def test_deepcopy_is_independent():
     mem.enqueue(torch.ones(3, DIM), [1, 2, 3])
     twin = copy.deepcopy(mem)
     twin.enqueue(torch.zeros(1, DIM), [9])
-    assert mem.labels().tolist() == [1, 2, 3] and mem.steps_seen == 1
-    assert twin.labels().tolist() == [1, 2, 3, 9]
+    assert mem.view().labels.tolist() == [1, 2, 3] and mem.steps_seen == 1
+    assert twin.view().labels.tolist() == [1, 2, 3, 9]

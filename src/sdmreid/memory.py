@@ -1,7 +1,8 @@
 """Cross-batch memory: the (detached) embeddings of the last steps, as one contiguous window.
 
 :class:`CrossBatchMemory` keeps the rows of the most recent ``enqueue`` calls so a loss can use them
-as extra gallery columns (the SDM trainer appends the RGB embeddings of the last 6 steps).
+as extra gallery columns (the SDM trainer appends the RGB embeddings of the last 6 steps:
+``sdm_loss(..., memory=memory.view())``).
 
 Capacity
     * **Step mode** (default, ``max_steps=N``): the memory holds exactly the rows of the last ``N``
@@ -12,48 +13,55 @@ Capacity
       out; a call with more than ``N`` selected rows keeps its last ``N``. Giving ``max_items``
       together with an explicit ``max_steps`` is a :class:`ValueError`.
 
-Storage and reads
-    Rows live in preallocated buffers of ``capacity + slack`` rows, where the slack is 3 ×
-    capacity while that keeps the storage under 64 MiB and at least 1 × capacity otherwise. New
-    rows are appended after the live window; when the end of the buffer is reached, the surviving
-    rows are moved to its front (at most once every ``slack`` appended rows, so at most
-    ``capacity / slack`` — between 1/3 and 1 — extra row copies per stored row).
-    Every read (:meth:`~CrossBatchMemory.features`, :meth:`~CrossBatchMemory.labels`,
-    :meth:`~CrossBatchMemory.modalities`, :meth:`~CrossBatchMemory.get`) is therefore one contiguous
-    slice, oldest row first, returned **without a copy**. In step mode the capacity grows
-    (geometrically) while the windows seen get larger; once it covers the largest window an
-    ``enqueue`` allocates no storage. In item mode the capacity is ``max_items`` from the start.
-    Without ``keep`` a warmed-up ``enqueue`` allocates nothing at all (the finiteness test reduces
-    into a reused scalar); ``keep`` adds a ``[B]`` mask and index vector, never a feature copy
-    (selected rows are gathered straight into the storage).
-
-    A view returned by a read is valid until the next :meth:`~CrossBatchMemory.enqueue`,
+Reading
+    :meth:`~CrossBatchMemory.view` is the one read: a :class:`MemoryView` of the features, labels
+    and modalities, oldest row first, each one contiguous slice of the storage returned **without
+    a copy**. A view is valid until the next :meth:`~CrossBatchMemory.enqueue`,
     :meth:`~CrossBatchMemory.reset`, ``load_state_dict`` or ``.to()``: these may overwrite or
-    replace the storage under it. Pass ``copy=True`` to keep the rows across an ``enqueue``. The
+    replace the storage under it. ``view(copy=True)`` keeps the rows across an ``enqueue``. The
     storage is written in place, so autograd's version check raises (rather than computing with
     overwritten values) if a view saved for a backward pass is overwritten before ``backward()``.
     Do not modify a returned view in place.
 
+Storage
+    Rows live in preallocated buffers of ``capacity + slack`` rows, where the slack is 3 ×
+    capacity while that keeps the storage under 64 MiB and at least 1 × capacity otherwise. New
+    rows are appended after the live window; when the end of the buffer is reached, the surviving
+    rows are moved to its front (at most once every ``slack`` appended rows, so at most
+    ``capacity / slack`` — between 1/3 and 1 — extra row copies per stored row). That is what
+    keeps every read a contiguous slice. In step mode the capacity grows (geometrically) while
+    the windows seen get larger; once it covers the largest window an ``enqueue`` allocates no
+    storage. In item mode the capacity is ``max_items`` from the start. A warmed-up ``enqueue``
+    of a batch in the storage dtype without ``keep`` allocates nothing at all (the finiteness
+    test reduces into a reused scalar); ``keep`` adds a ``[B]`` mask and index vector, never a
+    feature copy (selected rows are gathered straight into the storage); a batch of another
+    dtype is converted once, before the finiteness test.
+
 Modalities
-    ``enqueue(..., modalities=None)`` stores :data:`UNKNOWN_MODALITY` (``-1``) for each row.
-    ``keep=`` selects the rows to store: a modality (member, code or alias), a collection of
-    modalities, a boolean mask over the batch, or a callable that maps the batch's ``int64``
-    modality tensor to such a mask. Only the boolean mask works without ``modalities``; the other
-    forms then raise :class:`ValueError`.
+    ``enqueue(..., modalities=None)`` stores :data:`UNKNOWN_MODALITY` (``-1``) for each row; a
+    single modality (member, code, alias or 0-dim tensor) applies to every row of the batch.
+    ``keep=`` selects the rows to store: a modality, a collection of modalities, a boolean mask
+    over the batch, or a callable that maps the batch's ``int64`` modality tensor to such a mask.
+    Only the boolean mask works without ``modalities``; the other forms then raise
+    :class:`ValueError`.
 
 Numerics and devices
     ``enqueue`` runs under :func:`torch.no_grad` and stores detached copies. The features' dtype
     and device are those given to the constructor (or set by a later ``.to()`` before the first
-    ``enqueue``); otherwise the first enqueued batch's. Later batches are converted. Rows with NaN
-    or Inf features are never stored: the default ``on_nonfinite="raise"`` raises
-    :class:`ValueError` and leaves the memory unchanged; ``on_nonfinite="drop"`` stores the other
-    rows and warns. The test is one reduction over the batch (an exact per-row test runs only
-    when that reduction is not finite).
+    stored batch); otherwise the first stored batch's. Later batches are converted. The memory
+    never holds NaN or Inf: the finiteness test runs on the rows *as stored*, after the
+    conversion (a finite ``1e5`` becomes Inf in float16). The default ``on_nonfinite="raise"``
+    raises :class:`ValueError` and leaves the memory unchanged; ``on_nonfinite="drop"`` stores the
+    other rows and warns. The test is one reduction over the batch (an exact per-row test runs
+    only when that reduction is not finite).
 
 Checkpoints
     ``state_dict()`` holds the live window (``features``, ``labels``, ``modalities``,
     ``step_ids``) and ``counters``/``config``; ``load_state_dict`` restores it so the memory
-    continues exactly as an uninterrupted one would.
+    continues exactly as an uninterrupted one would. A checkpoint is checked completely before
+    anything is assigned (shapes, integer labels and modalities, known modality codes, step ids,
+    finite features in the storage dtype, no unexpected keys under ``strict``): a refused one
+    raises :class:`RuntimeError` and leaves the memory unchanged.
 
 Distributed
     ``enqueue(..., gather=True)`` gathers, in rank order, the rows every rank selected (after
@@ -96,9 +104,9 @@ KeepLike = Union[  # noqa: UP007
 
 
 class MemoryView(NamedTuple):
-    """The stored rows, oldest first: what :meth:`CrossBatchMemory.get` returns.
+    """The stored rows, oldest first: what :meth:`CrossBatchMemory.view` returns.
 
-    Any loss that takes ``memory=`` objects with ``.features`` and ``.labels`` accepts it.
+    :func:`sdmreid.sdm_loss` and :class:`sdmreid.SDMLoss` take it as ``memory=``.
 
     Attributes:
         features: ``[M, dim]`` features.
@@ -171,7 +179,7 @@ class CrossBatchMemory(nn.Module):
     """A FIFO memory of detached embeddings, labels and modalities of the last steps.
 
     See the module documentation for the exact semantics of step and item mode, views, ``keep``
-    and checkpoints.
+    and checkpoints. :meth:`view` reads the stored rows.
 
     Args:
         dim: feature dimension ``d``.
@@ -179,11 +187,12 @@ class CrossBatchMemory(nn.Module):
             (default 6).
         max_items: item mode, hold the last ``max_items`` rows instead. Giving it together with
             an explicit ``max_steps`` is an error.
-        device: storage device (default: a later ``.to()``, else the first enqueued batch's).
+        device: storage device (default: a later ``.to()``, else the first stored batch's).
         dtype: floating storage dtype for the features (default: a later ``.to()``, else the
-            first enqueued batch's). Labels and modalities are stored as ``int64``.
-        on_nonfinite: ``"raise"`` (default) rejects a batch whose selected rows hold NaN/Inf with
-            a :class:`ValueError`; ``"drop"`` stores the finite rows and warns.
+            first stored batch's). Labels and modalities are stored as ``int64``.
+        on_nonfinite: ``"raise"`` (default) rejects a batch whose selected rows hold NaN/Inf
+            once converted to the storage dtype, with a :class:`ValueError`; ``"drop"`` stores
+            the other rows and warns.
 
     Raises:
         ValueError: a non-positive size, ``max_items`` together with an explicit ``max_steps``,
@@ -200,12 +209,12 @@ class CrossBatchMemory(nn.Module):
         ...     feats = torch.full((2, 2), float(step))
         ...     n = mem.enqueue(feats, torch.tensor([step, 10 + step]),
         ...                     modalities=torch.tensor([rgb, nir]), keep=Modality.RGB)
-        >>> mem.labels().tolist()  # the RGB rows of the last 2 steps, oldest first
+        >>> view = mem.view()
+        >>> view.labels.tolist()  # the RGB rows of the last 2 steps, oldest first
         [1, 2]
-        >>> view = mem.get()
         >>> view.features.shape, len(mem)
         (torch.Size([2, 2]), 2)
-        >>> CrossBatchMemory(dim=2, max_items=3).get().features.shape  # empty memory
+        >>> CrossBatchMemory(dim=2, max_items=3).view().features.shape  # empty memory
         torch.Size([0, 2])
     """
 
@@ -261,39 +270,19 @@ class CrossBatchMemory(nn.Module):
     def __len__(self) -> int:
         return self._r.end - self._r.start
 
-    def features(self, *, copy: bool = False) -> torch.Tensor:
-        """The stored features ``[M, dim]``, oldest first.
+    def view(self, *, copy: bool = False) -> MemoryView:
+        """The stored features, labels and modalities, oldest row first.
 
         Args:
-            copy: return a copy instead of a view of the storage. A view is valid only until the
+            copy: return copies instead of views of the storage. A view is valid only until the
                 next ``enqueue``/``reset``/``load_state_dict``/``.to()``.
-        """
-        view = self._r.feats[self._r.start : self._r.end]
-        return view.clone() if copy else view
-
-    def labels(self, *, copy: bool = False) -> torch.Tensor:
-        """The stored ``int64`` labels ``[M]``, oldest first (``copy`` as in :meth:`features`)."""
-        view = self._r.labels[self._r.start : self._r.end]
-        return view.clone() if copy else view
-
-    def modalities(self, *, copy: bool = False) -> torch.Tensor:
-        """The stored ``int64`` modality codes ``[M]`` (``-1``: unknown), oldest first.
-
-        ``copy`` as in :meth:`features`.
-        """
-        view = self._r.mods[self._r.start : self._r.end]
-        return view.clone() if copy else view
-
-    def get(self, *, copy: bool = False) -> MemoryView:
-        """Features, labels and modalities as a :class:`MemoryView` (``copy`` as in
-        :meth:`features`).
 
         Example:
             >>> import torch
             >>> from sdmreid.memory import CrossBatchMemory
             >>> mem = CrossBatchMemory(dim=3, max_items=4)
             >>> _ = mem.enqueue(torch.ones(5, 3), torch.arange(5))
-            >>> view = mem.get(copy=True)
+            >>> view = mem.view(copy=True)
             >>> view.labels.tolist(), view.modalities.tolist()
             ([1, 2, 3, 4], [-1, -1, -1, -1])
         """
@@ -334,8 +323,8 @@ class CrossBatchMemory(nn.Module):
         Args:
             feats: ``[B, dim]`` floating features (any device; detached on storage).
             labels: ``[B]`` integer labels (tensor, sequence or NumPy array).
-            modalities: ``[B]`` modalities in any form :mod:`sdmreid.modality` accepts, or
-                ``None`` (stored as ``-1``, unknown).
+            modalities: ``[B]`` modalities in any form :mod:`sdmreid.modality` accepts, one
+                modality for every row, or ``None`` (stored as ``-1``, unknown).
             keep: which rows to store (default all): a modality, a collection of modalities, a
                 ``[B]`` boolean mask (tensor, NumPy array or sequence of ``bool``), or a callable
                 mapping the ``[B]`` ``int64`` modality tensor to such a mask. All forms but the
@@ -349,7 +338,8 @@ class CrossBatchMemory(nn.Module):
         Raises:
             ValueError: wrong shape or dim, label/feature length mismatch, non-integer labels,
                 an unknown modality, ``keep`` that needs ``modalities`` without them, or (with
-                ``on_nonfinite="raise"``) NaN/Inf in a selected row. The memory is unchanged.
+                ``on_nonfinite="raise"``) NaN/Inf in a selected row as stored (after the
+                conversion to the storage dtype). The memory is unchanged.
             TypeError: ``feats`` is not a floating tensor, or ``keep`` is of an unusable type.
 
         Example:
@@ -360,8 +350,11 @@ class CrossBatchMemory(nn.Module):
             2
             >>> mem.enqueue(torch.zeros(0, 2), [])  # an empty step still counts
             0
-            >>> mem.labels().tolist(), mem.steps_seen
+            >>> mem.view().labels.tolist(), mem.steps_seen
             ([7, 9], 2)
+            >>> _ = mem.enqueue(torch.ones(2, 2), [5, 6], modalities="nir")  # one for all rows
+            >>> mem.view().modalities.tolist()
+            [1, 1]
         """
         with torch.no_grad():
             feats, label_t, mods = self._check_batch(feats, labels, modalities)
@@ -370,9 +363,12 @@ class CrossBatchMemory(nn.Module):
             if gather and is_dist():
                 feats, label_t, mods = self._gather(feats, label_t, mods, idx)
                 idx = None
+            # Convert before the finiteness test, so that it sees the values that would be
+            # stored: a float16 storage turns a finite 1e5 into Inf.
+            feats = feats.to(self._storage_dtype(feats))
+            idx = self._finite_selection(feats, idx)
             if not self._r.materialised:
                 self._materialise(feats)
-            idx = self._finite_selection(feats, idx)
             n = feats.shape[0] if idx is None else int(idx.numel())
             self._store(feats, label_t, mods, idx, n)
             return n
@@ -403,7 +399,12 @@ class CrossBatchMemory(nn.Module):
                 f"got {tuple(labels.shape)}"
             )
         mods: torch.Tensor | None = None
-        if modalities is not None:
+        if isinstance(modalities, (Modality, str, int, np.integer)) or (
+            isinstance(modalities, torch.Tensor) and modalities.ndim == 0
+        ):
+            code = int(parse_modality(modalities))
+            mods = torch.full((b,), code, dtype=torch.int64, device=feats.device)
+        elif modalities is not None:
             mods = _modality_codes(modalities)
             if mods.shape != (b,):
                 raise ValueError(
@@ -477,14 +478,16 @@ class CrossBatchMemory(nn.Module):
             feats = feats.index_select(0, idx)
             labels = labels.index_select(0, idx.to(labels.device))
             mods = mods.index_select(0, idx.to(mods.device))
-        target = (
-            self._r.feats.dtype if (self._r.materialised or self._r.dtype_fixed) else feats.dtype
-        )
         return (
-            all_gather_no_grad(feats.to(target)),
+            all_gather_no_grad(feats.to(self._storage_dtype(feats))),
             all_gather_no_grad(labels.to(torch.int64)),
             all_gather_no_grad(mods.to(torch.int64)),
         )
+
+    def _storage_dtype(self, feats: torch.Tensor) -> torch.dtype:
+        """The dtype ``feats`` is stored in: fixed by then, or else the batch's own."""
+        r = self._r
+        return r.feats.dtype if (r.materialised or r.dtype_fixed) else feats.dtype
 
     def _finite_selection(
         self, feats: torch.Tensor, idx: torch.Tensor | None
@@ -653,9 +656,10 @@ class CrossBatchMemory(nn.Module):
         self, destination: dict[str, Any], prefix: str, keep_vars: bool
     ) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "features"] = self.features(copy=True)
-        destination[prefix + "labels"] = self.labels(copy=True)
-        destination[prefix + "modalities"] = self.modalities(copy=True)
+        view = self.view(copy=True)
+        destination[prefix + "features"] = view.features
+        destination[prefix + "labels"] = view.labels
+        destination[prefix + "modalities"] = view.modalities
         destination[prefix + "step_ids"] = self._step_ids()
         destination[prefix + "counters"] = torch.tensor(
             [self._r.steps_seen, int(self._r.materialised), self._r.capacity], dtype=torch.int64
@@ -674,71 +678,141 @@ class CrossBatchMemory(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        # Everything is checked before anything is assigned: a refused checkpoint leaves the
+        # memory as it was.
         missing = [prefix + k for k in _STATE_KEYS if prefix + k not in state_dict]
         if missing:
             missing_keys.extend(missing)
             return
         if strict:
-            for key in state_dict:
-                name = key[len(prefix) :]
-                if key.startswith(prefix) and "." not in name and name not in _STATE_KEYS:
-                    unexpected_keys.append(key)
-        feats = state_dict[prefix + "features"]
-        labels = state_dict[prefix + "labels"]
-        mods = state_dict[prefix + "modalities"]
-        step_ids = state_dict[prefix + "step_ids"].to("cpu", torch.int64)
-        counters = [int(v) for v in state_dict[prefix + "counters"].tolist()]
-        config = [int(v) for v in state_dict[prefix + "config"].tolist()]
-        mine = [self.dim, self.max_steps or 0, self.max_items or 0]
-        if config != mine:
-            error_msgs.append(
-                f"{prefix}config: checkpoint has (dim, max_steps, max_items)={tuple(config)}, "
-                f"this memory has {tuple(mine)}"
-            )
+            unexpected = [
+                key
+                for key in state_dict
+                if key.startswith(prefix)
+                and "." not in key[len(prefix) :]
+                and key[len(prefix) :] not in _STATE_KEYS
+            ]
+            if unexpected:
+                unexpected_keys.extend(unexpected)
+                return
+        try:
+            saved = self._checked_state({k: state_dict[prefix + k] for k in _STATE_KEYS})
+        except ValueError as exc:
+            error_msgs.append(f"{prefix}{exc}")
             return
-        m = int(feats.shape[0]) if feats.ndim == 2 else -1
-        if (
-            feats.ndim != 2
-            or feats.shape[1] != self.dim
-            or labels.shape != (m,)
-            or mods.shape != (m,)
-            or step_ids.shape != (m,)
-        ):
-            error_msgs.append(
-                f"{prefix}features/labels/modalities/step_ids: inconsistent shapes "
-                f"{tuple(feats.shape)}, {tuple(labels.shape)}, {tuple(mods.shape)}, "
-                f"{tuple(step_ids.shape)}"
-            )
-            return
-        steps_seen, materialised, capacity = counters
-        lowest = max(0, steps_seen - (self.max_steps or steps_seen))
-        if m and (int(step_ids.min()) < lowest or int(step_ids.max()) >= steps_seen):
-            error_msgs.append(
-                f"{prefix}step_ids: ids must lie in [{lowest}, {steps_seen}) for "
-                f"steps_seen={steps_seen}"
-            )
-            return
-        fixed = self._r.materialised
-        dtype = self._r.feats.dtype if (fixed or self._r.dtype_fixed) else feats.dtype
-        device = self._r.feats.device if (fixed or self._r.device_fixed) else feats.device
+        r = self._r
         self.reset()
-        if materialised or fixed:
-            self._allocate(max(capacity, m, self.max_items or 0), dtype, device)
-            self._r.materialised = True
-            self._r.feats[:m].copy_(feats)
-            self._r.labels[:m].copy_(labels)
-            self._r.mods[:m].copy_(mods)
-            self._r.start, self._r.end = 0, m
-        self._r.steps_seen = steps_seen
+        m = saved.features.shape[0]
+        if saved.materialised or r.materialised:
+            dtype, device = saved.features.dtype, saved.features.device
+            self._allocate(max(saved.capacity, m, self.max_items or 0), dtype, device)
+            r.materialised = True
+            r.feats[:m].copy_(saved.features)
+            r.labels[:m].copy_(saved.labels)
+            r.mods[:m].copy_(saved.modalities)
+            r.start, r.end = 0, m
+        r.steps_seen = saved.steps_seen
+        step_ids = saved.step_ids
         if self.max_items is None:
-            first = max(0, steps_seen - (self.max_steps or 0))
-            counts = torch.bincount(step_ids - first, minlength=steps_seen - first).tolist()
-            self._r.segments.extend([first + i, int(c)] for i, c in enumerate(counts))
+            first = max(0, saved.steps_seen - (self.max_steps or 0))
+            counts = torch.bincount(step_ids - first, minlength=saved.steps_seen - first).tolist()
+            r.segments.extend([first + i, int(c)] for i, c in enumerate(counts))
         else:
             uniq, counts_t = torch.unique_consecutive(step_ids, return_counts=True)
-            self._r.segments.extend(
+            r.segments.extend(
                 [int(s), int(c)] for s, c in zip(uniq.tolist(), counts_t.tolist(), strict=True)
             )
+
+    def _checked_state(self, state: Mapping[str, Any]) -> _SavedState:
+        """The checkpoint's window, validated and converted to this memory's storage dtype."""
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{key} must be a tensor, got {type(value).__name__}")
+        for key in ("labels", "modalities", "step_ids", "counters", "config"):
+            t = state[key]
+            if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+                raise ValueError(f"{key} must hold integers, got dtype {t.dtype}")
+        if state["config"].shape != (3,) or state["counters"].shape != (3,):
+            raise ValueError(
+                "config and counters must have 3 entries each, got shapes "
+                f"{tuple(state['config'].shape)} and {tuple(state['counters'].shape)}"
+            )
+        config = [int(v) for v in state["config"].tolist()]
+        mine = [self.dim, self.max_steps or 0, self.max_items or 0]
+        if config != mine:
+            raise ValueError(
+                f"config: checkpoint has (dim, max_steps, max_items)={tuple(config)}, "
+                f"this memory has {tuple(mine)}"
+            )
+        steps_seen, materialised, capacity = (int(v) for v in state["counters"].tolist())
+        if steps_seen < 0 or materialised not in (0, 1) or capacity < 0:
+            raise ValueError(
+                "counters must be (steps_seen >= 0, materialised 0 or 1, capacity >= 0), got "
+                f"{(steps_seen, materialised, capacity)}"
+            )
+        feats, labels, mods = state["features"], state["labels"], state["modalities"]
+        step_ids = state["step_ids"].to("cpu", torch.int64)
+        if not feats.is_floating_point() or feats.ndim != 2 or feats.shape[1] != self.dim:
+            raise ValueError(
+                f"features must be a floating [M, {self.dim}] tensor, got dtype {feats.dtype} "
+                f"shape {tuple(feats.shape)}"
+            )
+        m = feats.shape[0]
+        if labels.shape != (m,) or mods.shape != (m,) or step_ids.shape != (m,):
+            raise ValueError(
+                f"labels, modalities and step_ids must have shape [{m}] like features, got "
+                f"{tuple(labels.shape)}, {tuple(mods.shape)}, {tuple(step_ids.shape)}"
+            )
+        if self.max_items is not None and m > self.max_items:
+            raise ValueError(f"features has {m} rows, more than max_items={self.max_items}")
+        if m and not materialised:
+            raise ValueError(f"counters say the memory never stored a row, but it holds {m}")
+        if m and (int(mods.min()) < UNKNOWN_MODALITY or int(mods.max()) >= len(Modality)):
+            raise ValueError(
+                f"modalities must be codes in {UNKNOWN_MODALITY}..{len(Modality) - 1}, got "
+                f"values in {int(mods.min())}..{int(mods.max())}"
+            )
+        # Rows are grouped by step, oldest first, and only steps the window can hold appear.
+        lowest = max(0, steps_seen - (self.max_steps or steps_seen))
+        if m and (
+            int(step_ids.min()) < lowest
+            or int(step_ids.max()) >= steps_seen
+            or bool((step_ids[1:] < step_ids[:-1]).any())
+        ):
+            raise ValueError(
+                f"step_ids must be non-decreasing and lie in [{lowest}, {steps_seen}) for "
+                f"steps_seen={steps_seen}"
+            )
+        r = self._r
+        dtype = r.feats.dtype if (r.materialised or r.dtype_fixed) else feats.dtype
+        device = r.feats.device if (r.materialised or r.device_fixed) else feats.device
+        feats = feats.to(device=device, dtype=dtype)
+        if not bool(torch.isfinite(feats).all()):
+            raise ValueError(
+                f"features holds NaN or Inf values as {dtype} (the storage dtype); nothing was "
+                "loaded"
+            )
+        return _SavedState(
+            feats,
+            labels.to(torch.int64),
+            mods.to(torch.int64),
+            step_ids,
+            steps_seen,
+            bool(materialised),
+            capacity,
+        )
+
+
+class _SavedState(NamedTuple):
+    """A validated checkpoint window (see :meth:`CrossBatchMemory._checked_state`)."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    modalities: torch.Tensor
+    step_ids: torch.Tensor
+    steps_seen: int
+    materialised: bool
+    capacity: int
 
 
 def _modality_codes(modalities: Any) -> torch.Tensor:

@@ -8,6 +8,7 @@ the last N rows (item mode).
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 
 import numpy as np
@@ -83,7 +84,7 @@ def _worker(rank: int) -> dict:
         args, kwargs = enqueue_args(batch)
         step_mem.enqueue(*args, **kwargs, gather=True)
         item_mem.enqueue(*args, **kwargs, gather=True)
-        history.append([t.clone() for m in (step_mem, item_mem) for t in m.get()])
+        history.append([t for m in (step_mem, item_mem) for t in m.view(copy=True)])
     # A NaN in a kept row on rank 1 only: both ranks must raise (no hang), memory unchanged.
     feats = torch.zeros(2, DIM)
     if rank == 1:
@@ -93,7 +94,21 @@ def _worker(rank: int) -> dict:
         step_mem.enqueue(feats, [1, 2], gather=True)
     except ValueError:
         raised = True
-    return {"history": history, "raised": raised, "steps_seen": step_mem.steps_seen}
+    # A value that is finite as sent but Inf in the float16 storage, on rank 0 only: both ranks
+    # test the gathered rows as stored, so both drop the same row.
+    half = CrossBatchMemory(DIM, max_items=MAX_ITEMS, dtype=torch.float16, on_nonfinite="drop")
+    feats = torch.full((2, DIM), float(rank))
+    if rank == 0:
+        feats[1, 0] = 1e5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        half.enqueue(feats, [10 * rank, 10 * rank + 1], gather=True)
+    return {
+        "history": history,
+        "raised": raised,
+        "steps_seen": step_mem.steps_seen,
+        "half_labels": half.view().labels.tolist(),
+    }
 
 
 def test_gathered_memory_identical_on_all_ranks_and_matches_reference():
@@ -121,4 +136,5 @@ def test_gathered_memory_identical_on_all_ranks_and_matches_reference():
         for a, b in zip(results[0]["history"][step], results[1]["history"][step], strict=True):
             assert torch.equal(a, b)
     assert all(r["raised"] for r in results)
+    assert all(r["half_labels"] == [0, 10, 11] for r in results)
     assert all(r["steps_seen"] == STEPS for r in results)
