@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdmreid.schedules import STAGE_OFF, HeadLRSwitch, Rollback, SDMWeightScheduler
+from tests.strategies import corrupted_states
 
 # --- independent references -------------------------------------------------------------------
 
@@ -185,6 +187,7 @@ def test_state_round_trip(warmup: int, schedule: list[float], rb_epochs: list[in
     state = torch.load(buf, weights_only=True)
     b = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=3)
     b.load_state_dict(state)
+    assert b.state_dict() == a.state_dict()
     assert b.rollbacks == a.rollbacks
     for e in range(1, 21):
         assert b.weight(e) == a.weight(e)
@@ -200,7 +203,7 @@ def test_load_state_strict_config_mismatch() -> None:
     b.load_state_dict(a.state_dict(), strict=False)
     assert b.schedule == (0.2, 0.4)
     assert [b.weight(e) for e in (2, 3, 4)] == [0.2, 0.2, 0.2]  # capped at stage 0 from epoch 3
-    with pytest.raises(ValueError, match="rollback record"):
+    with pytest.raises(ValueError, match=r"state\[.rollbacks.\]\[0\]: to_stage"):
         a.load_state_dict({**a.state_dict(), "rollbacks": [[3, 2, 0]]})
 
 
@@ -330,17 +333,206 @@ def test_switch_errors() -> None:
         HeadLRSwitch(opt, group=0).step(0)
 
 
-def test_rollback_without_epoch_uses_latest_queried_epoch() -> None:
+# --- epochs are passed, never remembered ---------------------------------------------------------
+
+
+def test_rollback_requires_its_epoch() -> None:
     s = SDMWeightScheduler()
-    with pytest.raises(ValueError, match="epoch must be given"):
-        s.rollback()
-    assert [s.weight(e) for e in (1, 2, 3)] == [0.0, 0.1, 0.3]
-    s.weight(2)  # asking about an earlier epoch does not move "latest" back
-    rb = s.rollback()
-    assert (rb.epoch, rb.from_stage, rb.to_stage) == (3, 1, 0)
-    assert [s.weight(e) for e in (2, 3, 4, 9)] == [0.1, 0.1, 0.1, 0.1]
-    # the latest epoch (now 9) survives a checkpoint round trip
-    t = SDMWeightScheduler()
-    t.load_state_dict(s.state_dict())
-    assert t.rollback().epoch == 9
-    assert t.weight(9) == 0.0
+    s.weight(3)  # asking about an epoch records nothing a later rollback could use
+    with pytest.raises(TypeError, match="epoch"):
+        s.rollback()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="epoch"):
+        s.rollback(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="epoch"):
+        s.rollback("3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"epoch \(numbered from 1\) must be >= 1"):
+        s.rollback(0)
+    assert s.rollbacks == ()
+    assert "latest_epoch" not in s.state_dict()
+
+
+QUERIES = st.lists(
+    st.tuples(
+        st.sampled_from(["weight", "weight_step", "use_sdm", "log_line", "stage", "nominal"]),
+        st.integers(1, 20),
+        st.integers(0, 12),
+    ),
+    max_size=12,
+)
+
+
+def ask(s: SDMWeightScheduler, query: tuple[str, int, int]) -> object:
+    kind, epoch, step = query
+    if kind == "weight":
+        return s.weight(epoch)
+    if kind == "weight_step":
+        return s.weight(epoch, step=step)
+    if kind == "use_sdm":
+        return s.use_sdm(epoch)
+    if kind == "log_line":
+        return s.log_line(epoch, step)
+    if kind == "stage":
+        return s.stage(epoch)
+    return s.nominal_stage(epoch)
+
+
+@given(
+    st.integers(0, 3),
+    schedules,
+    st.integers(0, 4),
+    st.lists(st.integers(1, 15), max_size=3).map(sorted),
+    QUERIES,
+    st.randoms(use_true_random=False),
+)
+def test_queries_are_pure(
+    warmup: int,
+    schedule: list[float],
+    ramp: int,
+    rb_epochs: list[int],
+    queries: list[tuple[str, int, int]],
+    random: Any,
+) -> None:
+    def build() -> SDMWeightScheduler:
+        s = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=ramp)
+        for e in rb_epochs:
+            s.rollback(e)
+        return s
+
+    s = build()
+    before = s.state_dict()
+    answers = [ask(s, q) for q in queries]
+    assert s.state_dict() == before  # asking records nothing
+    order = list(range(len(queries)))
+    random.shuffle(order)
+    fresh = build()
+    shuffled = {i: ask(fresh, queries[i]) for i in order}
+    assert [shuffled[i] for i in range(len(queries))] == answers  # nor depends on the order
+
+
+# --- a refused load_state_dict changes nothing -------------------------------------------------
+
+
+SCHEDULER_BAD_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "warmup_epochs": st.sampled_from([-1, 1.5, "1", None, True, 7]),
+    "schedule": st.sampled_from([[], [-1.0, 0.3, 0.5], "abc", [0.2], [0.1, math.nan, 0.5], 3]),
+    "ramp_steps": st.sampled_from([-1, 2.5, "2", 99]),
+    "rollbacks": st.sampled_from(
+        [
+            "abc",
+            None,
+            [[3, 2, 0]],  # to_stage is not one below from_stage
+            [[3, 0, -1]],  # from_stage is not the stage in force at epoch 3 (1)
+            [[0, -1, -1]],
+            [["3", 1, 0]],
+            [[3.0, 1, 0]],
+            [[3, 1]],
+            [[5, 2, 1], [3, 1, 0]],  # epochs decrease
+            [[3, 1, 0], "x"],
+        ]
+    ),
+}
+SCHEDULER_KEYS = ("warmup_epochs", "schedule", "ramp_steps", "rollbacks")
+SCHEDULER_DEFECTS = [*({k: v} for k, v in SCHEDULER_BAD_VALUES.items()), "missing", "unknown"]
+
+
+@pytest.mark.parametrize("defect", SCHEDULER_DEFECTS, ids=str)
+@given(
+    st.lists(st.integers(1, 12), max_size=4).map(sorted),
+    st.lists(st.integers(1, 12), min_size=1, max_size=4).map(sorted),
+    st.data(),
+)
+def test_scheduler_refused_load_leaves_state_unchanged(
+    defect: Any, mine: list[int], theirs: list[int], data: st.DataObject
+) -> None:
+    target, other = SDMWeightScheduler(ramp_steps=2), SDMWeightScheduler(ramp_steps=2)
+    for e in mine:
+        target.rollback(e)
+    for e in theirs:
+        other.rollback(e)
+    before = target.state_dict()
+    bad = data.draw(
+        corrupted_states(
+            other.state_dict(),
+            defect if isinstance(defect, dict) else {},
+            required=SCHEDULER_KEYS if defect == "missing" else (),
+            unknown_key=defect == "unknown",
+        )
+    )
+    with pytest.raises((ValueError, TypeError)):
+        target.load_state_dict(bad)
+    assert target.state_dict() == before
+
+
+@pytest.mark.parametrize("latest", ["abc", 3, None])
+def test_scheduler_refuses_a_latest_epoch_key(latest: object) -> None:
+    other = SDMWeightScheduler()
+    other.rollback(3)
+    target = SDMWeightScheduler()
+    with pytest.raises(ValueError, match="latest_epoch"):
+        target.load_state_dict({**other.state_dict(), "latest_epoch": latest})
+    assert target.rollbacks == ()
+
+
+def test_scheduler_non_strict_load_needs_only_the_history() -> None:
+    a = SDMWeightScheduler(schedule=(0.1, 0.3, 0.5))
+    a.rollback(4)
+    b = SDMWeightScheduler(schedule=(0.2, 0.4, 0.6, 0.8))
+    b.load_state_dict({"rollbacks": a.state_dict()["rollbacks"]}, strict=False)
+    assert b.rollbacks == a.rollbacks
+    with pytest.raises(ValueError, match="missing 'warmup_epochs'"):
+        b.load_state_dict({"rollbacks": []})
+    with pytest.raises(TypeError, match=r"state\['ramp_steps'\]"):
+        b.load_state_dict({"rollbacks": [], "ramp_steps": "0"}, strict=False)
+    assert b.rollbacks == a.rollbacks
+
+
+def _switch_with_state() -> tuple[torch.optim.Optimizer, HeadLRSwitch]:
+    opt = _make_opt()
+    sw = HeadLRSwitch(opt, group="head", lr=3e-3, from_epoch=2)
+    return opt, sw
+
+
+SWITCH_BAD_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "group": st.sampled_from(["classifier", 7, -1, True, None, 1.5]),
+    "lr": st.sampled_from([-1.0, math.nan, math.inf, "0.1", None, True]),
+    "from_epoch": st.sampled_from([0, -1, 2.0, None, "3"]),
+    # other's state below has from_epoch=3, switched_at=4, replaced_lr=0.1
+    "switched_at": st.sampled_from([0, 1, 2, "4", 4.0, True, None]),
+    "replaced_lr": st.sampled_from([-1.0, math.nan, "x", None]),
+}
+SWITCH_KEYS = ("group", "lr", "from_epoch", "switched_at", "replaced_lr")
+SWITCH_DEFECTS = [*({k: v} for k, v in SWITCH_BAD_VALUES.items()), "missing", "unknown"]
+
+
+@pytest.mark.parametrize("defect", SWITCH_DEFECTS, ids=str)
+@given(st.integers(1, 4), st.data())
+def test_switch_refused_load_leaves_state_unchanged(
+    defect: Any, stepped: int, data: st.DataObject
+) -> None:
+    opt, target = _switch_with_state()
+    target.step(stepped)
+    before = target.state_dict()
+    other = HeadLRSwitch(_make_opt(), group="backbone", lr=1e-3, from_epoch=3)
+    other.step(4)
+    bad = data.draw(
+        corrupted_states(
+            other.state_dict(),
+            defect if isinstance(defect, dict) else {},
+            required=SWITCH_KEYS if defect == "missing" else (),
+            unknown_key=defect == "unknown",
+        )
+    )
+    with pytest.raises((ValueError, TypeError)):
+        target.load_state_dict(bad)
+    assert target.state_dict() == before
+    assert target.param_group is opt.param_groups[1]  # still switches the head group
+
+
+def test_switch_keeps_its_group_after_refusing_a_bad_name() -> None:
+    opt, sw = _switch_with_state()
+    with pytest.raises(ValueError, match="classifier"):
+        sw.load_state_dict({**sw.state_dict(), "group": "classifier"})
+    assert sw.group == "head"
+    sw.step(2)
+    assert opt.param_groups[1]["lr"] == 3e-3
+    assert opt.param_groups[0]["lr"] == 0.1

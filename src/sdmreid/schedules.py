@@ -9,22 +9,29 @@ training logs. With ``warmup_epochs=W`` and ``schedule=(w_0, ..., w_{S-1})``:
 
 With the defaults (``W=1``, ``(0.1, 0.3, 0.5)``): epoch 1 → 0.0, 2 → 0.1, 3 → 0.3, ≥ 4 → 0.5.
 
-**Rollback.** ``rollback(epoch)`` (or ``rollback()``: the latest epoch queried) lowers the stage
-in force at ``epoch`` by one and *caps* every later epoch at that lowered stage: the schedule does
-not climb back to the weight that misbehaved. Rolling back from the first stage (or during
-warm-up) turns SDM off for good. Rollbacks are sticky, recorded as :class:`Rollback` entries with
-their epoch, and saved by :meth:`SDMWeightScheduler.state_dict`; epochs before a rollback keep
-their original weights, so ``weight(epoch)`` stays a pure function of the epoch and the recorded
-history.
+**Rollback.** ``rollback(epoch)`` lowers the stage in force at ``epoch`` by one and *caps* every
+later epoch at that lowered stage: the schedule does not climb back to the weight that
+misbehaved. Rolling back from the first stage (or during warm-up) turns SDM off for good.
+Rollbacks are sticky, recorded as :class:`Rollback` entries with their epoch, and saved by
+:meth:`SDMWeightScheduler.state_dict`; epochs before a rollback keep their original weights.
+
+**Queries are pure.** ``weight``, ``use_sdm``, ``stage`` and ``log_line`` are functions of their
+arguments and the recorded rollbacks: asking changes nothing, in any order. The only change of
+state is ``rollback(epoch)``, which therefore always names its epoch.
 
 **Per-step ramp.** With ``ramp_steps=R > 0``, ``weight(epoch, step=s)`` (``s`` counted from 0 within
 the epoch) moves linearly from the previous epoch's weight to this epoch's over the first ``R``
 steps: ``prev + (cur - prev) * min(1, (s + 1) / R)``. Only increases are ramped; a lower weight
 (after a rollback) applies at once. ``weight(epoch)`` without ``step`` is the epoch's full weight.
 
-:class:`HeadLRSwitch` sets one named optimizer param group's learning rate from a given epoch on
-(the classifier head drops to ``3e-3`` at epoch 2, because its weight norm grew 7 → 35 without it).
-See its docstring for how it coexists with :mod:`torch.optim.lr_scheduler` schedulers.
+:class:`HeadLRSwitch` sets one named optimizer param group's learning rate from a given epoch on.
+The recipe lowers the classifier head to ``3e-3`` from epoch 2: at the backbone's rate the head's
+weight norm keeps growing once the training identities are separated, inflating its logits
+without improving the embedding. See its docstring for how it coexists with
+:mod:`torch.optim.lr_scheduler` schedulers.
+
+Both classes check a whole state in ``load_state_dict`` before changing anything: a refused state
+leaves the object exactly as it was.
 """
 
 from __future__ import annotations
@@ -57,8 +64,28 @@ def _check_lr(name: str, lr: object) -> float:
     return float(lr)
 
 
-def _check_epoch(epoch: object) -> int:
-    return check_int("epoch (numbered from 1)", epoch, 1)
+def _check_epoch(epoch: object, name: str = "epoch") -> int:
+    return check_int(f"{name} (numbered from 1)", epoch, 1)
+
+
+def _check_state_keys(
+    state: object, owner: str, required: Sequence[str], optional: Sequence[str] = ()
+) -> Mapping[str, Any]:
+    """``state`` as a mapping holding every ``required`` key and nothing unknown."""
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"state must be a mapping from {owner}.state_dict(), got {type(state).__name__}"
+        )
+    unknown = sorted(map(repr, set(state) - {*required, *optional}))
+    if unknown:
+        raise ValueError(
+            f"state has unknown keys {', '.join(unknown)}; {owner} state keys are "
+            f"{', '.join(map(repr, [*required, *optional]))}"
+        )
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"state is missing {', '.join(map(repr, missing))}")
+    return state
 
 
 @dataclass(frozen=True)
@@ -115,21 +142,20 @@ class SDMWeightScheduler:
         self._schedule = self._check_schedule(schedule)
         self._ramp_steps = check_int("ramp_steps", ramp_steps, 0)
         self._rollbacks: list[Rollback] = []
-        self._latest_epoch: int | None = None
 
     @staticmethod
-    def _check_schedule(schedule: object) -> tuple[float, ...]:
+    def _check_schedule(schedule: object, name: str = "schedule") -> tuple[float, ...]:
         if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence):
-            raise TypeError(f"schedule must be a sequence of floats, got {type(schedule).__name__}")
+            raise TypeError(f"{name} must be a sequence of floats, got {type(schedule).__name__}")
         if len(schedule) == 0:
-            raise ValueError("schedule must be non-empty, got an empty sequence")
+            raise ValueError(f"{name} must be non-empty, got an empty sequence")
         out: list[float] = []
         for i, w in enumerate(schedule):
             if isinstance(w, bool) or not isinstance(w, (int, float)):
-                raise TypeError(f"schedule[{i}] must be a float, got {type(w).__name__}")
+                raise TypeError(f"{name}[{i}] must be a float, got {type(w).__name__}")
             wf = float(w)
             if not math.isfinite(wf) or wf < 0.0:
-                raise ValueError(f"schedule[{i}] must be finite and >= 0, got {w!r}")
+                raise ValueError(f"{name}[{i}] must be finite and >= 0, got {w!r}")
             out.append(wf)
         return tuple(out)
 
@@ -169,20 +195,23 @@ class SDMWeightScheduler:
             >>> SDMWeightScheduler().stage(1), SDMWeightScheduler().stage(7)
             (-1, 2)
         """
+        return self._capped_stage(epoch, self._rollbacks)
+
+    def _capped_stage(self, epoch: int, rollbacks: Sequence[Rollback]) -> int:
         s = self.nominal_stage(epoch)
-        for rb in self._rollbacks:
+        for rb in rollbacks:
             if rb.epoch <= epoch:
                 s = min(s, rb.to_stage)
         return s
 
     def _epoch_weight(self, epoch: int) -> float:
         s = self.stage(epoch)
-        if self._latest_epoch is None or epoch > self._latest_epoch:
-            self._latest_epoch = epoch
         return 0.0 if s == STAGE_OFF else self._schedule[s]
 
     def weight(self, epoch: int, step: int | None = None) -> float:
         """SDM weight at ``epoch`` (and ``step`` within it, counted from 0, when ramping).
+
+        A pure query: it records nothing, so it may be asked about any epoch in any order.
 
         Example:
             >>> s = SDMWeightScheduler(ramp_steps=4)
@@ -226,23 +255,21 @@ class SDMWeightScheduler:
         return f"[sdm] epoch={epoch} weight={w:.3f} use_sdm={self.use_sdm(epoch)}"
 
     # -- rollback -----------------------------------------------------------------------------
-    def rollback(self, epoch: int | None = None) -> Rollback:
+    def rollback(self, epoch: int) -> Rollback:
         """Lower the stage in force at ``epoch`` by one, for ``epoch`` and every later epoch.
 
         Args:
-            epoch: Epoch (from 1) from which the lower stage applies; must not precede the last
-                recorded rollback (history is append-only). Omitted: the latest epoch this
-                scheduler has been asked about through :meth:`weight`, :meth:`use_sdm` or
-                :meth:`log_line` (the epoch being trained, in a normal loop) — pass it explicitly
-                when you can.
+            epoch: Epoch (from 1) from which the lower stage applies — the epoch being trained
+                when the decision is taken. It must not precede the last recorded rollback
+                (history is append-only).
 
         Returns:
             The recorded :class:`Rollback`. Rolling back when SDM is already off records a no-op
             entry (``from_stage == to_stage == -1``).
 
         Raises:
-            ValueError: ``epoch`` is omitted and the scheduler has not been queried yet, or
-                ``epoch`` precedes the last recorded rollback.
+            TypeError: ``epoch`` is missing or not an integer.
+            ValueError: ``epoch < 1``, or ``epoch`` precedes the last recorded rollback.
 
         Example:
             >>> s = SDMWeightScheduler()
@@ -250,19 +277,7 @@ class SDMWeightScheduler:
             Rollback(epoch=2, from_stage=0, to_stage=-1)
             >>> s.use_sdm(2), s.use_sdm(10)
             (False, False)
-            >>> t = SDMWeightScheduler()
-            >>> t.weight(3)
-            0.3
-            >>> t.rollback()  # the latest epoch asked about: 3
-            Rollback(epoch=3, from_stage=1, to_stage=0)
         """
-        if epoch is None:
-            if self._latest_epoch is None:
-                raise ValueError(
-                    "epoch must be given: rollback() without an epoch applies from the latest "
-                    "epoch passed to weight()/use_sdm()/log_line(), and none has been yet"
-                )
-            epoch = self._latest_epoch
         e = _check_epoch(epoch)
         if self._rollbacks and e < self._rollbacks[-1].epoch:
             raise ValueError(
@@ -274,29 +289,40 @@ class SDMWeightScheduler:
         return rb
 
     # -- checkpointing --------------------------------------------------------------------------
+    _CONFIG_KEYS = ("warmup_epochs", "schedule", "ramp_steps")
+
     def state_dict(self) -> dict[str, Any]:
         """Configuration and rollback history as plain Python values.
 
         Example:
-            >>> SDMWeightScheduler().state_dict()["rollbacks"]
-            []
+            >>> SDMWeightScheduler().state_dict()
+            {'warmup_epochs': 1, 'schedule': [0.1, 0.3, 0.5], 'ramp_steps': 0, 'rollbacks': []}
         """
         return {
             "warmup_epochs": self._warmup,
             "schedule": list(self._schedule),
             "ramp_steps": self._ramp_steps,
             "rollbacks": [[r.epoch, r.from_stage, r.to_stage] for r in self._rollbacks],
-            "latest_epoch": self._latest_epoch,
         }
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Restore the rollback history from :meth:`state_dict`.
 
+        The whole state is checked before anything changes: a refused state leaves the
+        scheduler as it was.
+
         Args:
             state: A dict produced by :meth:`state_dict`.
-            strict: If true, a configuration (warm-up, schedule, ramp) different from this
-                scheduler's raises ``ValueError``; if false, this scheduler's configuration is
-                kept and only the rollback history is restored.
+            strict: If true, the state must hold this scheduler's configuration (warm-up,
+                schedule, ramp) and each rollback record must be the one this scheduler would
+                have recorded (its ``from_stage`` is the stage in force at its epoch). If false,
+                the configuration keys may be absent or differ (this scheduler's are kept) and
+                only the records' own consistency is checked.
+
+        Raises:
+            TypeError: ``state`` is not a mapping, or a value has the wrong type.
+            ValueError: A key is missing or unknown, the configuration differs (``strict``), or
+                a rollback record is invalid.
 
         Example:
             >>> a = SDMWeightScheduler(); _ = a.rollback(5)
@@ -304,28 +330,52 @@ class SDMWeightScheduler:
             >>> b.weight(6)
             0.3
         """
-        if not isinstance(state, Mapping) or "rollbacks" not in state:
-            raise ValueError("state must be a mapping from SDMWeightScheduler.state_dict()")
+        required = ("rollbacks", *self._CONFIG_KEYS) if strict else ("rollbacks",)
+        optional = () if strict else self._CONFIG_KEYS
+        state = _check_state_keys(state, "SDMWeightScheduler", required, optional)
+        theirs: dict[str, object] = {}
+        if "warmup_epochs" in state:
+            theirs["warmup_epochs"] = check_int("state['warmup_epochs']", state["warmup_epochs"], 0)
+        if "schedule" in state:
+            theirs["schedule"] = list(self._check_schedule(state["schedule"], "state['schedule']"))
+        if "ramp_steps" in state:
+            theirs["ramp_steps"] = check_int("state['ramp_steps']", state["ramp_steps"], 0)
         if strict:
             mine = self.state_dict()
-            for key in ("warmup_epochs", "schedule", "ramp_steps"):
-                theirs = list(state[key]) if key == "schedule" else state.get(key)
-                if theirs != mine[key]:
+            for key, value in theirs.items():
+                if value != mine[key]:
                     raise ValueError(
-                        f"state[{key!r}]={theirs!r} differs from this scheduler's {mine[key]!r}; "
+                        f"state[{key!r}]={value!r} differs from this scheduler's {mine[key]!r}; "
                         "pass strict=False to keep this configuration and restore the history"
                     )
-        rollbacks: list[Rollback] = []
-        last = 1
-        for item in state["rollbacks"]:
-            e, f, t = (int(x) for x in item)
-            if e < last or f < STAGE_OFF or t != max(f - 1, STAGE_OFF):
-                raise ValueError(f"invalid rollback record {list(item)!r} in state")
-            rollbacks.append(Rollback(epoch=e, from_stage=f, to_stage=t))
-            last = e
-        latest = state.get("latest_epoch")
-        self._rollbacks = rollbacks
-        self._latest_epoch = None if latest is None else int(latest)
+        self._rollbacks = self._check_rollbacks(state["rollbacks"], strict)
+
+    def _check_rollbacks(self, records: object, replay: bool) -> list[Rollback]:
+        """Rollback records of a state, checked; ``replay``: against this configuration."""
+        if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
+            raise TypeError(
+                f"state['rollbacks'] must be a list of [epoch, from_stage, to_stage], got "
+                f"{type(records).__name__}"
+            )
+        out: list[Rollback] = []
+        for i, item in enumerate(records):
+            name = f"state['rollbacks'][{i}]"
+            if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 3:
+                raise ValueError(f"{name} must be [epoch, from_stage, to_stage], got {item!r}")
+            e = _check_epoch(item[0], f"{name}[0]")
+            f = check_int(f"{name}[1]", item[1], STAGE_OFF)
+            t = check_int(f"{name}[2]", item[2], STAGE_OFF)
+            if out and e < out[-1].epoch:
+                raise ValueError(f"{name}: epochs must not decrease, got {e} after {out[-1].epoch}")
+            if t != max(f - 1, STAGE_OFF):
+                raise ValueError(f"{name}: to_stage must be one below from_stage, got {item!r}")
+            if replay and f != self._capped_stage(e, out):
+                raise ValueError(
+                    f"{name}: from_stage {f} is not the stage in force at epoch {e} "
+                    f"({self._capped_stage(e, out)}) under this configuration"
+                )
+            out.append(Rollback(epoch=e, from_stage=f, to_stage=t))
+        return out
 
     def __repr__(self) -> str:
         return (
@@ -425,12 +475,13 @@ class HeadLRSwitch:
 
     def step(self, epoch: int) -> bool:
         """Apply the switch for ``epoch``; returns whether the group's ``lr`` was changed."""
-        if not self.active(epoch):
+        e = _check_epoch(epoch)
+        if e < self.from_epoch:
             return False
         g = self.param_group
         old = float(g["lr"])
         if self.switched_at is None:
-            self.switched_at = epoch
+            self.switched_at = e
             self.replaced_lr = old
         if old == self.lr:
             return False
@@ -448,16 +499,34 @@ class HeadLRSwitch:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict` (the optimizer's own state holds the group's ``lr``)."""
+        """Restore from :meth:`state_dict` (the optimizer's own state holds the group's ``lr``).
+
+        The whole state is checked before anything changes: a refused state (say, a group name
+        this optimizer lacks) leaves the switch as it was.
+
+        Raises:
+            TypeError: ``state`` is not a mapping, or a value has the wrong type.
+            ValueError: A key is missing or unknown, the group is not found, or a value is out of
+                range (``switched_at`` before ``from_epoch``; ``switched_at`` and
+                ``replaced_lr`` not both set or both ``None``).
+        """
+        state = _check_state_keys(
+            state, "HeadLRSwitch", ("group", "lr", "from_epoch", "switched_at", "replaced_lr")
+        )
+        group = state["group"]
+        index = self._find_group(self.optimizer, group)
         lr = _check_lr("state['lr']", state["lr"])
-        self.group = state["group"]
-        self._index = self._find_group(self.optimizer, self.group)
-        self.lr = lr
-        self.from_epoch = check_int("state['from_epoch']", state["from_epoch"], 1)
-        sw = state["switched_at"]
-        self.switched_at = None if sw is None else int(sw)
-        rl = state["replaced_lr"]
-        self.replaced_lr = None if rl is None else float(rl)
+        from_epoch = _check_epoch(state["from_epoch"], "state['from_epoch']")
+        sw, rl = state["switched_at"], state["replaced_lr"]
+        if (sw is None) != (rl is None):
+            raise ValueError(
+                "state['switched_at'] and state['replaced_lr'] must both be set or both be None, "
+                f"got {sw!r} and {rl!r}"
+            )
+        switched_at = None if sw is None else check_int("state['switched_at']", sw, from_epoch)
+        replaced_lr = None if rl is None else _check_lr("state['replaced_lr']", rl)
+        self.group, self._index, self.lr, self.from_epoch = group, index, lr, from_epoch
+        self.switched_at, self.replaced_lr = switched_at, replaced_lr
 
     def __repr__(self) -> str:
         return (
