@@ -12,6 +12,7 @@ MODULES = [
     "reid_example.data.layouts",
     "reid_example.data.protocols",
     "reid_example.data.records",
+    "reid_example.data.splits",
     "reid_example.data.synthetic",
     "reid_example.data.text",
     "reid_example.data.transforms",

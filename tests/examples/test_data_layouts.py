@@ -1,4 +1,4 @@
-"""Real-layout loaders on tiny fixture trees written here; splits and protocols."""
+"""Real-layout loaders on tiny fixture trees written here."""
 
 from __future__ import annotations
 
@@ -6,25 +6,19 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from reid_example.data import (
     ImageDecodeError,
     RecordDataset,
-    ReIDRecord,
     collate_multimodal,
     eval_transform,
-    llcm_protocol,
     load_csv_manifest,
     load_json_manifest,
     load_llcm,
     load_regdb,
     load_sysu_mm01,
-    make_splits,
-    regdb_protocol,
-    sysu_protocol,
 )
 
 
@@ -234,125 +228,3 @@ def test_csv_manifest_and_dataset_roundtrip(tmp_path):
     path.write_text("path,label,modality,camera\nmissing.png,5,rgb,1\n")
     with pytest.raises(ImageDecodeError, match=re.escape("missing.png")):
         load_csv_manifest(path)
-
-
-# --- splits and protocols -----------------------------------------------------------------
-
-
-def _recs(ids, split="train"):
-    return [
-        ReIDRecord(f"{i}_{k}.png", None, i, -1, k % 2, 1 + k, split) for i in ids for k in range(4)
-    ]
-
-
-def test_make_splits_carves_val_from_train_only():
-    recs = _recs(range(10, 30)) + _recs(range(100, 105), "test")
-    s = make_splits(recs, val_fraction=0.25, seed=1)
-    tr, va, te = ({r.identity for r in x} for x in (s.train, s.val, s.test))
-    assert len(va) == 5 and len(tr) == 15 and te == set(range(100, 105))
-    assert not tr & va and not tr & te and not va & te
-    assert sorted(s.label_map) == sorted(tr) and sorted(s.label_map.values()) == list(range(15))
-    assert all(r.label == s.label_map[r.identity] for r in s.train)
-    assert all(r.label == -1 for r in s.val + s.test)
-    assert make_splits(recs, val_fraction=0.25, seed=1) == s
-    given = make_splits(recs + _recs([7], "val"))
-    assert {r.identity for r in given.val} == {7}
-    with pytest.raises(ValueError, match="identity 10"):
-        make_splits(recs + _recs([10], "test"))
-
-
-def test_sysu_protocol_matches_brute_force():
-    rng = np.random.default_rng(0)
-    n = 300
-    ids = rng.integers(0, 8, n)
-    cams = rng.integers(1, 7, n)
-    mods = np.where(np.isin(cams, [3, 6]), 1, 0)
-    for mode, gcams in (("all", {1, 2, 4, 5}), ("indoor", {1, 2})):
-        for shots in (1, 10):
-            p = sysu_protocol(ids, mods, cams, mode=mode, shots=shots, trial=3)
-            assert p.camera_rule == "sysu"
-            assert set(p.query.tolist()) == {i for i in range(n) if cams[i] in (3, 6)}
-            for pid in range(8):
-                for c in gcams:
-                    cand = [i for i in range(n) if ids[i] == pid and cams[i] == c]
-                    got = [i for i in p.gallery.tolist() if ids[i] == pid and cams[i] == c]
-                    assert len(got) == min(shots, len(cand)) and set(got) <= set(cand)
-            assert set(cams[p.gallery].tolist()) <= gcams
-            again = sysu_protocol(ids, mods, cams, mode=mode, shots=shots, trial=3)
-            assert np.array_equal(p.gallery, again.gallery)
-    a = sysu_protocol(ids, mods, cams, trial=0).gallery
-    assert any(
-        not np.array_equal(a, sysu_protocol(ids, mods, cams, trial=t).gallery) for t in (1, 2)
-    )
-
-
-def test_regdb_and_llcm_protocols():
-    mods = np.array([0, 1, 0, 1, 1])
-    v2t = regdb_protocol(mods)
-    assert v2t.query.tolist() == [0, 2] and v2t.gallery.tolist() == [1, 3, 4]
-    t2v = regdb_protocol(mods, direction="thermal_to_visible")
-    assert t2v.query.tolist() == [1, 3, 4]
-    with pytest.raises(ValueError, match="direction"):
-        regdb_protocol(mods, direction="up")
-    ids = np.array([1, 1, 1, 1, 2, 2])
-    cams = np.array([1, 1, 2, 3, 1, 3])
-    mods = np.array([0, 0, 0, 1, 0, 1])
-    p = llcm_protocol(ids, mods, cams)
-    assert p.query.tolist() == [3, 5] and p.camera_rule == "same_identity_camera"
-    g = p.gallery.tolist()
-    assert len(g) == 3 and 2 in g and 4 in g and len({0, 1} & set(g)) == 1
-
-
-# --- per-epoch protocols agree with the library's published evaluators --------------------------
-
-
-@pytest.mark.parametrize("trial", [0, 3])
-@pytest.mark.parametrize("mode", ["all", "indoor"])
-def test_sysu_protocol_trial_is_the_library_trial(trial: int, mode: str) -> None:
-    import torch
-    from reid_example.data.protocols import sysu_protocol
-    from reid_example.engine import evaluate_protocols
-
-    from sdmreid.evaluation import camera_pair_ignore, evaluate_retrieval, evaluate_sysu_mm01
-
-    rng = np.random.default_rng(trial)
-    n = 400
-    ids = rng.integers(0, 12, n)
-    cams = rng.integers(1, 7, n)
-    mods = np.where(np.isin(cams, [3, 6]), 1, 0)
-    feats = torch.from_numpy(rng.normal(size=(n, 16))).float() + torch.from_numpy(ids)[:, None]
-    p = sysu_protocol(ids, mods, cams, mode=mode, trial=trial)  # type: ignore[arg-type]
-
-    class DS:
-        identities, cameras = ids, cams
-
-    ours = evaluate_protocols(feats, DS, [p], evaluate_retrieval, camera_pair_ignore)[p.name]
-    lib = evaluate_sysu_mm01(feats, ids, cams, mode=mode, num_trials=trial + 1, seed=0)
-    want = lib.trials[trial]
-    assert ours["mAP"] == pytest.approx(float(want.mAP), abs=1e-6)
-    assert ours["rank1"] == pytest.approx(float(want.rank1), abs=1e-6)
-
-
-def test_llcm_protocol_trial_is_the_library_trial() -> None:
-    import torch
-    from reid_example.data.protocols import llcm_protocol
-    from reid_example.engine import evaluate_protocols
-
-    from sdmreid.evaluation import camera_pair_ignore, evaluate_llcm, evaluate_retrieval
-
-    rng = np.random.default_rng(5)
-    n = 300
-    ids = rng.integers(0, 10, n)
-    cams = rng.integers(1, 10, n)
-    mods = rng.integers(0, 2, n)
-    cams = np.where((mods == 1) & (cams == 3), 4, cams)  # LLCM has no NIR camera 3
-    feats = torch.from_numpy(rng.normal(size=(n, 16))).float() + torch.from_numpy(ids)[:, None]
-
-    class DS:
-        identities, cameras = ids, cams
-
-    lib = evaluate_llcm(feats, ids, cams, mods, direction="nir_to_rgb", num_trials=3, seed=0)
-    for t in range(3):
-        p = llcm_protocol(ids, mods, cams, direction="nir_to_vis", trial=t)
-        ours = evaluate_protocols(feats, DS, [p], evaluate_retrieval, camera_pair_ignore)[p.name]
-        assert ours["mAP"] == pytest.approx(float(lib.trials[t].mAP), abs=1e-6)

@@ -1,5 +1,6 @@
 """Data layer of the reference trainer: the embedded synthetic data set, real data-set layouts,
-tensor transforms, the caption tokenizer, splits/protocols and the multi-modal collate function.
+tensor transforms, the caption tokenizer, identity-disjoint splits and the multi-modal collate
+function.
 """
 
 from reid_example.data.collate import collate_multimodal
@@ -12,15 +13,6 @@ from reid_example.data.layouts import (
     load_sysu,
     load_sysu_mm01,
 )
-from reid_example.data.protocols import (
-    DataSplits,
-    RetrievalProtocol,
-    all_to_rgb_protocols,
-    llcm_protocol,
-    make_splits,
-    regdb_protocol,
-    sysu_protocol,
-)
 from reid_example.data.records import (
     ImageDecodeError,
     RecordDataset,
@@ -29,6 +21,7 @@ from reid_example.data.records import (
     load_image,
     remap_labels,
 )
+from reid_example.data.splits import DataSplits, make_splits
 from reid_example.data.synthetic import PRESETS, SyntheticMultiModalReID, SyntheticSpec
 from reid_example.data.text import WordTokenizer
 from reid_example.data.transforms import (
@@ -61,16 +54,13 @@ __all__ = [
     "RecordDataset",
     "RecordList",
     "Resize",
-    "RetrievalProtocol",
     "SyntheticMultiModalReID",
     "SyntheticSpec",
     "ToFloat",
     "WordTokenizer",
-    "all_to_rgb_protocols",
     "build_label_map",
     "collate_multimodal",
     "eval_transform",
-    "llcm_protocol",
     "load_csv_manifest",
     "load_image",
     "load_json_manifest",
@@ -79,9 +69,7 @@ __all__ = [
     "load_sysu",
     "load_sysu_mm01",
     "make_splits",
-    "regdb_protocol",
     "remap_labels",
     "sample_generator",
-    "sysu_protocol",
     "train_transform",
 ]

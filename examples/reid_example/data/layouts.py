@@ -1,7 +1,7 @@
 """Loaders for the on-disk layouts of real cross-modal ReID data sets.
 
 Each loader returns a :class:`RecordList` (a ``list`` of :class:`ReIDRecord` with a ``skipped``
-attribute). Labels are ``-1``; :func:`~reid_example.data.protocols.make_splits` assigns training
+attribute). Labels are ``-1``; :func:`~reid_example.data.splits.make_splits` assigns training
 class ids. Paths are absolute.
 
 Bad data is found at load time, in the main process, never deep in a DataLoader worker:

@@ -1,4 +1,7 @@
-"""Train/val/test splits and query/gallery index sets per evaluation protocol.
+"""Query/gallery index sets per evaluation protocol, for the trainer's per-epoch evaluation.
+
+Being retired: evaluation moves to :mod:`sdmreid.evaluation` (``evaluate_all_to_rgb`` and the
+SYSU-MM01/RegDB/LLCM presets); this module goes once the trainer evaluates through it.
 
 A :class:`RetrievalProtocol` names the query and gallery samples of one evaluation as index
 arrays into an evaluation dataset (whose ``identities``/``cameras`` arrays the evaluator reads).
@@ -24,16 +27,13 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from reid_example.data.records import ReIDRecord, build_label_map, remap_labels
 from sdmreid.evaluation import draw_gallery
 from sdmreid.modality import Modality
 
 __all__ = [
-    "DataSplits",
     "RetrievalProtocol",
     "all_to_rgb_protocols",
     "llcm_protocol",
-    "make_splits",
     "regdb_protocol",
     "sysu_protocol",
 ]
@@ -219,65 +219,3 @@ def llcm_protocol(
     # the library's seeded draw: trial t here is trial t of evaluate_llcm (seed 0)
     gallery = np.sort(draw_gallery(cand, ids, cams, shots=1, seed=trial))
     return RetrievalProtocol(name, query, gallery, qm, gm, "same_identity_camera", trial)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSplits:
-    """Identity-disjoint record lists. ``train`` carries contiguous labels (``label_map``);
-    ``val`` and ``test`` carry ``label=-1`` (their datasets number their own identities)."""
-
-    train: list[ReIDRecord]
-    val: list[ReIDRecord]
-    test: list[ReIDRecord]
-    label_map: dict[int, int]
-
-
-def make_splits(
-    records: Sequence[ReIDRecord],
-    *,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-) -> DataSplits:
-    """Group records by their ``split`` field; carve a validation split when none is given.
-
-    Records whose split is ``"val"`` form the validation set. When there are none, a seeded
-    ``val_fraction`` of the training identities (at least one when ``val_fraction > 0`` and
-    there are at least two) is moved to validation, never test identities. Used for
-    checkpoint selection, so test data never chooses the model.
-
-    Raises:
-        ValueError: an identity appears in more than one split, or an unknown split name.
-
-    Example:
-        >>> recs = [ReIDRecord(f"{i}.png", None, i // 2, -1, i % 2, 1, "train")
-        ...         for i in range(20)]
-        >>> s = make_splits(recs, val_fraction=0.2, seed=0)
-        >>> len({r.identity for r in s.train}), len({r.identity for r in s.val}), len(s.test)
-        (8, 2, 0)
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    by: dict[str, list[ReIDRecord]] = {"train": [], "val": [], "test": []}
-    for r in records:
-        if r.split not in by:
-            raise ValueError(f"unknown split {r.split!r} (expected train/val/test)")
-        by[r.split].append(r)
-    owners: dict[int, str] = {}
-    for name, recs in by.items():
-        for r in recs:
-            if owners.setdefault(r.identity, name) != name:
-                raise ValueError(
-                    f"identity {r.identity} appears in splits {owners[r.identity]!r} and {name!r}"
-                )
-    train, val = by["train"], by["val"]
-    if not val and val_fraction > 0:
-        ids = np.asarray(sorted({r.identity for r in train}), dtype=np.int64)
-        if ids.size >= 2:
-            k = min(ids.size - 1, max(1, round(val_fraction * ids.size)))
-            chosen = set(np.random.default_rng(seed).permutation(ids)[:k].tolist())
-            val = [dataclasses.replace(r, split="val") for r in train if r.identity in chosen]
-            train = [r for r in train if r.identity not in chosen]
-    train, label_map = remap_labels(train, build_label_map(r.identity for r in train))
-    unl = [dataclasses.replace(r, label=-1) for r in val]
-    test = [dataclasses.replace(r, label=-1) for r in by["test"]]
-    return DataSplits(train, unl, test, label_map)
