@@ -8,12 +8,16 @@ import importlib
 import pytest
 
 MODULES = [
+    "reid_example.data.attributes",
+    "reid_example.data.captions",
     "reid_example.data.collate",
     "reid_example.data.layouts",
     "reid_example.data.protocols",
     "reid_example.data.records",
+    "reid_example.data.render",
     "reid_example.data.splits",
     "reid_example.data.synthetic",
+    "reid_example.data.synthetic_spec",
     "reid_example.data.text",
     "reid_example.data.transforms",
 ]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from reid_example.data import SyntheticMultiModalReID
 from torch import nn
 
-KW = {"num_identities": (60, 0, 30), "counts": ((0, 6, 6), (1, 6, 6)), "image_size": (64, 32)}
+KW = {"identities_per_split": (60, 0, 30), "counts": ((0, 6, 6), (1, 6, 6)), "image_size": (64, 32)}
 
 
 def _retrieval(q: torch.Tensor, g: torch.Tensor, ql: torch.Tensor, gl: torch.Tensor):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reid_example.data import SyntheticMultiModalReID
 from reid_example.data.protocols import (
+    all_to_rgb_protocols,
     llcm_protocol,
     regdb_protocol,
     sysu_protocol,
 )
+
+from sdmreid import Modality
 
 
 def test_sysu_protocol_matches_brute_force():
@@ -51,3 +55,21 @@ def test_regdb_and_llcm_protocols():
     assert p.query.tolist() == [3, 5] and p.camera_rule == "same_identity_camera"
     g = p.gallery.tolist()
     assert len(g) == 3 and 2 in g and 4 in g and len({0, 1} & set(g)) == 1
+
+
+def test_all_to_rgb_protocols_cover_every_non_rgb_modality():
+    ds = SyntheticMultiModalReID.preset(
+        "prcv2025", split="test", identities_per_split=(8, 3, 5), image_size=(32, 16), cache=False
+    )
+    ps = {p.name: p for p in all_to_rgb_protocols(ds.identities, ds.modalities, seed=1)}
+    assert set(ps) == {"NIR->RGB", "SKETCH->RGB", "CPENCIL->RGB", "TEXT->RGB", "RGB->RGB"}
+    rgb = set(np.flatnonzero(ds.modalities == 0).tolist())
+    for name, p in ps.items():
+        assert set(ds.modalities[p.query].tolist()) == {Modality[name.split("->")[0]]}
+        if name != "RGB->RGB":
+            assert set(p.gallery.tolist()) == rgb
+    rr = ps["RGB->RGB"]
+    assert not set(rr.query.tolist()) & set(rr.gallery.tolist())
+    assert set(rr.query.tolist()) | set(rr.gallery.tolist()) == rgb
+    assert len(rr.query) == ds.num_classes  # every identity has >= 2 RGB images here
+    assert len(set(ds.identities[rr.query].tolist())) == len(rr.query)

@@ -15,12 +15,12 @@ from reid_example.data import (
     collate_multimodal,
     train_transform,
 )
-from reid_example.data.synthetic import NIR_MIX, PALETTE, PALETTE_NAMES
+from reid_example.data.attributes import NIR_MIX, PALETTE, PALETTE_NAMES
 from torch.utils.data import DataLoader
 
 from sdmreid import Modality
 
-SMALL = {"num_identities": (8, 3, 5), "image_size": (32, 16)}
+SMALL = {"identities_per_split": (8, 3, 5), "image_size": (32, 16)}
 
 
 def make(name="prcv2025", split="train", seed=0, **kw):
@@ -54,7 +54,7 @@ def test_pixels_independent_of_batching_and_cache():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_splits_are_identity_disjoint_and_labels_contiguous(name):
-    kw = {"num_identities": (6, 3, 4), "image_size": (32, 16), "cache": False}
+    kw = {"identities_per_split": (6, 3, 4), "image_size": (32, 16), "cache": False}
     ids = {}
     for split in ("train", "val", "test"):
         ds = SyntheticMultiModalReID.preset(name, seed=5, split=split, **kw)
@@ -79,20 +79,24 @@ def _per_identity_counts(ds):
 
 def test_preset_counts_and_cameras():
     kw = {"image_size": (32, 16), "cache": False}
-    regdb = SyntheticMultiModalReID.preset("regdb", split="test", num_identities=(0, 0, 7), **kw)
+    regdb = SyntheticMultiModalReID.preset(
+        "regdb", split="test", identities_per_split=(0, 0, 7), **kw
+    )
     for c in _per_identity_counts(regdb).values():
         assert c.tolist() == [10, 10, 0, 0, 0]
     assert set(regdb.cameras[regdb.modalities == 0].tolist()) == {1}
     assert set(regdb.cameras[regdb.modalities == 1].tolist()) == {2}
 
-    sysu = SyntheticMultiModalReID.preset("sysu", split="train", num_identities=(20, 0, 0), **kw)
+    sysu = SyntheticMultiModalReID.preset(
+        "sysu", split="train", identities_per_split=(20, 0, 0), **kw
+    )
     for c in _per_identity_counts(sysu).values():
         assert 12 <= c[0] <= 30 and 6 <= c[1] <= 16 and c[2:].sum() == 0
     assert set(sysu.cameras[sysu.modalities == 0].tolist()) <= {1, 2, 4, 5}
     assert set(sysu.cameras[sysu.modalities == 1].tolist()) <= {3, 6}
 
     prcv = SyntheticMultiModalReID.preset(
-        "prcv2025", split="train", num_identities=(40, 0, 0), **kw
+        "prcv2025", split="train", identities_per_split=(40, 0, 0), **kw
     )
     counts = _per_identity_counts(prcv)
     rgb_only = [pid for pid, c in counts.items() if c[1:].sum() == 0]
@@ -105,14 +109,16 @@ def test_preset_counts_and_cameras():
             assert lo <= c[m] <= hi
     assert set(prcv.cameras[prcv.modalities >= 2].tolist()) == {0}
     # the rgb-only fraction only applies to training identities
-    test = SyntheticMultiModalReID.preset("prcv2025", split="test", num_identities=(0, 0, 30), **kw)
+    test = SyntheticMultiModalReID.preset(
+        "prcv2025", split="test", identities_per_split=(0, 0, 30), **kw
+    )
     assert all(c[1] >= 2 for c in _per_identity_counts(test).values())
 
 
 def test_demo_preset_is_small_and_cheap():
     spec = PRESETS["demo"]
     assert spec.image_size == (64, 32)
-    assert 100 <= spec.num_identities[0] <= 150
+    assert 100 <= spec.identities_per_split[0] <= 150
     ds = SyntheticMultiModalReID.preset("demo", split="train", cache=False)
     assert 1500 <= len(ds) <= 5000
     assert set(ds.modalities.tolist()) == {0, 1, 2, 3, 4}
@@ -130,7 +136,7 @@ def test_nir_mix_collapses_palette_colours():
 
 
 def test_nir_and_sketch_carry_no_colour():
-    ds = make(num_identities=(10, 0, 0))
+    ds = make(identities_per_split=(10, 0, 0))
     for m in (Modality.NIR, Modality.SKETCH):
         i = int(np.flatnonzero(ds.modalities == m)[0])
         img = ds.raw_image(i)
@@ -142,7 +148,7 @@ def test_nir_and_sketch_carry_no_colour():
 def test_nir_of_same_level_colours_is_confusable():
     """Two identities differing only in garment hue render to near-identical NIR images."""
     spec = SyntheticSpec(
-        num_identities=(2, 0, 0),
+        identities_per_split=(2, 0, 0),
         counts=((0, 1, 1), (1, 1, 1)),
         cameras=((0, (1,)), (1, (3,))),
         image_size=(64, 32),
@@ -168,7 +174,7 @@ def test_nir_of_same_level_colours_is_confusable():
 
 
 def test_captions_describe_identity_and_vary():
-    ds = make(num_identities=(30, 0, 0), text_drop_p=0.0)
+    ds = make(identities_per_split=(30, 0, 0), text_drop_p=0.0)
     tok = WordTokenizer()
     text_rows = np.flatnonzero(ds.modalities == Modality.TEXT)
     assert len(text_rows) > 20
@@ -180,13 +186,13 @@ def test_captions_describe_identity_and_vary():
         assert PALETTE_NAMES[int(attrs["lower"][gid])] in t
         assert tok.unk_id not in tok.encode(t, 64).tolist(), t
     assert len({ds.texts[i].split()[0] for i in text_rows} | {ds.texts[i] for i in text_rows}) > 10
-    dropped = make(num_identities=(30, 0, 0), text_drop_p=1.0)
+    dropped = make(identities_per_split=(30, 0, 0), text_drop_p=1.0)
     t = [dropped.texts[i] for i in np.flatnonzero(dropped.modalities == Modality.TEXT)]
     assert not any(name in x for x in t for name in PALETTE_NAMES if " " not in name)
 
 
 def test_getitem_contract():
-    ds = make(num_identities=(6, 0, 0))
+    ds = make(identities_per_split=(6, 0, 0))
     seen = set()
     for i in range(len(ds)):
         it = ds[i]
@@ -204,7 +210,7 @@ def test_getitem_contract():
 
 
 def test_augmentation_depends_on_epoch_and_index_not_on_workers():
-    ds = make(num_identities=(4, 0, 0), transform=train_transform((32, 16), padding=2))
+    ds = make(identities_per_split=(4, 0, 0), transform=train_transform((32, 16), padding=2))
     idx = [int(i) for i in np.flatnonzero(ds.modalities != Modality.TEXT)[:16]]
 
     def run(workers):
@@ -242,22 +248,6 @@ def test_bad_arguments():
         SyntheticSpec(rgb_only_fraction=1.5)
 
 
-def test_protocols_cover_every_non_rgb_modality():
-    ds = make(split="test", cache=False)
-    ps = {p.name: p for p in ds.protocols()}
-    assert set(ps) == {"NIR->RGB", "SKETCH->RGB", "CPENCIL->RGB", "TEXT->RGB", "RGB->RGB"}
-    rgb = set(np.flatnonzero(ds.modalities == 0).tolist())
-    for name, p in ps.items():
-        assert set(ds.modalities[p.query].tolist()) == {Modality[name.split("->")[0]]}
-        if name != "RGB->RGB":
-            assert set(p.gallery.tolist()) == rgb
-    rr = ps["RGB->RGB"]
-    assert not set(rr.query.tolist()) & set(rr.gallery.tolist())
-    assert set(rr.query.tolist()) | set(rr.gallery.tolist()) == rgb
-    assert len(rr.query) == ds.num_classes  # every identity has >= 2 RGB images here
-    assert len(set(ds.identities[rr.query].tolist())) == len(rr.query)
-
-
 # --- pinned output ----------------------------------------------------------------------------
 # The demo's published metrics are only reproducible while the generator renders the same
 # pixels, captions and sample tables for a seed. These digests were computed from the renderer
@@ -293,7 +283,7 @@ def test_demo_preset_is_pinned(split, expected):
 )
 def test_presets_render_pinned_items(name, expected):
     ds = SyntheticMultiModalReID.preset(
-        name, seed=3, split="test", image_size=(48, 24), num_identities=(0, 0, 4), cache=False
+        name, seed=3, split="test", image_size=(48, 24), identities_per_split=(0, 0, 4), cache=False
     )
     rows = [
         int(i)

@@ -1,6 +1,6 @@
 """Data layer of the reference trainer: the embedded synthetic data set, real data-set layouts,
-tensor transforms, the caption tokenizer, identity-disjoint splits and the multi-modal collate
-function.
+identity-disjoint splits, tensor transforms and augmentations, the caption tokenizer and the
+multi-modal collate function.
 """
 
 from reid_example.data.collate import collate_multimodal
@@ -10,7 +10,6 @@ from reid_example.data.layouts import (
     load_json_manifest,
     load_llcm,
     load_regdb,
-    load_sysu,
     load_sysu_mm01,
 )
 from reid_example.data.records import (
@@ -22,7 +21,8 @@ from reid_example.data.records import (
     remap_labels,
 )
 from reid_example.data.splits import DataSplits, make_splits
-from reid_example.data.synthetic import PRESETS, SyntheticMultiModalReID, SyntheticSpec
+from reid_example.data.synthetic import SyntheticMultiModalReID
+from reid_example.data.synthetic_spec import PRESETS, SyntheticSpec, preset_spec
 from reid_example.data.text import WordTokenizer
 from reid_example.data.transforms import (
     Compose,
@@ -66,9 +66,9 @@ __all__ = [
     "load_json_manifest",
     "load_llcm",
     "load_regdb",
-    "load_sysu",
     "load_sysu_mm01",
     "make_splits",
+    "preset_spec",
     "remap_labels",
     "sample_generator",
     "train_transform",

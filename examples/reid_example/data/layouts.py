@@ -49,7 +49,6 @@ __all__ = [
     "load_json_manifest",
     "load_llcm",
     "load_regdb",
-    "load_sysu",
     "load_sysu_mm01",
 ]
 
@@ -185,10 +184,6 @@ def load_sysu_mm01(
                 if f.suffix.lower() in _IMAGE_EXT:
                     records.append(ReIDRecord(str(f), None, pid, -1, mod, cam, split))
     return _finish(records, on_error, verify, f"SYSU-MM01 at {root}")
-
-
-#: Short alias, so ``load_<name>`` resolves for ``name = "sysu"``.
-load_sysu = load_sysu_mm01
 
 
 def load_regdb(
