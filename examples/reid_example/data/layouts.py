@@ -56,7 +56,14 @@ OnError = Literal["raise", "skip"]
 
 
 class RecordList(list[ReIDRecord]):
-    """A list of records plus ``skipped``: ``(path, reason)`` of every dropped file."""
+    """A list of records plus ``skipped``: ``(path, reason)`` of every dropped file.
+
+    Example:
+        >>> recs = RecordList([ReIDRecord(None, "a caption", 1, -1, 4, 0, "train")],
+        ...                   skipped=[("cam1/0001/x.jpg", "missing")])
+        >>> len(recs), recs.skipped
+        (1, [('cam1/0001/x.jpg', 'missing')])
+    """
 
     skipped: list[tuple[str, str]]
 

@@ -89,7 +89,15 @@ class ReIDRecord:
 
 
 class ImageDecodeError(OSError):
-    """An image file is missing or cannot be decoded; the message names the file."""
+    """An image file is missing or cannot be decoded; the message names the file.
+
+    Example:
+        >>> try:
+        ...     load_image("/nonexistent/x.png")
+        ... except ImageDecodeError as err:
+        ...     print(err)
+        image file not found: /nonexistent/x.png
+    """
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -165,6 +173,13 @@ class EpochMixin:
     The epoch lives in a one-element shared-memory tensor, so ``set_epoch`` in the main process
     reaches persistent workers too (call it *before* creating the epoch's iterator). Each sample's
     random augmentation uses ``sample_generator(seed, epoch, index)``.
+
+    Example:
+        >>> ds = RecordDataset([ReIDRecord(None, "a caption", 7, -1, 4, 0, "train")], seed=3)
+        >>> ds.set_epoch(2)
+        >>> a, b = ds.generator(0), sample_generator(3, 2, 0)
+        >>> ds.epoch, torch.equal(torch.rand(2, generator=a), torch.rand(2, generator=b))
+        (2, True)
     """
 
     seed: int
