@@ -44,7 +44,7 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 QUICK = [
-    "data.num_identities=24,8,8",
+    "data.identities_per_split=24,8,8",
     "train.epochs=3",
     "loss.sdm_warmup_epochs=1",
     "eval.every=3",

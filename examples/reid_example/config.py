@@ -4,7 +4,7 @@ Every option is a dataclass field with a ``help`` text in its metadata, so the c
 (``python examples/train.py --help``) and the documentation's config reference are generated from
 the same source. Defaults reproduce the original training recipe (label smoothing 0.1; SDM off in
 epoch 1, weights 0.1/0.3/0.5 from epoch 2; a memory of the last 6 steps of RGB features; the strict
-modality-aware P×K sampler with 3 retries and a 30% fallback budget; head LR 3e-3 from epoch 2;
+modality-aware P×K sampler with a 30% fallback budget; head LR 3e-3 from epoch 2;
 two persistent DataLoader workers with prefetch factor 2 and pinned memory).
 
 Loading order: dataclass defaults → TOML file (``--config``) → ``--set section.key=value``
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import sys
 import types
 import typing
@@ -46,6 +47,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "config_toml",
     "describe_options",
     "iter_options",
     "load_config",
@@ -85,8 +87,8 @@ class DataConfig:
         ("raise", "skip"),
     )
     data_seed: int = _opt(0, "seed of the synthetic generator (the data, not the training run)")
-    num_identities: tuple[int, ...] = _opt(
-        (), "synthetic only: override the preset's (train, val, test) identity counts"
+    identities_per_split: tuple[int, ...] = _opt(
+        (), "synthetic only: override the preset's identity counts, as (train, val, test)"
     )
     image_height: int = _opt(
         0, "input image height in pixels (0 = the synthetic preset's size; 256 for real data)"
@@ -123,7 +125,6 @@ class SamplerConfig:
     )
     num_identities: int = _opt(8, "P: identities per batch")
     num_instances: int = _opt(4, "K: samples per identity per batch")
-    retry_limit: int = _opt(3, "strict sampler: retries to build a cross-modal pair per identity")
     fallback_ratio: float = _opt(
         0.3, "strict sampler: max fraction of identities per batch without a cross-modal pair"
     )
@@ -175,8 +176,7 @@ class LossConfig:
     sdm_compiled: bool = _opt(
         False,
         "SDM as one torch.compile'd kernel (sdm_loss(compiled=True)): fewer, fused kernel "
-        "launches (1.7x the eager kernel's speed on an H200 at 256 queries); compiles during "
-        "the first steps",
+        "launches, worth it on a GPU; compiles during the first steps",
     )
     sdm_warmup_epochs: int = _opt(1, "epochs with SDM off at the start (epochs counted from 1)")
     sdm_schedule: tuple[float, ...] = _opt(
@@ -195,8 +195,8 @@ class OptimConfig:
     head_lr: float = _opt(
         1e-2,
         "learning rate of the 'head' group (BNNeck + classifier) before the switch; the recipe "
-        "drops it to head_lr_after at head_lr_switch_epoch because the classifier's weight norm "
-        "grew 7 -> 35 at the higher rate",
+        "drops it to head_lr_after at head_lr_switch_epoch because at the higher rate the "
+        "classifier's weight norm grows fast (the head_weight_norm_growth health rule)",
     )
     head_lr_after: float = _opt(3e-3, "head learning rate from head_lr_switch_epoch on")
     head_lr_switch_epoch: int = _opt(2, "first epoch (from 1) that uses head_lr_after")
@@ -514,6 +514,31 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
         sec = dataclasses.asdict(getattr(cfg, f.name))
         out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in sec.items()}
     return out
+
+
+def config_toml(cfg: Config) -> str:
+    """The config as TOML text (the run directory's ``config.toml``, the report's appendix).
+
+    Example:
+        >>> config_toml(Config()).splitlines()[:2]
+        ['[data]', 'dataset = "synthetic"']
+    """
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, str):
+            return json.dumps(v)
+        return repr(v)
+
+    lines: list[str] = []
+    for sec, opts in config_to_dict(cfg).items():
+        lines.append(f"[{sec}]")
+        lines.extend(f"{k} = {value(v)}" for k, v in opts.items())
+        lines.append("")
+    return "\n".join(lines)
 
 
 def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:

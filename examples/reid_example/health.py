@@ -20,8 +20,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from reid_example.config import Config
-from sdmreid.monitoring import HealthMonitor
+from sdmreid import Finding, HealthMonitor, PairCoverageMeter, SDMWeightScheduler
 
 __all__ = ["HealthAdapter"]
 
@@ -33,7 +35,11 @@ class HealthAdapter:
     """Feeds the monitor, logs findings, applies the rollback action when configured."""
 
     def __init__(
-        self, cfg: Config, sdm_scheduler: Any, log: logging.Logger, num_classes: int
+        self,
+        cfg: Config,
+        sdm_scheduler: SDMWeightScheduler,
+        log: logging.Logger,
+        num_classes: int,
     ) -> None:
         self.cfg = cfg
         self.enabled = cfg.health.enabled
@@ -73,7 +79,7 @@ class HealthAdapter:
             text += f" (this run: {now:g}, already {already} or equal)"
         return text
 
-    def _report(self, findings: list[Any]) -> None:
+    def _report(self, findings: list[Finding]) -> None:
         for f in findings:
             line = str(f)
             if f.suggested:
@@ -87,7 +93,13 @@ class HealthAdapter:
             self.history.append(line)
             (self.log.warning if f.severity != "info" else self.log.info)(line)
 
-    def step(self, epoch: int, global_step: int, meter: Any, head_weight: Any) -> None:
+    def step(
+        self,
+        epoch: int,
+        global_step: int,
+        meter: PairCoverageMeter,
+        head_weight: torch.Tensor,
+    ) -> None:
         """Every ``every_steps`` steps: coverage reading + classifier weight norm."""
         if not self.enabled or global_step % self.every_steps:
             return
@@ -106,7 +118,7 @@ class HealthAdapter:
         train_ce: float,
         train_score: float | None = None,
         val_score: float | None = None,
-    ) -> list[Any]:
+    ) -> list[Finding]:
         """End of an epoch: CE rules, and the overfitting rule on evaluation epochs (where the
         same retrieval score is known for training identities and for the validation split)."""
         if not self.enabled or not math.isfinite(train_ce):

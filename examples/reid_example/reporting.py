@@ -19,12 +19,26 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-__all__ = ["MetricsLog", "write_plots", "write_report"]
+from reid_example.config import Config, config_toml
+from reid_example.evaluate import Scores, select_score
+from reid_example.logging_utils import progress_enabled, setup_logging
+
+__all__ = [
+    "MetricsLog",
+    "RunOutputs",
+    "RunSummary",
+    "open_outputs",
+    "write_plots",
+    "write_report",
+    "write_run_report",
+]
 
 
 def _clean(v: Any) -> Any:
@@ -251,3 +265,103 @@ def write_report(
             lines += [f"### {name}", "", f"![{name}]({rel.as_posix()})", ""]
     lines += ["", "## Configuration", "", "```toml", config_text.rstrip(), "```", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+@dataclass
+class RunOutputs:
+    """Where a run writes: its directory, the logger, the metric files, progress bars."""
+
+    run_dir: Path
+    log: logging.Logger
+    metrics: MetricsLog
+    #: tqdm bars (``output.progress``)
+    progress: bool
+
+
+def run_directory(cfg: Config, config_path: str | None) -> Path:
+    """A resumed run continues in its checkpoint's directory; a new one goes to
+    ``<output.root>/<output.name>`` (default name: ``<config file stem>-seed<train.seed>``)."""
+    if cfg.checkpoint.resume:
+        return Path(cfg.checkpoint.resume).resolve().parent
+    stem = Path(config_path).stem if config_path else "default"
+    return Path(cfg.output.root) / (cfg.output.name or f"{stem}-seed{cfg.train.seed}")
+
+
+def open_outputs(cfg: Config, config_path: str | None, rank: int) -> RunOutputs:
+    """The run directory with the resolved ``config.toml``, the logger and the metric files;
+    only rank 0 writes."""
+    run_dir = run_directory(cfg, config_path)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(config_toml(cfg))
+    return RunOutputs(
+        run_dir=run_dir,
+        log=setup_logging(run_dir if rank == 0 else None, rank),
+        metrics=MetricsLog(run_dir, tensorboard=cfg.output.tensorboard, enabled=rank == 0),
+        progress=progress_enabled(cfg.output.progress, rank),
+    )
+
+
+class RunSummary(TypedDict):
+    """What :func:`train.main` returns (and the report summarises)."""
+
+    run_dir: str
+    #: stopped early by ``train.stop_after_steps`` (no test, no report)
+    stopped: bool
+    global_step: int
+    best_epoch: int
+    best_val: Scores
+    #: the last validation of this process
+    val: Scores
+    #: the best checkpoint on the test split (empty when not run)
+    test: Scores
+    pair_coverage: float
+    train_seconds: float
+    #: median over the epochs trained in this process
+    images_per_second: float
+    findings: list[str]
+    report: str | None
+
+
+def write_run_report(
+    cfg: Config, out: RunOutputs, summary: RunSummary, dataset: str, test_trials: str
+) -> Path:
+    """Plots (``output.plots``) and ``report.md`` of a finished run."""
+    plots: dict[str, Path] = {}
+    if cfg.output.plots:
+        plots = write_plots(
+            out.metrics.step_rows(),
+            out.metrics.epoch_rows(),
+            out.run_dir / "plots",
+            coverage_target=cfg.train.coverage_target,
+            ce_ceiling=cfg.health.ce_ceiling,
+        )
+    best = summary["best_epoch"]
+    path = out.run_dir / "report.md"
+    write_report(
+        path,
+        title=f"Training report: {out.run_dir.name}",
+        summary={
+            "dataset": dataset,
+            "epochs": cfg.train.epochs,
+            "global steps": summary["global_step"],
+            "best epoch (validation)": best,
+            f"best validation {cfg.eval.select_metric}": (
+                select_score(summary["best_val"], cfg.eval.select_metric)
+                if summary["best_val"]
+                else None
+            ),
+            "final pair coverage (moving avg)": summary["pair_coverage"],
+            "training wall time (s)": summary["train_seconds"],
+            "throughput (images/s, median epoch)": summary["images_per_second"],
+        },
+        tables={
+            f"Test split, best checkpoint (epoch {best}{test_trials})": summary["test"],
+            f"Validation split, best epoch {best}": summary["best_val"],
+            "Validation split, last evaluation": summary["val"],
+        },
+        findings=summary["findings"],
+        plots=plots,
+        config_text=config_toml(cfg),
+    )
+    return path

@@ -26,7 +26,7 @@ from reid_example.checkpoint import load_checkpoint, save_checkpoint
 TINY = [
     "data.dataset=synthetic",
     "data.preset=demo",
-    "data.num_identities=12,4,4",
+    "data.identities_per_split=12,4,4",
     "data.image_height=32",
     "data.image_width=16",
     "data.num_workers=0",
@@ -351,8 +351,9 @@ def test_torchrun_two_process_gloo(tmp_path: Path) -> None:
 
 def test_flip_embedding_is_the_mean_of_image_and_mirror() -> None:
     """eval.flip: image rows get the mean of both passes, text rows a single pass."""
-    from reid_example.engine import extract_features, resolve_amp
+    from reid_example.evaluate import extract_features
     from reid_example.model import EmbeddingOutput
+    from reid_example.runtime import resolve_amp
 
     class Stub(torch.nn.Module):
         embed_dim = 2
@@ -450,3 +451,28 @@ def test_health_adapter_marks_advice_the_run_already_follows() -> None:
         "label_smoothing=0.15 (this run: 0.2, already higher or equal)"
     )
     assert adapter._suggestion("num_instances", 2, 5) == "num_instances=2"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "reid_example.builders",
+        "reid_example.checkpoint",
+        "reid_example.config",
+        "reid_example.engine",
+        "reid_example.evaluate",
+        "reid_example.optim",
+        "reid_example.run",
+        "reid_example.runtime",
+    ],
+)
+def test_docstring_examples(name: str) -> None:
+    """The trainer modules' ``>>>`` examples run (examples/ is outside pytest's doctest paths)."""
+    import doctest
+    import importlib
+
+    module = importlib.import_module(name)
+    flags = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
+    result = doctest.testmod(module, optionflags=flags, verbose=False)
+    assert result.attempted > 0
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"

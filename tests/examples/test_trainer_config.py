@@ -28,7 +28,7 @@ def test_defaults_are_the_recipe() -> None:
     assert c.loss.sdm_schedule == (0.1, 0.3, 0.5)
     assert c.loss.memory and c.loss.memory_steps == 6
     assert c.sampler.kind == "strict"
-    assert (c.sampler.retry_limit, c.sampler.fallback_ratio) == (3, 0.3)
+    assert c.sampler.fallback_ratio == 0.3
     assert (c.optim.head_lr_after, c.optim.head_lr_switch_epoch) == (3e-3, 2)
     assert c.data.num_workers == 2 and c.data.persistent_workers
     assert c.data.prefetch_factor == 2 and c.data.pin_memory
