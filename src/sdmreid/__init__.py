@@ -10,18 +10,20 @@ The public API (each name is documented where it is defined):
 * :class:`ModalAwarePKSampler`, :class:`ModalAwarePKSampler_Strict`, :func:`coverage_report`,
   :class:`CoverageReport` — P×K batch samplers (:mod:`sdmreid.samplers`).
 * :class:`SDMWeightScheduler`, :class:`HeadLRSwitch` — schedules (:mod:`sdmreid.schedules`).
-* :class:`PairCoverageMeter`, :class:`HealthMonitor`, :class:`Finding`, :class:`Severity`,
-  :class:`Action` — training health (:mod:`sdmreid.monitoring`).
+* :class:`PairCoverageMeter` — pair coverage (:mod:`sdmreid.coverage`).
+* :class:`HealthMonitor`, :class:`RunSettings`, :class:`Finding`, :class:`Severity`,
+  :class:`Action` — training health rules (:mod:`sdmreid.health`).
 * :func:`sdmreid.evaluation.evaluate_retrieval` and the protocol presets
   (:mod:`sdmreid.evaluation`).
 """
 
 from __future__ import annotations
 
+from sdmreid.coverage import PairCoverageMeter
+from sdmreid.health import Action, Finding, HealthMonitor, RunSettings, Severity
 from sdmreid.losses import SDMLoss, SDMResult, sdm_loss
 from sdmreid.memory import CrossBatchMemory, MemoryView
 from sdmreid.modality import Modality, parse_modality
-from sdmreid.monitoring import Action, Finding, HealthMonitor, PairCoverageMeter, Severity
 from sdmreid.samplers import (
     CoverageReport,
     ModalAwarePKSampler,
@@ -44,6 +46,7 @@ __all__ = [
     "ModalAwarePKSampler_Strict",
     "Modality",
     "PairCoverageMeter",
+    "RunSettings",
     "SDMLoss",
     "SDMResult",
     "SDMWeightScheduler",

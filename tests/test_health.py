@@ -1,10 +1,11 @@
-"""Tests for PairCoverageMeter and HealthMonitor (contract: DESIGN §4, recipe health rules)."""
+"""Tests for sdmreid.health.HealthMonitor: the recipe's rules, checked against naive predicates."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
-from types import SimpleNamespace
+import re
 from typing import Any
 
 import pytest
@@ -12,12 +13,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdmreid.monitoring import (
+from sdmreid.health import (
     RULES,
     Action,
     Finding,
     HealthMonitor,
-    PairCoverageMeter,
+    RunSettings,
     Severity,
 )
 from sdmreid.schedules import SDMWeightScheduler
@@ -28,221 +29,6 @@ def roundtrip(obj: Any) -> Any:
     torch.save(obj, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=True)
-
-
-# --- naive reference ------------------------------------------------------------------------------
-
-
-def ref_coverage(updates: list[tuple[int, int]], window: int) -> float:
-    last = updates[-window:]
-    rows = sum(r for r, _ in last)
-    without = sum(w for _, w in last)
-    return math.nan if rows == 0 else 1.0 - without / rows
-
-
-@st.composite
-def count_pairs(draw: st.DrawFn, max_rows: int = 200) -> tuple[int, int]:
-    rows = draw(st.integers(0, max_rows))
-    return rows, draw(st.integers(0, rows))
-
-
-def same(a: float, b: float) -> bool:
-    return (math.isnan(a) and math.isnan(b)) or a == b
-
-
-# --- PairCoverageMeter ---------------------------------------------------------------------
-
-
-def test_nan_before_first_update() -> None:
-    m = PairCoverageMeter()
-    assert math.isnan(m.value)
-    assert m.log_line() == "[dbg] pair_coverage_mavg=nan"
-    assert m.below_target is False
-    assert m.num_updates == 0
-
-
-def test_log_line_format() -> None:
-    m = PairCoverageMeter()
-    m.update(1000, 88)
-    assert m.log_line() == "[dbg] pair_coverage_mavg=0.912"
-    assert m.value == 1 - 88 / 1000
-
-
-def test_all_zero_rows_is_nan() -> None:
-    m = PairCoverageMeter(window=2)
-    m.update(0, 0)
-    assert math.isnan(m.value)
-    m.update(4, 1)
-    assert m.value == 0.75
-
-
-@given(
-    st.integers(1, 12),
-    st.lists(st.tuples(count_pairs(), st.booleans()), min_size=1, max_size=40),
-)
-def test_window_matches_naive_reference(window: int, steps: list[Any]) -> None:
-    m = PairCoverageMeter(window=window)
-    seen: list[tuple[int, int]] = []
-    for (rows, without), as_tensor in steps:
-        if as_tensor:
-            m.update(torch.tensor(rows), torch.tensor(without, dtype=torch.int32))
-        else:
-            m.update(rows, without)
-        seen.append((rows, without))
-        expected = ref_coverage(seen, window)
-        assert same(m.value, expected)
-        assert m.below_target is (expected < 0.85)
-    assert m.num_updates == len(steps)
-
-
-@given(
-    st.integers(1, 10),
-    st.integers(1, 10),
-    st.lists(count_pairs(), min_size=0, max_size=30),
-    st.lists(count_pairs(), min_size=0, max_size=15),
-)
-def test_resume_from_state(
-    window: int, new_window: int, before: list[tuple[int, int]], after: list[tuple[int, int]]
-) -> None:
-    a = PairCoverageMeter(window=window)
-    for r, w in before:
-        a.update(r, w)
-    state = roundtrip(a.state_dict())
-    assert state["rows"] == [r for r, _ in before[-window:]]
-    b = PairCoverageMeter(window=new_window)
-    b.load_state_dict(state)
-    # the resumed meter holds the last min(window, new_window) saved updates
-    kept = before[-min(window, new_window) :] if before else []
-    assert same(b.value, ref_coverage(kept, new_window) if kept else math.nan)
-    for r, w in after:
-        b.update(r, w)
-    if kept or after:
-        assert same(b.value, ref_coverage(kept + after, new_window))
-    assert b.num_updates == len(before) + len(after)
-
-
-def test_reset() -> None:
-    m = PairCoverageMeter(window=3)
-    m.update(10, 5)
-    m.reset()
-    assert math.isnan(m.value)
-    m.update(10, 1)
-    assert m.value == 0.9
-
-
-@pytest.mark.parametrize(
-    ("rows", "without", "exc", "match"),
-    [
-        (-1, 0, ValueError, "rows must be >= 0"),
-        (3, -1, ValueError, "rows_without_positive must be >= 0"),
-        (3, 4, ValueError, "rows_without_positive must be <= rows"),
-        (torch.tensor(3), torch.tensor(4), ValueError, "<= rows"),
-        (torch.tensor(-3), 0, ValueError, "rows must be >= 0"),
-        (3.0, 1, TypeError, "rows"),
-        (3, 1.5, TypeError, "rows_without_positive"),
-        (True, 0, TypeError, "rows"),
-        (torch.tensor(3.0), 1, TypeError, "integer tensor"),
-        (torch.tensor([3, 4]), 1, ValueError, "0-dim"),
-        ("3", 1, TypeError, "rows"),
-    ],
-)
-def test_update_validation(rows: Any, without: Any, exc: type, match: str) -> None:
-    m = PairCoverageMeter()
-    with pytest.raises(exc, match=match):
-        m.update(rows, without)
-    assert m.num_updates == 0
-    assert math.isnan(m.value)
-
-
-def test_constructor_validation() -> None:
-    with pytest.raises(ValueError, match="window"):
-        PairCoverageMeter(window=0)
-    with pytest.raises(TypeError, match="window"):
-        PairCoverageMeter(window=2.0)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="target"):
-        PairCoverageMeter(target=1.5)
-    with pytest.raises(ValueError, match="target"):
-        PairCoverageMeter(target=math.nan)
-
-
-def test_update_from_duck_typing() -> None:
-    m = PairCoverageMeter()
-    m.update_from(SimpleNamespace(rows=torch.tensor(20), rows_without_positive=torch.tensor(3)))
-    m.update_from(SimpleNamespace(rows=10, rows_without_positive=0, loss=1.0))
-    assert m.value == 1 - 3 / 30
-    with pytest.raises(TypeError, match="rows_without_positive"):
-        m.update_from(SimpleNamespace(rows=3))
-
-
-def test_load_state_validation() -> None:
-    m = PairCoverageMeter()
-    with pytest.raises(ValueError, match="state"):
-        m.load_state_dict({"rows": [1]})
-    with pytest.raises(ValueError, match="<= rows"):
-        m.load_state_dict({"rows": [1], "rows_without_positive": [2], "num_updates": 1})
-
-
-def test_sync_single_process_is_identity() -> None:
-    m = PairCoverageMeter(window=2)
-    m.update(10, 1)
-    m.update(10, 3)
-    assert m.sync() is m
-    assert m.synced
-    assert m.value == 0.8
-    m.update(10, 0)
-    assert not m.synced
-    assert m.value == 1 - 3 / 20
-
-
-def test_compute_is_tensor_on_buffer_device() -> None:
-    m = PairCoverageMeter()
-    m.update(torch.tensor(8), torch.tensor(2))
-    out = m.compute()
-    assert out.dtype == torch.float64
-    assert out.device.type == "cpu"
-    assert out.item() == 0.75
-
-
-@pytest.mark.gpu
-def test_cuda_counts_stay_on_device_without_sync() -> None:
-    dev = torch.device("cuda")
-    m = PairCoverageMeter(window=4)
-    m.update(5, 1)  # int first: CPU buffer, migrates on the first tensor update
-    ref: list[tuple[int, int]] = [(5, 1)]
-    steps = [(8, 2), (16, 0), (4, 4), (10, 3)]
-    # made before the check: a tensor from a Python number is a host-to-device copy
-    counts = [(torch.tensor(r, device=dev), torch.tensor(w, device=dev)) for r, w in steps]
-    # the first device update moves the window to the device: one copy, once per meter
-    m.update(*counts[0])
-    ref.append(steps[0])
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for (r, w), (rt, wt) in zip(steps[1:], counts[1:], strict=True):
-            m.update(rt, wt)
-            ref.append((r, w))
-        m.update(7, counts[0][1])  # int rows + device count (what a trainer passes)
-        ref.append((7, 2))
-        m.update(3, 1)  # ints after the switch are written on the device too
-        ref.append((3, 1))
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert m.device.type == "cuda"
-    assert m.compute().device.type == "cuda"
-    assert m.value == ref_coverage(ref, 4)
-    bad = PairCoverageMeter()
-    bad.update(torch.tensor(3, device=dev), torch.tensor(5, device=dev))  # no error yet
-    with pytest.raises(ValueError, match="rows_without_positive > rows"):
-        _ = bad.value
-    with pytest.raises(ValueError, match="reset"):
-        bad.state_dict()
-    bad.reset()
-    bad.update(torch.tensor(3, device=dev), torch.tensor(1, device=dev))
-    assert bad.value == 1 - 1 / 3
-    state = roundtrip(m.state_dict())
-    cpu = PairCoverageMeter(window=4)
-    cpu.load_state_dict(state)
-    assert cpu.value == m.value
 
 
 # --- HealthMonitor -------------------------------------------------------------------------
@@ -263,7 +49,7 @@ def run_epochs(
         kw: dict[str, Any] = {}
         if train is not None and val is not None:
             kw = {"train_score": train[i], "val_score": val[i]}
-        out += mon.observe_epoch(i + 1, train_ce=c, sdm_on=sdm_on[i], **kw)
+        out += mon.update_epoch(i + 1, train_ce=c, sdm_on=sdm_on[i], **kw)
     return out
 
 
@@ -284,7 +70,7 @@ def test_healthy_epoch_curve_is_silent(eps: list[float]) -> None:
     mon = HealthMonitor(NUM_CLASSES)
     ce, sdm, train, val = healthy_epoch_curves(eps)
     assert run_epochs(mon, ce, sdm, train, val) == []
-    assert mon.findings == ()
+    assert mon.compute() == []
 
 
 @given(st.lists(noise, min_size=400, max_size=400))
@@ -295,7 +81,7 @@ def test_healthy_step_curve_is_silent(eps: list[float]) -> None:
         epoch = 1 + step // 100
         cov = 0.92 + 0.05 * eps[step]
         norm = 7.0 * (1.0 + 0.002 * step) * (1.0 + 0.1 * eps[(step * 7) % 400])
-        assert mon.observe_step(epoch, step, coverage=cov, classifier_weight_norm=norm) == []
+        assert mon.update_step(epoch, step, coverage=cov, classifier_weight_norm=norm) == []
 
 
 def test_ce_near_chance_fires_and_rolls_back() -> None:
@@ -303,7 +89,7 @@ def test_ce_near_chance_fires_and_rolls_back() -> None:
     mon = HealthMonitor(NUM_CLASSES)
     out = run_epochs(mon, [5.5, 2.0], [False, True])
     assert out == []  # near chance in warm-up is not a finding (SDM off)
-    got = mon.observe_epoch(3, train_ce=5.85, sdm_on=sched.use_sdm(3), scheduler=sched)
+    got = mon.update_epoch(3, train_ce=5.85, sdm_on=sched.use_sdm(3), scheduler=sched)
     assert [f.rule for f in got] == ["ce_near_chance"]
     f = got[0]
     assert (f.severity, f.action, f.epoch, f.step) == (
@@ -316,14 +102,14 @@ def test_ce_near_chance_fires_and_rolls_back() -> None:
     assert [sched.weight(e) for e in (2, 3, 4, 5)] == [0.1, 0.1, 0.1, 0.1]
     # without a scheduler nothing is applied
     sched2 = SDMWeightScheduler()
-    HealthMonitor(NUM_CLASSES).observe_epoch(3, train_ce=5.85, sdm_on=True)
+    HealthMonitor(NUM_CLASSES).update_epoch(3, train_ce=5.85, sdm_on=True)
     assert sched2.rollbacks == ()
 
 
 @given(st.floats(0.0, 12.0, allow_nan=False), st.integers(2, 5000), st.floats(0.0, 0.5))
 def test_ce_near_chance_threshold(ce: float, num_classes: int, tol: float) -> None:
     mon = HealthMonitor(num_classes, chance_tolerance=tol)
-    got = mon.observe_epoch(2, train_ce=ce, sdm_on=True)
+    got = mon.update_epoch(2, train_ce=ce, sdm_on=True)
     fires = ce >= (1 - tol) * math.log(num_classes)
     assert ("ce_near_chance" in [f.rule for f in got]) is fires
 
@@ -356,7 +142,7 @@ def test_coverage_floor_fires_after_a_whole_window() -> None:
     mon = HealthMonitor(NUM_CLASSES)
     fired: list[Finding] = []
     for step in range(150):
-        fired += mon.observe_step(1, step, coverage=0.6)
+        fired += mon.update_step(1, step, coverage=0.6)
         if step < 99:
             assert fired == []
     assert [(f.rule, f.step, f.action) for f in fired] == [
@@ -364,13 +150,13 @@ def test_coverage_floor_fires_after_a_whole_window() -> None:
     ]
     assert "fallback_ratio" in fired[0].message
     # still low in the next epoch: fires once more (once per epoch)
-    nxt = [f for s in range(150, 400) for f in mon.observe_step(2, s, coverage=0.6)]
+    nxt = [f for s in range(150, 400) for f in mon.update_step(2, s, coverage=0.6)]
     assert [(f.rule, f.epoch) for f in nxt] == [("coverage_floor", 2)]
 
 
 def test_coverage_below_target_warning() -> None:
     mon = HealthMonitor(NUM_CLASSES)
-    fired = [f for s in range(120) for f in mon.observe_step(1, s, coverage=0.8)]
+    fired = [f for s in range(120) for f in mon.update_step(1, s, coverage=0.8)]
     assert [(f.rule, f.step, f.severity) for f in fired] == [
         ("coverage_below_target", 99, Severity.WARNING)
     ]
@@ -379,36 +165,38 @@ def test_coverage_below_target_warning() -> None:
 def test_coverage_sparse_readings_and_interruptions() -> None:
     # read every 100 steps, as the recipe logs: two low readings span a whole window
     mon = HealthMonitor(NUM_CLASSES)
-    assert mon.observe_step(1, 100, coverage=0.5) == []
-    assert [f.rule for f in mon.observe_step(1, 200, coverage=0.5)] == ["coverage_floor"]
+    assert mon.update_step(1, 100, coverage=0.5) == []
+    assert [f.rule for f in mon.update_step(1, 200, coverage=0.5)] == ["coverage_floor"]
     # a healthy reading breaks the streak; nan readings neither extend nor break it
     mon = HealthMonitor(NUM_CLASSES, coverage_window=10)
     out = []
     for s in range(40):
         cov = 0.95 if s % 9 == 8 else (math.nan if s % 5 == 0 else 0.5)
-        out += mon.observe_step(1, s, coverage=cov)
+        out += mon.update_step(1, s, coverage=cov)
     assert out == []
 
 
 def test_head_weight_norm_growth() -> None:
-    mon = HealthMonitor(NUM_CLASSES)
+    mon = HealthMonitor(NUM_CLASSES, settings=RunSettings(head_lr=0.009))
     norms = [7.0, 7.5, 9.0, 15.0, 20.9, 21.0, 35.0, 36.0]  # the recipe's 7 -> 35
     fired = [
-        f for s, n in enumerate(norms) for f in mon.observe_step(2, s, classifier_weight_norm=n)
+        f for s, n in enumerate(norms) for f in mon.update_step(2, s, classifier_weight_norm=n)
     ]
     assert [(f.rule, f.step, f.action) for f in fired] == [
         ("head_weight_norm_growth", 5, Action.DROP_HEAD_LR)
     ]
-    assert fired[0].suggested == (("head_lr", 3e-3),)
+    assert fired[0].suggested == (("head_lr", pytest.approx(0.003)),)
+    assert "head LR 0.009 -> 0.003" in fired[0].message
     # the base of a new epoch is the norm at its start (the previous epoch's last reading)
-    assert mon.observe_step(3, 100, classifier_weight_norm=100.0) == []
-    assert [f.rule for f in mon.observe_step(3, 101, classifier_weight_norm=108.0)] == [
+    assert mon.update_step(3, 100, classifier_weight_norm=100.0) == []
+    assert [f.rule for f in mon.update_step(3, 101, classifier_weight_norm=108.0)] == [
         "head_weight_norm_growth"
     ]
 
 
 def test_overfitting_gap_growth() -> None:
-    mon = HealthMonitor(NUM_CLASSES)
+    run = RunSettings(weight_decay=0.05, label_smoothing=0.1, head_lr=3e-3)  # an AdamW run
+    mon = HealthMonitor(NUM_CLASSES, settings=run)
     train = [0.5, 0.6, 0.7, 0.8, 0.9]
     val = [0.45, 0.5, 0.52, 0.53, 0.53]
     got = run_epochs(mon, [3.0, 2.0, 1.8, 1.5, 1.2], [False] + [True] * 4, train, val)
@@ -416,11 +204,11 @@ def test_overfitting_gap_growth() -> None:
         ("overfitting", 4, Action.REGULARIZE),
         ("overfitting", 5, Action.REGULARIZE),
     ]
-    assert dict(got[0].suggested) == {
-        "label_smoothing": 0.15,
-        "head_lr": 1e-3,
-        "weight_decay": 5e-4,
-    }
+    assert dict(got[0].suggested) == pytest.approx(
+        {"label_smoothing": 0.15, "head_lr": 1e-3, "weight_decay": 0.1}
+    )
+    for advice in ("label smoothing 0.1 -> 0.15", "head LR 0.003 -> 0.001", "0.05 -> 0.1"):
+        assert advice in got[0].message
 
 
 @given(st.lists(st.floats(-0.2, 0.6, allow_nan=False), min_size=4, max_size=10))
@@ -441,7 +229,7 @@ def test_overfitting_matches_predicate(gaps: list[float]) -> None:
 
 def test_findings_are_typed_frozen_and_serialisable() -> None:
     mon = HealthMonitor(NUM_CLASSES)
-    f = mon.observe_epoch(2, train_ce=6.0, sdm_on=True)[0]
+    f = mon.update_epoch(2, train_ce=6.0, sdm_on=True)[0]
     with pytest.raises(AttributeError):
         f.rule = "x"  # type: ignore[misc]
     assert Finding.from_dict(roundtrip(f.to_dict())) == f
@@ -464,11 +252,11 @@ def test_state_round_trip_resumes_identically(split: int, eps: list[float]) -> N
         out: list[Finding] = []
         for s in range(lo, hi):
             epoch = 1 + s // 50
-            out += mon.observe_step(
+            out += mon.update_step(
                 epoch, s, coverage=0.75 + 0.1 * eps[s], classifier_weight_norm=5 + s * 0.2
             )
             if s % 50 == 49:
-                out += mon.observe_epoch(epoch, train_ce=2.6 + 0.2 * eps[s], sdm_on=epoch > 1)
+                out += mon.update_epoch(epoch, train_ce=2.6 + 0.2 * eps[s], sdm_on=epoch > 1)
         return out
 
     ref = HealthMonitor(NUM_CLASSES, coverage_window=20)
@@ -479,7 +267,7 @@ def test_state_round_trip_resumes_identically(split: int, eps: list[float]) -> N
     b.load_state_dict(roundtrip(a.state_dict()))
     second = feed(b, split, 300)
     assert first + second == full
-    assert b.findings == ref.findings
+    assert b.compute() == ref.compute()
 
 
 def test_monitor_validation() -> None:
@@ -490,35 +278,35 @@ def test_monitor_validation() -> None:
     with pytest.raises(ValueError, match="chance_tolerance"):
         HealthMonitor(10, chance_tolerance=-0.1)
     mon = HealthMonitor(10)
-    mon.observe_step(1, 5, coverage=0.9)
+    mon.update_step(1, 5, coverage=0.9)
     with pytest.raises(ValueError, match="global step"):
-        mon.observe_step(1, 5)
+        mon.update_step(1, 5)
     with pytest.raises(ValueError, match="epoch"):
-        mon.observe_step(0, 6)
+        mon.update_step(0, 6)
     with pytest.raises(ValueError, match="coverage"):
-        mon.observe_step(1, 7, coverage=1.2)
+        mon.update_step(1, 7, coverage=1.2)
     with pytest.raises(ValueError, match="classifier_weight_norm"):
-        mon.observe_step(1, 8, classifier_weight_norm=math.inf)
+        mon.update_step(1, 8, classifier_weight_norm=math.inf)
     with pytest.raises(ValueError, match="train_ce"):
-        mon.observe_epoch(1, train_ce=math.nan, sdm_on=False)
+        mon.update_epoch(1, train_ce=math.nan, sdm_on=False)
     with pytest.raises(TypeError, match="sdm_on"):
-        mon.observe_epoch(1, train_ce=1.0, sdm_on=1)  # type: ignore[arg-type]
+        mon.update_epoch(1, train_ce=1.0, sdm_on=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="both"):
-        mon.observe_epoch(1, train_ce=1.0, sdm_on=False, train_score=0.5)
-    mon.observe_epoch(1, train_ce=1.0, sdm_on=False)
+        mon.update_epoch(1, train_ce=1.0, sdm_on=False, train_score=0.5)
+    mon.update_epoch(1, train_ce=1.0, sdm_on=False)
     with pytest.raises(ValueError, match="increase"):
-        mon.observe_epoch(1, train_ce=1.0, sdm_on=False)
+        mon.update_epoch(1, train_ce=1.0, sdm_on=False)
     with pytest.raises(ValueError, match="state"):
         mon.load_state_dict({"epochs": [1]})
 
 
 def test_tensor_readings_accepted() -> None:
     mon = HealthMonitor(10, coverage_window=1)
-    got = mon.observe_step(
+    got = mon.update_step(
         1, 0, coverage=torch.tensor(0.5), classifier_weight_norm=torch.tensor(3.0)
     )
     assert [f.rule for f in got] == ["coverage_floor"]
-    assert mon.observe_epoch(1, train_ce=torch.tensor(1.0), sdm_on=True) == []
+    assert mon.update_epoch(1, train_ce=torch.tensor(1.0), sdm_on=True) == []
 
 
 @given(
@@ -540,7 +328,7 @@ def test_overfitting_counts_scored_epochs_only(gaps: list[float], every: int) ->
                 scored_epochs.append(epoch)
             fired += [
                 f.epoch
-                for f in mon.observe_epoch(epoch, train_ce=1.0, sdm_on=True, **kw)
+                for f in mon.update_epoch(epoch, train_ce=1.0, sdm_on=True, **kw)
                 if f.rule == "overfitting"
             ]
     real = [0.8 - (0.8 - g) for g in gaps]
@@ -560,16 +348,16 @@ def test_ce_near_chance_needs_a_return_or_a_stall() -> None:
     mon = HealthMonitor(120)
     ces = [4.78, 4.75, 4.70, 4.66, 4.63, 4.58, 4.47, 4.30, 4.10]
     for e, c in enumerate(ces, start=1):
-        assert mon.observe_epoch(e, train_ce=c, sdm_on=sched.use_sdm(e), scheduler=sched) == []
+        assert mon.update_epoch(e, train_ce=c, sdm_on=sched.use_sdm(e), scheduler=sched) == []
     assert sched.rollbacks == ()
     # stalling at chance with SDM on fires
     mon = HealthMonitor(120)
     run_epochs(mon, [4.7, 4.6], [False, True])
-    assert [f.rule for f in mon.observe_epoch(3, train_ce=4.6, sdm_on=True)] == ["ce_near_chance"]
+    assert [f.rule for f in mon.update_epoch(3, train_ce=4.6, sdm_on=True)] == ["ce_near_chance"]
     # coming back above the limit fires even while falling from a spike
     mon = HealthMonitor(120)
     run_epochs(mon, [4.7, 4.0, 4.7], [False, True, True])
-    got = mon.observe_epoch(4, train_ce=limit + 0.1, sdm_on=True)
+    got = mon.update_epoch(4, train_ce=limit + 0.1, sdm_on=True)
     assert "ce_near_chance" in [f.rule for f in got]
 
 
@@ -580,7 +368,7 @@ def test_ce_near_chance_matches_predicate(ces: list[float]) -> None:
     got = [
         e
         for e, c in enumerate(ces, start=1)
-        for f in mon.observe_epoch(e, train_ce=c, sdm_on=True)
+        for f in mon.update_epoch(e, train_ce=c, sdm_on=True)
         if f.rule == "ce_near_chance"
     ]
     want = [
@@ -589,3 +377,178 @@ def test_ce_near_chance_matches_predicate(ces: list[float]) -> None:
         if c >= limit and (any(x < limit for x in ces[: e - 1]) or e == 1 or c >= ces[e - 2])
     ]
     assert got == want
+
+
+# --- advice relative to the run's settings -----------------------------------------------------
+
+GROWING_GAP = ([0.5, 0.6, 0.7, 0.8], [0.45, 0.5, 0.52, 0.53])  # the gap grows at every epoch
+
+
+def overfitting_finding(mon: HealthMonitor) -> Finding:
+    train, val = GROWING_GAP
+    got = run_epochs(mon, [1.0] * 4, [True] * 4, train, val)
+    assert [f.rule for f in got] == ["overfitting"]
+    return got[0]
+
+
+def norm_growth_finding(mon: HealthMonitor) -> Finding:
+    mon.update_step(1, 0, classifier_weight_norm=1.0)
+    (got,) = mon.update_step(1, 1, classifier_weight_norm=10.0)
+    assert got.rule == "head_weight_norm_growth"
+    return got
+
+
+def advice(message: str) -> str:
+    """The part of a message after the observation (the first ';')."""
+    return message.split(";", 1)[1]
+
+
+@settings(max_examples=40)
+@given(
+    weight_decay=st.floats(1e-6, 1.0),
+    label_smoothing=st.floats(0.0, 0.9),
+    head_lr=st.floats(1e-6, 1.0),
+    wd_factor=st.floats(1.1, 10.0),
+    ls_step=st.floats(0.01, 0.2),
+    lr_factor=st.floats(0.05, 0.9),
+)
+def test_overfitting_advice_scales_the_runs_own_settings(
+    weight_decay: float,
+    label_smoothing: float,
+    head_lr: float,
+    wd_factor: float,
+    ls_step: float,
+    lr_factor: float,
+) -> None:
+    run = RunSettings(weight_decay=weight_decay, label_smoothing=label_smoothing, head_lr=head_lr)
+    mon = HealthMonitor(
+        NUM_CLASSES,
+        settings=run,
+        weight_decay_factor=wd_factor,
+        label_smoothing_step=ls_step,
+        head_lr_factor=lr_factor,
+    )
+    got = dict(overfitting_finding(mon).suggested)
+    expected = {"weight_decay": weight_decay * wd_factor, "head_lr": head_lr * lr_factor}
+    if label_smoothing + ls_step < 1.0:
+        expected["label_smoothing"] = label_smoothing + ls_step
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got["weight_decay"] > weight_decay and got["head_lr"] < head_lr
+
+
+@pytest.mark.parametrize("weight_decay", [5e-4, 0.05, 0.2])
+def test_weight_decay_advice_is_relative_whatever_the_optimiser(weight_decay: float) -> None:
+    """An SGD run (5e-4) and AdamW runs (0.05, 0.2) are each told to double their own value."""
+    mon = HealthMonitor(NUM_CLASSES, settings=RunSettings(weight_decay=weight_decay))
+    f = overfitting_finding(mon)
+    assert dict(f.suggested) == pytest.approx({"weight_decay": 2 * weight_decay})
+    assert f"weight decay {weight_decay:g} -> {2 * weight_decay:g}" in f.message
+
+
+def test_unknown_settings_give_directions_without_numbers() -> None:
+    for f in (
+        overfitting_finding(HealthMonitor(NUM_CLASSES)),
+        norm_growth_finding(HealthMonitor(NUM_CLASSES)),
+    ):
+        assert f.suggested == ()
+        assert not re.search(r"\d", advice(f.message)), f.message
+    f = overfitting_finding(HealthMonitor(NUM_CLASSES))
+    for words in ("raise label smoothing", "lower the head LR", "raise weight decay"):
+        assert words in f.message
+    assert "lower the head LR" in norm_growth_finding(HealthMonitor(NUM_CLASSES)).message
+
+
+def test_partly_known_settings_give_numbers_only_where_known() -> None:
+    f = overfitting_finding(HealthMonitor(NUM_CLASSES, settings=RunSettings(label_smoothing=0.1)))
+    assert dict(f.suggested) == pytest.approx({"label_smoothing": 0.15})
+    assert "lower the head LR," in f.message and "raise weight decay" in f.message
+
+
+def test_a_run_without_weight_decay_is_told_to_add_some() -> None:
+    f = overfitting_finding(HealthMonitor(NUM_CLASSES, settings=RunSettings(weight_decay=0.0)))
+    assert "add weight decay" in f.message and f.suggested == ()
+
+
+def test_label_smoothing_near_one_gets_no_number() -> None:
+    run = RunSettings(label_smoothing=0.98)
+    f = overfitting_finding(HealthMonitor(NUM_CLASSES, settings=run))
+    assert f.suggested == () and "raise label smoothing" in f.message
+
+
+def test_settings_can_follow_the_run() -> None:
+    """A trainer that switches the head LR tells the monitor; later advice starts from it."""
+    mon = HealthMonitor(NUM_CLASSES, settings=RunSettings(head_lr=0.01))
+    mon.settings = dataclasses.replace(mon.settings, head_lr=0.003)
+    assert dict(norm_growth_finding(mon).suggested) == pytest.approx({"head_lr": 0.001})
+
+
+def test_run_settings_validation() -> None:
+    for name in ("weight_decay", "label_smoothing", "head_lr"):
+        for bad in (-0.1, math.nan, math.inf):
+            with pytest.raises(ValueError, match=name):
+                RunSettings(**{name: bad})
+        with pytest.raises(TypeError, match=name):
+            RunSettings(**{name: True})
+        with pytest.raises(TypeError, match=name):
+            RunSettings(**{name: "0.1"})
+    with pytest.raises(ValueError, match="label_smoothing"):
+        RunSettings(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="head_lr"):
+        RunSettings(head_lr=0.0)
+    run = RunSettings(weight_decay=0.05)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.weight_decay = 0.1  # type: ignore[misc]
+    with pytest.raises(TypeError, match="settings"):
+        HealthMonitor(10, settings={"weight_decay": 0.1})  # type: ignore[arg-type]
+    for name, bad in (
+        ("weight_decay_factor", 1.0),
+        ("head_lr_factor", 1.0),
+        ("head_lr_factor", 0.0),
+        ("label_smoothing_step", 0.0),
+    ):
+        with pytest.raises(ValueError, match=name):
+            HealthMonitor(10, **{name: bad})
+
+
+# --- update / compute / reset ------------------------------------------------------------------
+
+
+def test_update_returns_new_findings_and_compute_returns_all() -> None:
+    mon = HealthMonitor(NUM_CLASSES, coverage_window=2)
+    first = mon.update_epoch(1, train_ce=5.8, sdm_on=True)
+    assert [f.rule for f in first] == ["ce_near_chance"]
+    assert mon.update_step(2, 10, coverage=0.5) == []
+    second = mon.update_step(2, 11, coverage=0.5)
+    assert [f.rule for f in second] == ["coverage_floor"]
+    everything = mon.compute()
+    assert everything == first + second
+    everything.clear()  # the caller's list; the monitor keeps its own
+    assert mon.compute() == first + second
+    mon.reset()
+    assert mon.compute() == []
+    assert mon.update_step(1, 0, coverage=0.5) == []  # history is gone too: steps start over
+
+
+@given(
+    steps=st.integers(0, 30),
+    bad=st.sampled_from(
+        [
+            {"epochs": [1]},
+            None,
+            "state",
+            {"findings": [{"rule": "x"}]},
+        ]
+    ),
+)
+@settings(max_examples=20)
+def test_a_refused_load_state_dict_leaves_the_monitor_unchanged(steps: int, bad: Any) -> None:
+    mon = HealthMonitor(NUM_CLASSES, coverage_window=3)
+    for s in range(steps):
+        mon.update_step(1 + s // 10, s, coverage=0.5 + 0.01 * s, classifier_weight_norm=1.0 + s)
+        if s % 10 == 9:
+            mon.update_epoch(1 + s // 10, train_ce=3.0, sdm_on=True)
+    state = mon.state_dict()
+    corrupt = dict(state, **bad) if isinstance(bad, dict) and "findings" in bad else bad
+    with pytest.raises(ValueError, match="state"):
+        mon.load_state_dict(corrupt)  # type: ignore[arg-type]
+    assert mon.state_dict() == state
