@@ -63,26 +63,39 @@ def _mean_sd(xs: Sequence[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
+def _protocols(results: dict[str, list[dict[str, Any]]], split: str) -> list[str]:
+    """Every protocol any run reports, in first-seen order."""
+    names = [p for runs in results.values() for r in runs for p in r[split]]
+    return list(dict.fromkeys(names))
+
+
+def _table_row(name: str, runs: list[dict[str, Any]], protocols: list[str], split: str) -> str:
+    row = [f"`{name}`", str(len(runs))]
+    for p in protocols:
+        for metric in ("mAP", "rank1"):
+            row.append(_mean_sd([r[split].get(p, {}).get(metric, math.nan) for r in runs]))
+    row.append(_mean_sd([r["pair_coverage"] for r in runs]))
+    row.append(str(sum(r["rollbacks"] for r in runs)))
+    return "| " + " | ".join(row) + " |"
+
+
 def markdown_table(results: dict[str, list[dict[str, Any]]], split: str = "test") -> str:
-    protocols: list[str] = []
-    for runs in results.values():
-        for r in runs:
-            for p in r[split]:
-                if p not in protocols:
-                    protocols.append(p)
+    """One row per variant: mean ± sd over seeds of mAP and rank-1 per protocol, pair
+    coverage, SDM rollbacks.
+
+    Example:
+        >>> run = {"test": {"NIR->RGB": {"mAP": 0.5, "rank1": 0.6}}, "pair_coverage": 0.9,
+        ...        "rollbacks": 0}
+        >>> print(markdown_table({"full": [run]}).splitlines()[2])
+        | `full` | 1 | 0.500 | 0.600 | 0.900 | 0 |
+    """
+    protocols = _protocols(results, split)
     head = ["variant", "seeds"]
     for p in protocols:
         head += [f"{p} mAP", f"{p} R1"]
     head += ["pair coverage", "SDM rollbacks"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, runs in results.items():
-        row = [f"`{name}`", str(len(runs))]
-        for p in protocols:
-            row.append(_mean_sd([r[split].get(p, {}).get("mAP", math.nan) for r in runs]))
-            row.append(_mean_sd([r[split].get(p, {}).get("rank1", math.nan) for r in runs]))
-        row.append(_mean_sd([r["pair_coverage"] for r in runs]))
-        row.append(str(sum(r["rollbacks"] for r in runs)))
-        lines.append("| " + " | ".join(row) + " |")
+    lines += [_table_row(name, runs, protocols, split) for name, runs in results.items()]
     return "\n".join(lines)
 
 

@@ -191,7 +191,7 @@ def _sdm(
             gather=gather,
             compiled=ctx.settings.sdm_compiled,
         )
-    ctx.meter.update_from(result)
+    ctx.meter.update(result)
     return result
 
 

@@ -1,16 +1,26 @@
 """Glue between the trainer and :class:`sdmreid.HealthMonitor`.
 
 * Step level (every ``health.every_steps`` global steps): the pair-coverage reading and the
-  classifier weight norm go to :meth:`HealthMonitor.observe_step`.
+  classifier weight norm go to :meth:`HealthMonitor.update_step`.
 * Epoch level: the epoch's mean CE and whether SDM was on go to
-  :meth:`HealthMonitor.observe_epoch`; on evaluation epochs also the selection score of the
+  :meth:`HealthMonitor.update_epoch`; on evaluation epochs also the selection score of the
   validation split and the same score on training identities (``eval.train_ids``), which feed
   the ``overfitting`` rule. With ``health.act = true`` the monitor is given the SDM
   weight scheduler, so a ``ce_near_chance`` finding rolls SDM back one stage at once (sticky,
   recorded in the scheduler's state). Other actions (reduce P/K, regularise, lower the head LR)
-  are suggestions: they are logged with their suggested settings, never applied silently.
+  are suggestions: they are logged, never applied silently.
+
+The monitor's advice starts from the run's own settings (weight decay, label smoothing and the
+head LR in force at that epoch), so it always names a change from what the run does.
 
 Every finding is logged as one ``[health] ...`` line and kept for the report.
+
+Example:
+    >>> from reid_example.config import Config
+    >>> from sdmreid import SDMWeightScheduler
+    >>> adapter = HealthAdapter(Config(), SDMWeightScheduler(), logging.getLogger("doc"), 100)
+    >>> adapter.settings(1).head_lr, adapter.settings(2).head_lr  # the head-LR switch at epoch 2
+    (0.01, 0.003)
 """
 
 from __future__ import annotations
@@ -23,12 +33,16 @@ from typing import Any
 import torch
 
 from reid_example.config import Config
-from sdmreid import Finding, HealthMonitor, PairCoverageMeter, SDMWeightScheduler
+from sdmreid import (
+    Finding,
+    HealthMonitor,
+    PairCoverageMeter,
+    RunSettings,
+    SDMWeightScheduler,
+    Severity,
+)
 
 __all__ = ["HealthAdapter"]
-
-#: The direction the health rules advise each setting to move in: +1 raise, -1 lower.
-_ADVICE_DIRECTION: Mapping[str, int] = {"label_smoothing": +1, "weight_decay": +1, "head_lr": -1}
 
 
 class HealthAdapter:
@@ -50,6 +64,7 @@ class HealthAdapter:
         self.log = log
         self.monitor = HealthMonitor(
             num_classes=max(2, num_classes),
+            settings=self.settings(1),
             ce_ceiling=cfg.health.ce_ceiling,
             coverage_target=cfg.train.coverage_target,
             # readings arrive every `every_steps` steps; the window is in steps
@@ -57,41 +72,23 @@ class HealthAdapter:
         )
         self.history: list[str] = []
 
-    def _current(self, name: str, epoch: int) -> float | None:
-        """This run's value of a setting a finding suggests (``None`` if not one of ours)."""
+    def settings(self, epoch: int) -> RunSettings:
+        """The run's settings the advice starts from, at ``epoch``."""
         o = self.cfg.optim
-        if name == "label_smoothing":
-            return self.cfg.loss.label_smoothing
-        if name == "weight_decay":
-            return o.weight_decay
-        if name == "head_lr":
-            return o.head_lr_after if epoch >= o.head_lr_switch_epoch else o.head_lr
-        return None
-
-    def _suggestion(self, name: str, value: float, epoch: int) -> str:
-        """``name=value``, plus this run's value when the advice would not move it the way
-        the rule means (e.g. the weight decay 5e-4 of an SGD recipe under AdamW's 0.2)."""
-        text = f"{name}={value:g}"
-        now = self._current(name, epoch)
-        direction = _ADVICE_DIRECTION.get(name, 0)
-        if now is not None and direction and (value - now) * direction <= 0:
-            already = "higher" if direction > 0 else "lower"
-            text += f" (this run: {now:g}, already {already} or equal)"
-        return text
+        head_lr = o.head_lr_after if epoch >= o.head_lr_switch_epoch else o.head_lr
+        return RunSettings(
+            weight_decay=o.weight_decay,
+            label_smoothing=self.cfg.loss.label_smoothing,
+            head_lr=head_lr,
+        )
 
     def _report(self, findings: list[Finding]) -> None:
         for f in findings:
             line = str(f)
-            if f.suggested:
-                line += (
-                    " (suggested: "
-                    + ", ".join(self._suggestion(k, v, f.epoch) for k, v in f.suggested)
-                    + ")"
-                )
             if f.action == "rollback_sdm":
                 line += " -> SDM rolled back" if self.act else " (health.act=false: not applied)"
             self.history.append(line)
-            (self.log.warning if f.severity != "info" else self.log.info)(line)
+            (self.log.warning if f.severity != Severity.INFO else self.log.info)(line)
 
     def step(
         self,
@@ -103,14 +100,14 @@ class HealthAdapter:
         """Every ``every_steps`` steps: coverage reading + classifier weight norm."""
         if not self.enabled or global_step % self.every_steps:
             return
-        coverage = float(meter.value)
-        head_norm = float(head_weight.detach().float().norm())
-        cov = coverage if math.isfinite(coverage) else None
-        self._report(
-            self.monitor.observe_step(
-                epoch, global_step, coverage=cov, classifier_weight_norm=head_norm
-            )
+        self.monitor.settings = self.settings(epoch)
+        findings = self.monitor.update_step(
+            epoch,
+            global_step,
+            coverage=float(meter.compute()),  # NaN before the first reading: skipped
+            classifier_weight_norm=float(head_weight.detach().float().norm()),
         )
+        self._report(findings)
 
     def check(
         self,
@@ -123,21 +120,20 @@ class HealthAdapter:
         same retrieval score is known for training identities and for the validation split)."""
         if not self.enabled or not math.isfinite(train_ce):
             return []
-        sdm_on = bool(self.sdm_enabled and self.scheduler.use_sdm(epoch))
-        scores: dict[str, float] = {}
-        if (
+        scored = (
             train_score is not None
             and val_score is not None
             and math.isfinite(train_score)
             and math.isfinite(val_score)
-        ):
-            scores = {"train_score": train_score, "val_score": val_score}
-        findings = self.monitor.observe_epoch(
+        )
+        self.monitor.settings = self.settings(epoch)
+        findings = self.monitor.update_epoch(
             epoch,
             train_ce=train_ce,
-            sdm_on=sdm_on,
+            sdm_on=bool(self.sdm_enabled and self.scheduler.use_sdm(epoch)),
+            train_score=train_score if scored else None,
+            val_score=val_score if scored else None,
             scheduler=self.scheduler if (self.act and self.sdm_enabled) else None,
-            **scores,
         )
         self._report(findings)
         return findings

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdmreid.modality import Modality
+from sdmreid import Modality
 
 __all__ = [
     "IMAGE_MODALITIES",

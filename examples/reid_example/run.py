@@ -227,9 +227,7 @@ def _after_step(
     meter = run.step.meter
     run.health.step(epoch, step, meter, run.step.raw_model.classifier.weight)
     if step % cfg.train.coverage_every == 0:
-        if is_distributed():  # the line shows the coverage over every rank's rows
-            meter.sync()
-        run.out.log.info(meter.log_line())
+        run.out.log.info(meter.log_line(gather=True))  # over every rank's rows
     if step % cfg.train.log_every == 0 or last:
         run.out.metrics.log_step(_step_row(run, epoch, scalars, images_per_second))
     if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
@@ -253,7 +251,7 @@ def _step_row(
         "epoch": epoch,
         **scalars.as_dict(),
         "images_per_second": images_per_second,
-        "pair_coverage": float(run.step.meter.value),
+        "pair_coverage": float(run.step.meter.compute()),
         **lrs,
     }
 
@@ -273,7 +271,7 @@ def _epoch_stats(run: Run, epoch: int) -> EpochStats:
         loss=loss,
         top1=top1,
         sdm_weight=weight,
-        pair_coverage=float(run.step.meter.value),
+        pair_coverage=float(run.step.meter.compute()),
         rows_without_positive_frac=sums.sums.get("rows_without_positive", 0.0) / rows
         if rows
         else math.nan,
@@ -448,7 +446,7 @@ def summarize(run: Run, test: Scores, train_seconds: float) -> RunSummary:
         best_val=s.best.val,
         val=s.last_val,
         test=test,
-        pair_coverage=float(run.step.meter.value),
+        pair_coverage=float(run.step.meter.compute()),
         train_seconds=train_seconds,
         images_per_second=float(np.median(s.throughput)) if s.throughput else math.nan,
         findings=list(run.health.history),

@@ -419,38 +419,41 @@ def test_health_adapter_feeds_the_overfitting_rule_on_evaluation_epochs() -> Non
             found = adapter.check(epoch, 1.0)
         fired += [(f.rule, epoch) for f in found]
     assert fired == [("overfitting", 8)]
+    (finding,) = adapter.monitor.compute()
+    # the advice starts from this run's settings (defaults: label smoothing 0.1, weight decay
+    # 0.05, head LR 3e-3 from epoch 2): +0.05, x2 and x1/3 by the rule's documented factors
+    assert dict(finding.suggested) == pytest.approx(
+        {"label_smoothing": 0.1 + 0.05, "weight_decay": 0.05 * 2, "head_lr": 3e-3 / 3}, rel=1e-3
+    )
     (line,) = [line for line in adapter.history if "overfitting" in line]
-    # the rule's advice, checked against this run's settings (AdamW default weight decay 0.05;
-    # label smoothing 0.1 and head LR 3e-3 from epoch 2 are below/above the advice: no remark)
-    assert "label_smoothing=0.15, head_lr=0.001, weight_decay=0.0005 (this run: 0.05, " in line
-    assert line.endswith("already higher or equal))")
+    assert line.startswith("[health] warning overfitting epoch=8: ")
     # non-finite scores are not fed (no crash, no finding)
     assert adapter.check(9, 1.0, math.nan, 0.5) == []
 
 
-def test_health_adapter_marks_advice_the_run_already_follows() -> None:
+def test_health_adapter_advises_from_the_head_lr_in_force() -> None:
     import logging
 
     from reid_example.config import Config, apply_overrides
     from reid_example.health import HealthAdapter
 
-    from sdmreid import SDMWeightScheduler
+    from sdmreid import PairCoverageMeter, SDMWeightScheduler
 
     cfg = apply_overrides(
         Config(),
-        ["optim.weight_decay=1e-4", "loss.label_smoothing=0.2", "optim.head_lr_after=1e-3"],
+        ["optim.head_lr=1e-2", "optim.head_lr_after=1e-3", "optim.head_lr_switch_epoch=3"],
     )
     adapter = HealthAdapter(cfg, SDMWeightScheduler(), logging.getLogger("t"), 100)
-    # epoch 1 is before the head-LR switch: the epoch-1 head LR (1e-2) is the run's value
-    assert adapter._suggestion("head_lr", 1e-3, 1) == "head_lr=0.001"
-    assert adapter._suggestion("head_lr", 1e-3, 2) == (
-        "head_lr=0.001 (this run: 0.001, already lower or equal)"
-    )
-    assert adapter._suggestion("weight_decay", 5e-4, 5) == "weight_decay=0.0005"
-    assert adapter._suggestion("label_smoothing", 0.15, 5) == (
-        "label_smoothing=0.15 (this run: 0.2, already higher or equal)"
-    )
-    assert adapter._suggestion("num_instances", 2, 5) == "num_instances=2"
+    meter, w = PairCoverageMeter(), torch.ones(4)
+    # the classifier norm quadruples within epoch 1 (head LR 1e-2), then within epoch 3 (1e-3)
+    for epoch, step, scale in ((1, 10, 1.0), (1, 20, 4.0), (3, 30, 4.0), (3, 40, 16.0)):
+        adapter.step(epoch, step, meter, scale * w)
+    advice = [(f.epoch, dict(f.suggested)["head_lr"]) for f in adapter.monitor.compute()]
+    assert advice == [
+        (1, pytest.approx(1e-2 / 3, rel=1e-3)),
+        (3, pytest.approx(1e-3 / 3, rel=1e-3)),
+    ]
+    assert all("head_weight_norm_growth" in line for line in adapter.history)
 
 
 @pytest.mark.parametrize(
