@@ -53,8 +53,8 @@ from reid_example.run import (
     health_check,
     restore_run,
     save_epoch_checkpoints,
-    summarize,
     score_best_checkpoint,
+    summarize,
     train_epoch,
     validate,
 )
