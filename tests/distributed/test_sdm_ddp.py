@@ -62,6 +62,9 @@ def _worker(rank: int) -> dict:
             "l2": res.loss_gallery_to_query,
             "rows": res.rows,
             "miss": res.rows_without_positive,
+            "mass": torch.stack(
+                [res.positive_mass_query_to_gallery, res.positive_mass_gallery_to_query]
+            ),
             "gq": qi.grad,
             "gg": gi.grad,
             "gs": s.grad,
@@ -87,7 +90,13 @@ def test_global_sdm_matches_single_process() -> None:
             torch.testing.assert_close(o["loss"], ref.loss.detach(), rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(o["l1"], ref.loss_query_to_gallery)
             torch.testing.assert_close(o["l2"], ref.loss_gallery_to_query)
-            assert o["rows"] == Q_SPLIT[rank] + G_SPLIT[rank]
+            assert int(o["rows"]) == Q_SPLIT[rank] + G_SPLIT[rank]
+            torch.testing.assert_close(
+                o["mass"],
+                torch.stack(
+                    [ref.positive_mass_query_to_gallery, ref.positive_mass_gallery_to_query]
+                ),
+            )
             torch.testing.assert_close(o["gq"] / WORLD, _slice(q.grad, Q_SPLIT, rank))
             torch.testing.assert_close(o["gg"] / WORLD, _slice(g.grad, G_SPLIT, rank))
         assert sum(int(o["miss"]) for o in outs) == int(ref.rows_without_positive)

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from sdmreid.losses.sdm import MemoryLike, SDMLoss, SDMResult, sdm_loss
+from sdmreid.losses.sdm import CompileMode, MemoryLike, SDMLoss, SDMResult, sdm_loss
 
-__all__ = ["MemoryLike", "SDMLoss", "SDMResult", "sdm_loss"]
+__all__ = ["CompileMode", "MemoryLike", "SDMLoss", "SDMResult", "sdm_loss"]
