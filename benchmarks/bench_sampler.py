@@ -1,8 +1,8 @@
 """Benchmark: vectorised P×K samplers vs a pure-Python port of torchreid's RandomIdentitySampler.
 
 One measurement = build the sampler from the dataset's labels (index building included) and draw
-one full epoch of batches as ``list[list[int]]``. Configurations (issue default): 100k samples /
-2k identities and 1M samples / 20k identities, P=16, K=4, about one third non-RGB samples.
+one full epoch of batches as ``list[list[int]]``. Configurations: 100k samples / 2k identities
+and 1M samples / 20k identities, P=16, K=4, about one third non-RGB samples.
 
 * ``torchreid port``: the behaviour of torchreid's ``RandomIdentitySampler`` written here in pure
   Python (dict of lists built by enumerating ``(img_path, pid, camid)`` items, per-identity

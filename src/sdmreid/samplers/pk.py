@@ -290,7 +290,8 @@ class _ChunkPlan:
         used = dest >= 0
         self.src_pos = np.flatnonzero(used)
         self.dest = dest[used]
-        # static empty cells
+        # Cells no sample fills (n_i < k, or a strong identity's scarce modality) are drawn
+        # with replacement each epoch, from the range of positions recorded here.
         filled = np.zeros(self.num_chunks * k, dtype=np.bool_)
         filled[self.dest] = True
         miss = np.flatnonzero(~filled)
