@@ -365,7 +365,9 @@ class CrossBatchMemory(nn.Module):
                 idx = None
             # Convert before the finiteness test, so that it sees the values that would be
             # stored: a float16 storage turns a finite 1e5 into Inf.
-            feats = feats.to(self._storage_dtype(feats))
+            dtype = self._storage_dtype(feats)
+            if feats.dtype != dtype:
+                feats = feats.to(dtype)
             idx = self._finite_selection(feats, idx)
             if not self._r.materialised:
                 self._materialise(feats)
@@ -399,12 +401,14 @@ class CrossBatchMemory(nn.Module):
                 f"got {tuple(labels.shape)}"
             )
         mods: torch.Tensor | None = None
-        if isinstance(modalities, (Modality, str, int, np.integer)) or (
+        if modalities is None:
+            pass
+        elif isinstance(modalities, (Modality, str, int, np.integer)) or (
             isinstance(modalities, torch.Tensor) and modalities.ndim == 0
         ):
             code = int(parse_modality(modalities))
             mods = torch.full((b,), code, dtype=torch.int64, device=feats.device)
-        elif modalities is not None:
+        else:
             mods = _modality_codes(modalities)
             if mods.shape != (b,):
                 raise ValueError(
