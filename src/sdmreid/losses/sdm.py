@@ -21,7 +21,7 @@ divides by zero) are left out of their direction's mean and counted; a direction
 valid row contributes an exact ``0`` that stays attached to the graph.
 
 The code is that formula, differentiated by autograd: :func:`_direction` is one direction, and
-:func:`_two_directions` calls it on the cosine block and on its transpose. ``chunk_size`` runs each
+:func:`_two_directions` calls it on the logits block and on its transpose. ``chunk_size`` runs each
 direction over its own rows a chunk at a time and recomputes each chunk in the backward pass
 (:func:`torch.utils.checkpoint.checkpoint`); ``compiled`` runs :func:`_two_directions` under
 :func:`torch.compile`.
@@ -124,27 +124,35 @@ class _Rows(NamedTuple):
     valid: Tensor  # [R] k_i > 0
 
 
-def _direction(cos: Tensor, scale: Tensor, positive: Tensor, epsilon: float) -> _Rows:
-    """One direction: row ``i`` is a softmax over the columns of ``scale · cos[i]``.
+def _direction(logits: Tensor, positive: Tensor, epsilon: float) -> _Rows:
+    """One direction: row ``i`` is a softmax over the columns of ``logits[i] = s · cos(r_i, ·)``.
 
     ``positive[i, j]`` says that column ``j`` has row ``i``'s label. The KL term is IRRA's,
     ``Σ_j p_j (log p_j − log(q_j + ε))``, with ``Σ_j p_j log(q_j + ε)`` read off the positive mass
     (``q_j = 1/k`` on the ``k`` positives, 0 elsewhere), so no block-sized target is formed. (The
     seed pipeline's cross-entropy form would be ``−Σ_pos log_p / k`` from the same ``log_p``.)
     """
-    log_p = torch.log_softmax(scale * cos, dim=1)  # subtracts the row maximum
+    log_p = torch.log_softmax(logits, dim=1)  # subtracts the row maximum
     p = log_p.exp()
     k = positive.sum(1)
-    mass = (p * positive).sum(1)
+    mass = torch.where(positive, p, 0.0).sum(1)
     log_q_pos = torch.log(k.clamp(min=1).to(p.dtype).reciprocal() + epsilon)
     cross = mass * log_q_pos + (1 - mass) * math.log(epsilon)
     return _Rows((p * log_p).sum(1) - cross, mass, k > 0)
 
 
-def _cosine(rows: Tensor, cols: Tensor, rows_inv: Tensor, cols_inv: Tensor) -> Tensor:
-    """``cos(rows_i, cols_j)`` from raw features and inverse norms: no normalised copy of the
-    features is made (at ReID sizes a ``[R, C]`` block is smaller than ``[C, d]`` features)."""
-    return rows @ cols.T * rows_inv[:, None] * cols_inv[None, :]
+def _logits(
+    rows: Tensor, rows_inv: Tensor, columns: list[tuple[Tensor, Tensor]], scale: Tensor
+) -> Tensor:
+    """``s · cos(rows_i, cols_j) = rows_i · cols_j · (s / ‖rows_i‖) · (1 / ‖cols_j‖)``.
+
+    ``columns`` are ``(features, inverse norms)`` parts, multiplied apart so that no gradient is
+    computed for a constant part (the memory). Working from the raw features and inverse norms
+    makes no normalised copy of the features (at ReID sizes ``[R, C]`` is smaller than ``[C, d]``).
+    """
+    dots = torch.cat([rows @ c.T for c, _ in columns], dim=1)
+    cols_inv = torch.cat([c_inv for _, c_inv in columns])
+    return dots * (scale * rows_inv)[:, None] * cols_inv[None, :]
 
 
 def _rows_vs(
@@ -156,10 +164,9 @@ def _rows_vs(
     scale: Tensor,
     epsilon: float,
 ) -> _Rows:
-    """:func:`_direction` of ``rows`` against ``columns`` (``(features, inverse norms)`` parts,
-    multiplied apart so that a constant part gets no gradient computed)."""
-    cos = torch.cat([_cosine(rows, c, rows_inv, c_inv) for c, c_inv in columns], dim=1)
-    return _direction(cos, scale, row_labels[:, None] == col_labels[None, :], epsilon)
+    """:func:`_direction` of ``rows`` against ``columns``."""
+    logits = _logits(rows, rows_inv, columns, scale)
+    return _direction(logits, row_labels[:, None] == col_labels[None, :], epsilon)
 
 
 def _chunked(
@@ -202,14 +209,13 @@ class _Out(NamedTuple):
     finite: Tensor
 
 
-def _norms(q: Tensor, g: Tensor, m: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Inverse row norms (clamped like :func:`torch.nn.functional.normalize`) of the three sides,
-    and whether every feature and the scale are finite (a row norm is finite iff its entries are,
-    barring overflow, and needs no temporary of the features' size)."""
-    norms = [torch.linalg.vector_norm(x, dim=1) for x in (q, g, m)]
+def _norms(scale: Tensor, *features: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Inverse row norms (clamped like :func:`torch.nn.functional.normalize`) of each of
+    ``features``, and whether they and ``scale`` are all finite (a row's 2-norm is finite iff its
+    entries are, barring overflow, and needs no temporary of the features' size)."""
+    norms = [torch.linalg.vector_norm(x, dim=1) for x in features]
     finite = torch.isfinite(torch.cat([*norms, scale.reshape(1)]).detach()).all()
-    iq, ig, im = (x.clamp_min(1e-12).reciprocal() for x in norms)
-    return iq, ig, im, finite
+    return [x.clamp_min(1e-12).reciprocal() for x in norms], finite
 
 
 def _two_directions(
@@ -225,13 +231,13 @@ def _two_directions(
 ) -> _Out:
     """SDM of ``q`` against ``[g; m]`` in one process (the body that ``compiled`` compiles)."""
     n = g.shape[0]
-    iq, ig, im, finite = _norms(q, g, m, scale)
+    (iq, ig, im), finite = _norms(scale, q, g, m)
     cl = torch.cat([gl, ml])
-    if chunk_size is None:  # one cosine block: query → gallery on it, gallery → query on its T
-        cos = torch.cat([_cosine(q, g, iq, ig), _cosine(q, m, iq, im)], dim=1)
+    if chunk_size is None:  # one block: query → gallery on it, gallery → query on its transpose
+        logits = _logits(q, iq, [(g, ig), (m, im)], scale)
         positive = ql[:, None] == cl[None, :]
-        r1 = _direction(cos, scale, positive, epsilon)
-        r2 = _direction(cos[:, :n].T, scale, positive[:, :n].T, epsilon)
+        r1 = _direction(logits, positive, epsilon)
+        r2 = _direction(logits[:, :n].T, positive[:, :n].T, epsilon)
     else:
         r1 = _chunked(q, iq, ql, [(g, ig), (m, im)], cl, scale, epsilon, chunk_size)
         r2 = _chunked(g, ig, gl, [(q, iq)], ql, scale, epsilon, chunk_size)
@@ -262,8 +268,8 @@ def _gathered(
     world = get_world_size()
     q_all, g_all = all_gather_with_grad(q), all_gather_with_grad(g)
     ql_all, gl_all = all_gather_no_grad(ql), all_gather_no_grad(gl)
-    iq, ig, im, finite = _norms(q, g, m, scale)
-    iq_all, ig_all, _, _ = _norms(q_all, g_all, m[:0], scale)
+    (iq, ig, im), finite = _norms(scale, q, g, m)
+    (iq_all, ig_all), _ = _norms(scale, q_all, g_all)
     cl = torch.cat([gl_all, ml])
     if chunk_size is None:
         r1 = _rows_vs(q, iq, ql, [(g_all, ig_all), (m, im)], cl, scale, epsilon)
