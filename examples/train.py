@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> RunSummary:
     loader, window = build_train_loader(cfg, data, rt.device, rank=rt.rank, world=rt.world)
     steps_per_epoch = window.steps_per_epoch(cap=cfg.train.max_steps_per_epoch)
 
-    # 4. model, optimiser, weight average -------------------------------------------------------
+    # 4. model and optimiser ---------------------------------------------------------------------
     model = build_model(
         cfg.model,
         num_classes=data.num_classes,

@@ -262,13 +262,15 @@ class Evaluator:
     def _check_names(self) -> None:
         """Fail at start-up, not at the first evaluation, on a protocol name that is not there."""
         names = self.protocol_names_for(self.cfg, self.data.val.modalities)
-        missing = sorted(set(self.cfg.eval.protocols) - set(names))
+        only = self.cfg.eval.protocols
+        missing = sorted(set(only) - set(names))
         if missing:
             raise ValueError(f"eval.protocols names {missing}, not among {names}")
+        kept = [n for n in names if not only or n in only]
         metric = self.cfg.eval.select_metric
-        if metric != "mAP_mean" and metric.removeprefix("mAP/") not in names:
+        if metric != "mAP_mean" and not (metric.startswith("mAP/") and metric[4:] in kept):
             raise ValueError(
-                f"eval.select_metric={metric!r}: use mAP_mean or mAP/<protocol> with one of {names}"
+                f"eval.select_metric={metric!r}: use mAP_mean or mAP/<protocol> with one of {kept}"
             )
 
     def _train_subset(self) -> IndexSubset | None:

@@ -457,13 +457,32 @@ def test_health_adapter_advises_from_the_head_lr_in_force() -> None:
 
 
 @pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["eval.select_metric=mAP/NIR->NIR"], r"eval.select_metric='mAP/NIR->NIR'"),
+        (["eval.select_metric=rank1"], "use mAP_mean or mAP/<protocol>"),
+        (["eval.protocols=NIR->RGB", "eval.select_metric=mAP/RGB->RGB"], r"\['NIR->RGB'\]"),
+        (["eval.protocols=RGB->NIR"], r"eval.protocols names \['RGB->NIR'\]"),
+    ],
+)
+def test_bad_protocol_names_fail_before_training(
+    tmp_path: Path, overrides: list[str], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        run(tmp_path, "bad", "train.epochs=1", *overrides)
+    assert not (tmp_path / "bad" / "steps.jsonl").exists()
+
+
+@pytest.mark.parametrize(
     "name",
     [
+        "ablation",
         "reid_example.builders",
         "reid_example.checkpoint",
         "reid_example.config",
         "reid_example.engine",
         "reid_example.evaluate",
+        "reid_example.health",
         "reid_example.optim",
         "reid_example.run",
         "reid_example.runtime",
