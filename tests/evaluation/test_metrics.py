@@ -152,6 +152,49 @@ def test_cosine_with_ties_matches_reference(problem, dedup):
     _run_both(q, ql, g, gl, None, None, "cosine", dedup)
 
 
+@settings(max_examples=40)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["cosine", "euclidean"]),
+    st.booleans(),
+    st.sampled_from([None, 1, 300]),
+)
+def test_many_exact_ties_with_removal_and_ignore_match_reference(seed, metric, dedup, chunk):
+    # every feature is one of three codebook rows, so most scores tie exactly and negatives tie
+    # with positives on both sides of them in gallery order; the rows are small integers
+    # (exact squared distances) or multiples of basis vectors (exact cosines)
+    rng = np.random.default_rng(seed)
+    if metric == "euclidean":
+        codebook = rng.integers(-2, 3, (3, 4)).astype(np.float32)
+    else:
+        codebook = np.eye(3, 4, dtype=np.float32)[rng.integers(0, 3, 3)]
+        codebook *= rng.integers(0, 4, (3, 1)).astype(np.float32)
+    nq, ng = int(rng.integers(1, 30)), int(rng.integers(1, 60))
+    q = codebook[rng.integers(0, 3, nq)]
+    g = codebook[rng.integers(0, 3, ng)]
+    ql, gl = rng.integers(0, 4, nq), rng.integers(0, 4, ng)
+    qc, gc = rng.integers(1, 4, nq), rng.integers(1, 4, ng)
+    extra = (qc[:, None] == 3) & (gc[None, :] == 2)
+    ref = ref_evaluate(ref_distances(q, g, metric), ql, gl, qc, gc, extra, dedup=dedup)
+    call = lambda: evaluate_retrieval(  # noqa: E731
+        q,
+        ql,
+        g,
+        gl,
+        query_cams=qc,
+        gallery_cams=gc,
+        metric=metric,
+        dedup_cmc=dedup,
+        chunk_size=chunk,
+        ignore=camera_pair_ignore(qc, gc, {3: [2]}),
+    )
+    if ref is None:
+        with pytest.raises(ValueError, match="no query has a positive"):
+            call()
+        return
+    assert_matches(call(), ref)
+
+
 @settings(max_examples=30)
 @given(st.integers(0, 2**31 - 1), st.booleans(), st.sampled_from(["cosine", "euclidean"]))
 def test_continuous_features_match_reference(seed, use_cams, metric):
@@ -263,6 +306,46 @@ def test_numpy_inputs_and_str():
     assert m.rank1 == 1.0
     assert "R1=100.00" in str(m)
     assert m.as_dict("val/", percent=True)["val/mAP"] == 100.0
+
+
+# ----------------------------------------------------------------------------------------------
+# very large and very small features
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factor", [1e25, 1e-25])
+@pytest.mark.parametrize("which", ["all", "some rows"])
+def test_cosine_features_beyond_float32_norm_range_match_reference(factor, which):
+    # float32 squares overflow past ~1.8e19 and vanish below ~1e-19: a plain L2 norm would be
+    # inf or 0 there and every such row would score 0 against everything
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((12, 8)).astype(np.float32)
+    g = rng.standard_normal((30, 8)).astype(np.float32)
+    ql, gl = rng.integers(0, 4, 12), rng.integers(0, 4, 30)
+    rows_q = slice(None) if which == "all" else slice(0, 12, 2)
+    rows_g = slice(None) if which == "all" else slice(1, 30, 3)
+    q[rows_q] *= np.float32(factor)
+    g[rows_g] *= np.float32(factor)
+    ref = ref_evaluate(ref_distances(q, g, "cosine"), ql, gl)
+    assert_matches(evaluate_retrieval(q, ql, g, gl), ref)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exponent"), [(torch.float32, 70), (torch.float32, -80), (torch.float64, 600)]
+)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_power_of_two_scaled_features_rank_exactly_like_the_originals(dtype, exponent, metric):
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(40, 16, generator=gen, dtype=dtype)
+    g = torch.randn(90, 16, generator=gen, dtype=dtype)
+    ql = torch.randint(0, 6, (40,), generator=gen)
+    gl = torch.randint(0, 6, (90,), generator=gen)
+    plain = evaluate_retrieval(q, ql, g, gl, metric=metric, dedup_cmc=True)
+    scale = 2.0**exponent
+    scaled = evaluate_retrieval(q * scale, ql, g * scale, gl, metric=metric, dedup_cmc=True)
+    assert torch.isfinite(q * scale).all()
+    assert torch.equal(scaled.cmc, plain.cmc)
+    assert scaled.mAP == plain.mAP and scaled.mINP == plain.mINP
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ gallery negative is placed among them with a batched binary search, which yields
 every positive without sorting the gallery (``O(G log P)`` per query instead of ``O(G log G)``).
 Everything runs on the device of the features. Scores are computed in fixed 256-row query blocks,
 so the result does not depend on ``chunk_size`` at all (bit for bit).
+
+Very large or very small features (a float32 row norm overflows beyond about ``1.8e19`` and
+underflows below about ``1e-19``) are rescaled before scoring, so they rank exactly as their
+moderate-sized multiples would instead of silently collapsing to zero or infinite scores.
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "IgnoreRule",
@@ -71,7 +74,8 @@ Metric = Literal["cosine", "euclidean"]
 _SCORE_BLOCK = 256
 # Default number of query×gallery elements processed per chunk.
 _DEFAULT_CHUNK_ELEMENTS = 1 << 23
-_INT64_MAX = torch.iinfo(torch.int64).max
+# F.normalize's default eps: rows with a smaller norm would not come out as unit vectors.
+_NORM_EPS = 1e-12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,14 +222,46 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _fill_order_values(
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised rows (``F.normalize``), also for rows whose norm overflows or underflows.
+
+    Such rows (the sum of squares leaves the floating range, or the norm falls below
+    ``F.normalize``'s eps) are first divided by their largest magnitude; every other row is
+    divided by its norm exactly as ``F.normalize`` does, so its scores are the usual ones bit
+    for bit. All-zero rows stay zero.
+    """
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    unsafe = (~torch.isfinite(norm) | (norm < _NORM_EPS))[:, 0]
+    if bool(unsafe.any()):
+        top = x[unsafe].abs().amax(1, keepdim=True)
+        x = x.clone()
+        x[unsafe] = x[unsafe] / torch.where(top > 0, top, 1.0)
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return x / norm.clamp_min(_NORM_EPS)
+
+
+def _safe_euclidean_scale(q: torch.Tensor, g: torch.Tensor) -> float:
+    """A power of two to multiply both sides by so that squared distances stay finite and normal.
+
+    The largest possible squared distance is ``4 d top²`` (``top`` the largest magnitude).
+    Multiplying every feature by the same power of two multiplies every squared distance by its
+    square, which keeps the order; ``1.0`` when no scaling is needed.
+    """
+    top = max(float(q.abs().max()), float(g.abs().max()))
+    info = torch.finfo(q.dtype)
+    if top == 0.0 or (top * top >= info.tiny and 4.0 * q.shape[1] * top * top < info.max):
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(top)[1])
+
+
+def _fill_scores(
     out: torch.Tensor,
     q: torch.Tensor,
     g_t: torch.Tensor,
     q_sqnorm: torch.Tensor | None,
     g_sqnorm: torch.Tensor | None,
 ) -> None:
-    """Write values whose ascending order is the ranking into ``out`` (one chunk of queries).
+    """Write scores whose ascending order is the ranking into ``out`` (one chunk of queries).
 
     ``q`` is pre-negated for cosine (so ``q @ g_t`` is ``-cos``, exactly). Matrix products are
     taken in blocks of :data:`_SCORE_BLOCK` rows aligned to the chunk start (a multiple of the
@@ -235,27 +271,52 @@ def _fill_order_values(
         torch.mm(q[b : b + _SCORE_BLOCK], g_t, out=out[b : b + _SCORE_BLOCK])
     if q_sqnorm is not None and g_sqnorm is not None:  # squared Euclidean distance
         out.mul_(-2.0).add_(q_sqnorm[:, None]).add_(g_sqnorm[None, :])
-    out.add_(0.0)  # -0.0 -> +0.0 so both zeros tie
 
 
-def _order_keys(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """int64 keys whose ascending order is (value ascending, gallery index ascending).
+def _sorted_positives(
+    scores: torch.Tensor, pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each query's positive scores in ascending order, their gallery indices and their count.
 
-    All keys of a row are distinct, so comparing keys is a total order with index tie-breaks.
+    The scores and indices are ``[c, pmax + 1]`` (``pmax`` the largest count), padded with
+    ``+inf`` scores (index ``G``), so every finite score has a slot at or before the first
+    padding entry.
     """
-    c, g = values.shape
-    idx = torch.arange(g, device=values.device, dtype=torch.int64)
-    if values.dtype == torch.float32:
-        # order-preserving map of IEEE-754 bits to signed integers (sign-extended to int64):
-        # negative floats get their 31 low bits flipped
-        out.copy_(values.view(torch.int32))
-        flip = torch.bitwise_right_shift(out, 31).bitwise_and_(0x7FFFFFFF)
-        out.bitwise_xor_(flip)
-        del flip
-        return out.mul_(1 << 32).add_(idx)
-    # float64: dense rank of the values in this chunk (exact), then the index
-    dense: torch.Tensor = torch.unique(values.reshape(-1), sorted=True, return_inverse=True)[1]
-    return out.copy_(dense.reshape(c, g)).mul_(g).add_(idx)
+    c, g = scores.shape
+    rows, cols = pos.nonzero(as_tuple=True)
+    npos = torch.bincount(rows, minlength=c)
+    pmax = int(npos.max())
+    slot = torch.arange(rows.numel(), device=scores.device) - (torch.cumsum(npos, 0) - npos)[rows]
+    pos_scores = torch.full((c, pmax + 1), math.inf, dtype=scores.dtype, device=scores.device)
+    pos_scores[rows, slot] = scores[rows, cols]
+    pos_index = torch.full((c, pmax + 1), g, dtype=torch.int64, device=scores.device)
+    pos_index[rows, slot] = cols
+    pos_scores, order = torch.sort(pos_scores, dim=1, stable=True)
+    return pos_scores, pos_index.gather(1, order), npos
+
+
+def _positives_before(
+    scores: torch.Tensor,
+    not_negative: torch.Tensor,
+    pos_scores: torch.Tensor,
+    pos_index: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """For every negative, the number of the query's positives ranked before it.
+
+    A binary search among the few sorted positive scores counts the strictly better positives.
+    A negative with exactly a positive's score comes after that positive only when its gallery
+    index is larger (index tie-break); such exact ties are rare, so they are counted separately
+    for just the tied items. Entries where ``not_negative`` is set are unspecified.
+    """
+    before = torch.searchsorted(pos_scores, scores, out=out)
+    tied = pos_scores.gather(1, before) == scores
+    tied.masked_fill_(not_negative, False)
+    if bool(tied.any()):
+        r, col = tied.nonzero(as_tuple=True)
+        earlier = (pos_scores[r] == scores[r, col, None]) & (pos_index[r] < col[:, None])
+        before[r, col] += earlier.sum(1)
+    return before
 
 
 def camera_pair_ignore(
@@ -409,9 +470,12 @@ def evaluate_retrieval(
     gf = gf.to(compute_dtype)
     q_sqnorm = g_sqnorm = None
     if metric == "cosine":
-        qf = -F.normalize(qf, dim=1)  # q @ g.T is then -cos: ascending order = ranking
-        gf = F.normalize(gf, dim=1)
+        qf = -_unit_rows(qf)  # q @ g.T is then -cos: ascending order = ranking
+        gf = _unit_rows(gf)
     else:
+        scale = _safe_euclidean_scale(qf, gf)
+        if scale != 1.0:
+            qf, gf = qf * scale, gf * scale
         q_sqnorm = (qf * qf).sum(1)
         g_sqnorm = (gf * gf).sum(1)
     g_t = gf.T.contiguous()
@@ -427,51 +491,43 @@ def evaluate_retrieval(
     inp = torch.zeros(nq, dtype=torch.float64, device=device)
 
     rows_max = min(chunk, nq)
-    val_buf = torch.empty((rows_max, ng), dtype=compute_dtype, device=device)
-    key_buf = torch.empty((rows_max, ng), dtype=torch.int64, device=device)
+    score_buf = torch.empty((rows_max, ng), dtype=compute_dtype, device=device)
+    before_buf = torch.empty((rows_max, ng), dtype=torch.int64, device=device)
     for start in range(0, nq, chunk):
         stop = min(start + chunk, nq)
-        vals = val_buf[: stop - start]
-        _fill_order_values(
-            vals,
+        c = stop - start
+        scores = score_buf[:c]
+        _fill_scores(
+            scores,
             qf[start:stop],
             g_t,
             None if q_sqnorm is None else q_sqnorm[start:stop],
             g_sqnorm,
         )
-        keys = _order_keys(vals, key_buf[: stop - start])
-        c = stop - start
-        ql_c = ql[start:stop]
-        same_id = gl[None, :] == ql_c[:, None]
-        invalid = None
+        same_id = gl[None, :] == ql[start:stop, None]
+        removed = None
         if qc is not None and gc is not None:
-            invalid = same_id & (gc[None, :] == qc[start:stop, None])
+            removed = same_id & (gc[None, :] == qc[start:stop, None])
         if ignore is not None:
-            qidx = torch.arange(start, stop, device=device)
-            extra = ignore(qidx)
+            extra = ignore(torch.arange(start, stop, device=device))
             if not isinstance(extra, torch.Tensor) or tuple(extra.shape) != (c, ng):
                 shape = tuple(extra.shape) if isinstance(extra, torch.Tensor) else type(extra)
                 raise ValueError(
                     f"ignore must return a bool tensor of shape ({c}, {ng}), got {shape}"
                 )
             extra = extra.to(device=device, dtype=torch.bool)
-            invalid = extra if invalid is None else invalid | extra
-        pos = same_id if invalid is None else same_id & ~invalid
-        npos = pos.sum(1)
-        pmax = int(npos.max())
+            removed = extra if removed is None else removed | extra
+        if removed is None:
+            pos, not_negative = same_id, same_id
+        else:
+            pos, not_negative = same_id & ~removed, same_id | removed
+        pos_scores, pos_index, npos = _sorted_positives(scores, pos)
+        pmax = pos_scores.shape[1] - 1
         if pmax == 0:
             continue
-        # padded, sorted keys of the positives of every row: [c, pmax]
-        rows, cols = pos.nonzero(as_tuple=True)
-        row_start = torch.cumsum(npos, 0) - npos
-        slot = torch.arange(rows.numel(), device=device) - row_start[rows]
-        pkeys = torch.full((c, pmax), _INT64_MAX, dtype=torch.int64, device=device)
-        pkeys[rows, slot] = keys[rows, cols]
-        pkeys = torch.sort(pkeys, dim=1).values
-        # number of positives ranked before each gallery item (reuses the key buffer)
-        before = torch.searchsorted(pkeys, keys)
-        not_neg = same_id if invalid is None else same_id | invalid
-        before.masked_fill_(not_neg, pmax)  # non-negatives go to a dummy bucket
+        before = _positives_before(scores, not_negative, pos_scores, pos_index, before_buf[:c])
+        # negatives ranked before the i-th positive: a histogram over "positives before", summed
+        before.masked_fill_(not_negative, pmax)  # a bucket that is never read
         hist = torch.zeros((c, pmax + 1), dtype=torch.int64, device=device)
         hist.scatter_add_(1, before, torch.ones((), dtype=torch.int64, device=device).expand(c, ng))
         neg_before = torch.cumsum(hist[:, :pmax], 1)
@@ -486,8 +542,7 @@ def evaluate_retrieval(
         ap_c = precision.sum(1) / npos_f.clamp_min(1.0)
         last = pos_rank.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
         inp_c = npos_f / last.to(torch.float64)
-        if dedup_cmc:
-            assert g_codes is not None  # internal invariant
+        if g_codes is not None:
             ahead = before == 0  # negatives ranked before the first positive
             code = torch.where(ahead, g_codes[None, :], torch.full_like(before, num_ids))
             seen = torch.zeros((c, num_ids + 1), dtype=torch.bool, device=device)
