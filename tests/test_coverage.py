@@ -320,9 +320,9 @@ def test_cuda_counts_stay_on_the_device_without_a_host_sync(steps: list[tuple[in
         ref.append((7, min(steps[0][1], 7)))
         m.update(rows=3, rows_without_positive=1)  # ints are written on the device too
         ref.append((3, 1))
-        out = m.compute()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    out = m.compute()  # a read: checks the validity flag on the host
     assert m.device.type == "cuda" and out.device.type == "cuda"
     assert same(float(out), ref_coverage(ref, 4))
     cpu = PairCoverageMeter(window=4)
