@@ -237,7 +237,8 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         x[unsafe] = x[unsafe] / torch.where(top > 0, top, 1.0)
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return x / norm.clamp_min(_NORM_EPS)
+    unit: torch.Tensor = x / norm.clamp_min(_NORM_EPS)
+    return unit
 
 
 def _safe_euclidean_scale(q: torch.Tensor, g: torch.Tensor) -> float:
