@@ -482,7 +482,8 @@ def sdm_loss(
     Args:
         query: ``[B, d]`` features (any float dtype; normalised inside).
         gallery: ``[N, d]`` features on the same device; ``N`` may differ from ``B``.
-        query_labels: ``[B]`` integer identity labels.
+        query_labels: ``[B]`` integer identity labels (on the features' device, or they are
+            copied there, which waits for the device).
         gallery_labels: ``[N]`` integer labels; ``None`` means ``query_labels`` (needs ``N == B``,
             the square IRRA case).
         memory: ``None``, a ``MemoryView`` (``memory.view()``) or a ``(features [M, d],
@@ -494,8 +495,9 @@ def sdm_loss(
         epsilon: IRRA's ε inside ``log(q + ε)``; must be > 0.
         chunk_size: run each direction over ``chunk_size`` of its rows at a time, recomputing
             each chunk in the backward pass: peak extra memory ``O(chunk_size · (N + M))``
-            instead of ``O(B · (N + M))``, same value and gradients, one more forward pass of
-            time. ``None``: one block.
+            instead of ``O(B · (N + M))``, same value and gradients. It costs time (the two
+            directions stop sharing one block, and each chunk's forward pass runs twice): a
+            memory option. ``None``: one block.
         gather: under an initialised ``torch.distributed`` group, compute the global SDM of the
             concatenated batch (every rank's queries against every rank's gallery). ``loss``
             equals single-process SDM on the concatenation on every rank; its gradient is
