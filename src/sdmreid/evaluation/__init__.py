@@ -1,13 +1,19 @@
 """Retrieval evaluation for (cross-modal) person re-identification.
 
-* :func:`evaluate_retrieval` / :class:`RetrievalMetrics` — CMC, mAP and mINP, chunked over
-  queries, on the features' device (:mod:`sdmreid.evaluation.metrics`).
-* Modality selection, multi-modal query fusion and the published benchmark protocols
-  (SYSU-MM01, RegDB, LLCM) (:mod:`sdmreid.evaluation.protocols`).
+* :mod:`~sdmreid.evaluation.metrics` — :func:`evaluate_retrieval` / :class:`RetrievalMetrics`:
+  CMC, mAP and mINP, chunked over queries, on the features' device; ignore rules.
+* :mod:`~sdmreid.evaluation.protocols` — generic protocol helpers: modality selection,
+  multi-modal query fusion, :func:`evaluate_all_to_rgb`, the seeded gallery draw, multi-trial
+  results.
+* One module per published benchmark: :mod:`~sdmreid.evaluation.sysu_mm01`,
+  :mod:`~sdmreid.evaluation.regdb`, :mod:`~sdmreid.evaluation.llcm`.
+
+Every public name is importable from ``sdmreid.evaluation`` directly.
 """
 
 from __future__ import annotations
 
+from sdmreid.evaluation.llcm import LLCM_NIR_CAMS, LLCM_RGB_CAMS, evaluate_llcm
 from sdmreid.evaluation.metrics import (
     IgnoreRule,
     RetrievalMetrics,
@@ -15,26 +21,26 @@ from sdmreid.evaluation.metrics import (
     evaluate_retrieval,
 )
 from sdmreid.evaluation.protocols import (
-    LLCM_NIR_CAMS,
-    LLCM_RGB_CAMS,
+    FusedQueries,
+    ProtocolResult,
+    cross_modal_split,
+    draw_gallery,
+    evaluate_all_to_rgb,
+    evaluate_cross_modal,
+    fuse_queries,
+    mean_over_trials,
+    parse_direction,
+)
+from sdmreid.evaluation.regdb import RegDBTrial, evaluate_regdb
+from sdmreid.evaluation.sysu_mm01 import (
     SYSU_ALL_RGB_CAMS,
     SYSU_INDOOR_RGB_CAMS,
     SYSU_NIR_CAMS,
-    FusedQueries,
-    ProtocolResult,
-    RegDBTrial,
     SYSUPermutation,
-    cross_modal_split,
-    draw_gallery,
-    evaluate_cross_modal,
-    evaluate_llcm,
-    evaluate_regdb,
     evaluate_sysu_mm01,
-    fuse_queries,
     load_sysu_permutation,
-    mean_over_trials,
-    parse_direction,
     parse_sysu_paths,
+    sysu_ignore_rule,
 )
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "camera_pair_ignore",
     "cross_modal_split",
     "draw_gallery",
+    "evaluate_all_to_rgb",
     "evaluate_cross_modal",
     "evaluate_llcm",
     "evaluate_regdb",
@@ -62,4 +69,5 @@ __all__ = [
     "mean_over_trials",
     "parse_direction",
     "parse_sysu_paths",
+    "sysu_ignore_rule",
 ]

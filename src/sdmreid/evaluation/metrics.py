@@ -187,20 +187,26 @@ def _as_feats(x: object, name: str) -> torch.Tensor:
     return x.detach()
 
 
-def _as_ints(x: object, n: int, name: str, device: torch.device) -> torch.Tensor:
+def _as_ints(
+    x: object, name: str, n: int | None = None, device: torch.device | None = None
+) -> torch.Tensor:
+    """``x`` (a tensor, array or sequence of integers) as a 1-D ``int64`` tensor on ``device``
+    (``None``: where a tensor already is, else the CPU), checked to have ``n`` entries."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
         arr = np.asarray(x)
-        if arr.dtype == object:
-            raise TypeError(f"{name} must hold integers, got an object array")
+        if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dtype == torch.bool or t.dtype.is_floating_point or t.dtype.is_complex:
-        raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
+        raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
     if t.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    if t.shape[0] != n:
-        raise ValueError(f"{name} has length {t.shape[0]} but the features have {n} rows")
+    if n is not None and t.shape[0] != n:
+        raise ValueError(f"{name} has length {t.shape[0]}, expected {n} (one per item)")
     return t.to(device=device, dtype=torch.int64)
 
 
@@ -345,8 +351,8 @@ def camera_pair_ignore(
         tensor([[False,  True,  True],
                 [False, False, False]])
     """
-    qc = _as_ints(query_cams, len(query_cams), "query_cams", torch.device("cpu"))  # type: ignore[arg-type]
-    gc = _as_ints(gallery_cams, len(gallery_cams), "gallery_cams", torch.device("cpu"))  # type: ignore[arg-type]
+    qc = _as_ints(query_cams, "query_cams", device=torch.device("cpu"))
+    gc = _as_ints(gallery_cams, "gallery_cams", device=torch.device("cpu"))
     if not isinstance(pairs, Mapping):
         raise TypeError(f"pairs must be a dict {{query_cam: [gallery cams]}}, got {pairs!r}")
     # table[q_cam_code, g_cam_code] over the distinct cameras
@@ -445,14 +451,14 @@ def evaluate_retrieval(
         )
     device = qf.device
     nq, ng = qf.shape[0], gf.shape[0]
-    ql = _as_ints(query_labels, nq, "query_labels", device)
-    gl = _as_ints(gallery_labels, ng, "gallery_labels", device)
+    ql = _as_ints(query_labels, "query_labels", nq, device)
+    gl = _as_ints(gallery_labels, "gallery_labels", ng, device)
     if (query_cams is None) != (gallery_cams is None):
         raise ValueError("give both query_cams and gallery_cams, or neither")
     qc = gc = None
     if query_cams is not None and gallery_cams is not None:
-        qc = _as_ints(query_cams, nq, "query_cams", device)
-        gc = _as_ints(gallery_cams, ng, "gallery_cams", device)
+        qc = _as_ints(query_cams, "query_cams", nq, device)
+        gc = _as_ints(gallery_cams, "gallery_cams", ng, device)
     ranks_t = _check_ranks(ranks)
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")

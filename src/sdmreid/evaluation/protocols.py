@@ -1,36 +1,24 @@
-"""Cross-modal retrieval protocols: modality selection, query fusion and benchmark presets.
+"""Generic cross-modal protocol helpers: modality selection, query fusion, gallery draws, trials.
 
 Everything here works on arrays that the caller has already extracted (features, identity labels,
-cameras, modalities and, for SYSU-MM01's official permutation, image numbers); nothing reads
-images or split files except :func:`load_sysu_permutation`, which reads the official
-``exp/rand_perm_cam.mat`` (it needs SciPy, an optional dependency).
-
-Helpers:
+cameras, modalities); nothing reads images or split files.
 
 * :func:`cross_modal_split` — query/gallery indices by modality (NIR→RGB, text→RGB, ...).
 * :func:`fuse_queries` — multi-modal queries (PRCV2025 "MM-k"): one query per
   (identity, query group), the mean of the group's L2-normalised embeddings by default.
 * :func:`evaluate_cross_modal` — the two above plus :func:`~sdmreid.evaluation.evaluate_retrieval`
   (text/sketch/colour-pencil → RGB: no camera filtering, standard CMC).
+* :func:`evaluate_all_to_rgb` — every non-RGB modality present → all RGB items, plus RGB → RGB
+  with one seeded query per identity: the per-epoch validation of a pooled multi-modal split.
+* :func:`draw_gallery` — the seeded single-/multi-shot gallery draw of the benchmark presets.
+* :func:`mean_over_trials` / :class:`ProtocolResult` — multi-trial results.
+* :func:`parse_direction` — ``"<query>_to_<gallery>"`` with any modality alias.
 
-Presets (each returns a :class:`ProtocolResult` with the mean over trials and every trial; a
-sequence of directions returns ``{direction: ProtocolResult}``). A direction is written
-``"<query>_to_<gallery>"`` with any modality alias (``"nir_to_rgb"``, ``"ir_to_visible"``,
-``"visible_to_thermal"``); result keys use the canonical form ``"nir_to_rgb"``/``"rgb_to_nir"``.
-
-* :func:`evaluate_sysu_mm01` — SYSU-MM01 all-/indoor-search, single-/multi-shot, 10 trials.
-  Query: every image of the query-modality cameras (NIR: 3 and 6; RGB: 1, 2, 4, 5 for all-search,
-  1 and 2 for indoor-search). Gallery: ``shots`` images per (identity, camera) of the gallery
-  cameras, taken from the official permutation when given (the first ``shots`` entries of row
-  ``trial``), otherwise drawn with ``numpy.random.default_rng(seed + trial)``. Same-location
-  rule: cameras 2 and 3 stand in the same place, so a camera-3 query ignores *every* camera-2
-  gallery image whatever its identity (and, in the reverse direction, a camera-2 query ignores
-  every camera-3 image). CMC is identity-de-duplicated (official code); mAP and mINP are not.
-* :func:`evaluate_regdb` — per-trial features (one model per trial), no camera filtering,
-  standard CMC, both directions.
-* :func:`evaluate_llcm` — single-shot gallery per (identity, camera) drawn with
-  ``default_rng(seed + trial)``, gallery items with the query's identity *and* camera removed,
-  standard CMC, both directions.
+The published benchmarks have a module each, built on these helpers:
+:mod:`sdmreid.evaluation.sysu_mm01`, :mod:`sdmreid.evaluation.regdb`,
+:mod:`sdmreid.evaluation.llcm`. A preset returns a :class:`ProtocolResult` (mean over trials and
+every trial) for one direction, or ``{direction: ProtocolResult}`` for a sequence of directions;
+result keys use the canonical form ``"nir_to_rgb"`` / ``"rgb_to_nir"``.
 
 Gallery draws are independent of the order of the input arrays: candidates are first put in a
 canonical order (camera, identity, image number — or input position when no image numbers are
@@ -39,81 +27,42 @@ given), then the seeded generator picks within each (identity, camera) group.
 
 from __future__ import annotations
 
-import importlib
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union, overload
+from typing import Any, Literal, Union
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from sdmreid.evaluation.metrics import (
-    Metric,
-    RetrievalMetrics,
-    camera_pair_ignore,
-    evaluate_retrieval,
-)
+from sdmreid.evaluation.metrics import RetrievalMetrics, _as_ints, evaluate_retrieval
 from sdmreid.modality import Modality, as_modality_array, parse_modality
 
 __all__ = [
-    "LLCM_NIR_CAMS",
-    "LLCM_RGB_CAMS",
-    "SYSU_ALL_RGB_CAMS",
-    "SYSU_INDOOR_RGB_CAMS",
-    "SYSU_NIR_CAMS",
     "FusedQueries",
     "ProtocolResult",
-    "RegDBTrial",
-    "SYSUPermutation",
     "cross_modal_split",
     "draw_gallery",
+    "evaluate_all_to_rgb",
     "evaluate_cross_modal",
-    "evaluate_llcm",
-    "evaluate_regdb",
-    "evaluate_sysu_mm01",
     "fuse_queries",
-    "load_sysu_permutation",
     "mean_over_trials",
     "parse_direction",
-    "parse_sysu_paths",
 ]
-
-SYSU_NIR_CAMS: tuple[int, ...] = (3, 6)
-SYSU_ALL_RGB_CAMS: tuple[int, ...] = (1, 2, 4, 5)
-SYSU_INDOOR_RGB_CAMS: tuple[int, ...] = (1, 2)
-LLCM_RGB_CAMS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
-LLCM_NIR_CAMS: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 8, 9)
-
-#: Official SYSU-MM01 gallery permutation: ``{(camera, identity): int array [trials, n]}`` of
-#: 1-based image numbers (the number in ``cam{c}/{id:04d}/{number:04d}.jpg``).
-SYSUPermutation = Mapping[tuple[int, int], npt.NDArray[np.int64]]
 
 Tensorish = Union[torch.Tensor, npt.NDArray[Any]]  # noqa: UP007
 IntArrayLike = Union[npt.ArrayLike, torch.Tensor]  # noqa: UP007
 
 
 # ----------------------------------------------------------------------------------------------
-# small helpers
+# argument checks shared by the benchmark modules
 # ----------------------------------------------------------------------------------------------
 
 
 def _np_ints(x: IntArrayLike, name: str, n: int | None = None) -> npt.NDArray[np.int64]:
-    if isinstance(x, torch.Tensor):
-        if x.dtype == torch.bool or x.dtype.is_floating_point or x.dtype.is_complex:
-            raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
-        arr: npt.NDArray[Any] = x.detach().cpu().numpy()
-    else:
-        arr = np.asarray(x)
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name} has length {arr.shape[0]}, expected {n}")
-    return arr.astype(np.int64, copy=False)
+    arr: npt.NDArray[np.int64] = _as_ints(x, name, n).cpu().numpy()
+    return arr
 
 
 def _feats(x: Tensorish, name: str) -> torch.Tensor:
@@ -123,6 +72,21 @@ def _feats(x: Tensorish, name: str) -> torch.Tensor:
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D [N, d], got shape {tuple(t.shape)}")
     return t
+
+
+def _rows(x: torch.Tensor, index: npt.NDArray[np.int64]) -> torch.Tensor:
+    """The rows ``index`` (a numpy array) of ``x``, wherever ``x`` lives."""
+    return x[torch.from_numpy(index).to(x.device)]
+
+
+def _check_trials(num_trials: int) -> None:
+    if isinstance(num_trials, bool) or not isinstance(num_trials, int) or num_trials < 1:
+        raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
+
+
+def _check_shots(shots: int) -> None:
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"shots must be a positive integer (1 = single-shot), got {shots!r}")
 
 
 def _modality_set(x: object, name: str) -> frozenset[int]:
@@ -166,14 +130,23 @@ def _directions(direction: str | Sequence[str]) -> tuple[bool, list[tuple[Modali
     return single, [parse_direction(d) for d in items]
 
 
-def _check_trials(num_trials: int) -> None:
-    if isinstance(num_trials, bool) or not isinstance(num_trials, int) or num_trials < 1:
-        raise ValueError(f"num_trials must be a positive integer, got {num_trials!r}")
+def _rgb_nir_directions(
+    direction: str | Sequence[str], benchmark: str, spelled: str
+) -> tuple[bool, list[tuple[Modality, Modality]]]:
+    """:func:`_directions` for the RGB↔NIR benchmarks; anything else is a ``ValueError``."""
+    single, dirs = _directions(direction)
+    for qm, gm in dirs:
+        if {qm, gm} != {Modality.RGB, Modality.NIR}:
+            raise ValueError(
+                f"direction for {benchmark} must be {spelled}, got {_direction_key(qm, gm)}"
+            )
+    return single, dirs
 
 
-def _check_shots(shots: int) -> None:
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise ValueError(f"shots must be a positive integer (1 = single-shot), got {shots!r}")
+def _one_or_all(
+    single: bool, results: dict[str, ProtocolResult]
+) -> ProtocolResult | dict[str, ProtocolResult]:
+    return next(iter(results.values())) if single else results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,18 +358,116 @@ def evaluate_cross_modal(
     qi, gi = cross_modal_split(modalities, query_modality, gallery_modality)
     if len(as_modality_array(modalities)) != x.shape[0]:  # type: ignore[arg-type]
         raise ValueError("modalities must have one entry per row of feats")
-    qi_t = torch.from_numpy(qi).to(x.device)
-    gi_t = torch.from_numpy(gi).to(x.device)
     if query_groups is not None:
         if cams is not None:
             raise ValueError("cams cannot be combined with query_groups (fused queries)")
         grp = _np_ints(query_groups, "query_groups", x.shape[0])
-        fused = fuse_queries(x[qi_t], lab[qi], grp[qi], normalize=fuse_normalize)
-        return evaluate_retrieval(fused.feats, fused.labels, x[gi_t], lab[gi], **kwargs)
+        fused = fuse_queries(_rows(x, qi), lab[qi], grp[qi], normalize=fuse_normalize)
+        return evaluate_retrieval(fused.feats, fused.labels, _rows(x, gi), lab[gi], **kwargs)
     if cams is not None:
         cam = _np_ints(cams, "cams", x.shape[0])
         kwargs = {**kwargs, "query_cams": cam[qi], "gallery_cams": cam[gi]}
-    return evaluate_retrieval(x[qi_t], lab[qi], x[gi_t], lab[gi], **kwargs)
+    return evaluate_retrieval(_rows(x, qi), lab[qi], _rows(x, gi), lab[gi], **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# every modality against RGB
+# ----------------------------------------------------------------------------------------------
+
+#: Keyword arguments of :func:`evaluate_retrieval` that are per query/gallery item, which
+#: :func:`evaluate_all_to_rgb` chooses itself.
+_PER_ITEM_OPTIONS = ("query_cams", "gallery_cams", "ignore")
+
+
+def _one_query_per_identity(
+    candidates: npt.NDArray[np.int64], labels: npt.NDArray[np.int64], seed: int
+) -> npt.NDArray[np.int64]:
+    """One of ``candidates`` per identity, drawn with ``default_rng(seed)``, sorted.
+
+    Every candidate (in the given order) gets one uniform draw; the smallest draw of each
+    identity wins.
+    """
+    draw = np.random.default_rng(seed).random(candidates.size)
+    ids = labels[candidates]
+    order = np.lexsort((draw, ids))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    return np.sort(candidates[order][first])
+
+
+def evaluate_all_to_rgb(
+    feats: Tensorish,
+    labels: IntArrayLike,
+    modalities: object,
+    *,
+    seed: int = 0,
+    **kwargs: Any,
+) -> dict[str, RetrievalMetrics]:
+    """Every non-RGB modality against all RGB items, plus RGB against RGB, on a pooled split.
+
+    * ``"<M>->RGB"`` for each non-RGB modality ``M`` present (``"NIR->RGB"``,
+      ``"SKETCH->RGB"``, ``"CPENCIL->RGB"``, ``"TEXT->RGB"``, in modality order): every item
+      of ``M`` queries every RGB item; no camera filtering.
+    * ``"RGB->RGB"`` (last): each identity with at least two RGB items gives one query, drawn
+      with ``numpy.random.default_rng(seed)``; every other RGB item (also those of identities
+      with a single RGB item) is in the gallery.
+
+    A protocol in which no query has a positive — no RGB item at all, identities of ``M``
+    without any RGB item, or no identity with two RGB items — is **left out** of the result
+    rather than raising, so an early or sparse validation split still reports what it can;
+    check the keys when a protocol must be present.
+
+    Args:
+        feats: ``[N, d]`` embeddings of every item of the split.
+        labels: ``[N]`` identities.
+        modalities: ``[N]`` modality of each item (any form accepted by
+            :func:`sdmreid.modality.as_modality_array`).
+        seed: seed of the RGB→RGB query draw.
+        **kwargs: passed to :func:`~sdmreid.evaluation.evaluate_retrieval` (``ranks``,
+            ``metric``, ``chunk_size``, ``dedup_cmc``).
+
+    Returns:
+        ``{protocol name: RetrievalMetrics}`` in the order above.
+
+    Raises:
+        ValueError: mismatched lengths, or an error of :func:`evaluate_retrieval`.
+        TypeError: a per-item option (``query_cams``, ``gallery_cams``, ``ignore``) in
+            ``kwargs``, a non-integer ``seed`` or non-integer labels.
+
+    Example:
+        >>> import torch
+        >>> feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
+        >>> res = evaluate_all_to_rgb(feats, [1, 1, 2, 1, 2], ["rgb", "rgb", "rgb", "nir", "nir"])
+        >>> list(res), res["NIR->RGB"].rank1, res["RGB->RGB"].num_valid_queries
+        (['NIR->RGB', 'RGB->RGB'], 1.0, 1)
+    """
+    for key in _PER_ITEM_OPTIONS:
+        if key in kwargs:
+            raise TypeError(
+                f"evaluate_all_to_rgb chooses its queries and gallery; {key} is not an option"
+            )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    x = _feats(feats, "feats")
+    lab = _np_ints(labels, "labels", x.shape[0])
+    mods = as_modality_array(modalities, name="modalities")  # type: ignore[arg-type]
+    if mods.shape[0] != x.shape[0]:
+        raise ValueError(f"modalities has length {mods.shape[0]}, expected {x.shape[0]}")
+    rgb = np.flatnonzero(mods == int(Modality.RGB))
+    protocols = [
+        (f"{Modality(m).name}->RGB", np.flatnonzero(mods == m), rgb)
+        for m in sorted(set(mods.tolist()) - {int(Modality.RGB)})
+    ]
+    ids, counts = np.unique(lab[rgb], return_counts=True)
+    repeated = rgb[np.isin(lab[rgb], ids[counts >= 2])]
+    rgb_query = _one_query_per_identity(repeated, lab, int(seed))
+    protocols.append(("RGB->RGB", rgb_query, np.setdiff1d(rgb, rgb_query)))
+    out: dict[str, RetrievalMetrics] = {}
+    for name, q, g in protocols:
+        if not np.isin(lab[q], lab[g]).any():
+            continue
+        out[name] = evaluate_retrieval(_rows(x, q), lab[q], _rows(x, g), lab[g], **kwargs)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,8 +484,9 @@ def draw_gallery(
     seed: int = 0,
     image_index: IntArrayLike | None = None,
 ) -> npt.NDArray[np.int64]:
-    """The seeded single-/multi-shot gallery draw of :func:`evaluate_sysu_mm01` and
-    :func:`evaluate_llcm`: up to ``shots`` of ``candidates`` per (camera, identity).
+    """The seeded single-/multi-shot gallery draw of
+    :func:`~sdmreid.evaluation.evaluate_sysu_mm01` and :func:`~sdmreid.evaluation.evaluate_llcm`:
+    up to ``shots`` of ``candidates`` per (camera, identity).
 
     Trial ``t`` of those evaluators (without an official permutation) is
     ``draw_gallery(..., seed=seed + t)``, so a trainer that validates on one trial every epoch
@@ -483,481 +555,3 @@ def _seeded_gallery(
     group_start = np.maximum.accumulate(np.where(new_group, np.arange(order.size), 0))
     within = np.arange(order.size) - group_start
     return canon[order[within < shots]]
-
-
-def _permuted_gallery(
-    candidates: npt.NDArray[np.int64],
-    labels: npt.NDArray[np.int64],
-    cams: npt.NDArray[np.int64],
-    image_index: npt.NDArray[np.int64],
-    shots: int,
-    trial: int,
-    permutation: SYSUPermutation,
-) -> npt.NDArray[np.int64]:
-    lookup: dict[tuple[int, int, int], int] = {}
-    for i in candidates.tolist():
-        key = (int(cams[i]), int(labels[i]), int(image_index[i]))
-        if key in lookup:
-            raise ValueError(
-                f"image_index is not unique within (camera, identity): camera {key[0]}, "
-                f"identity {key[1]}, image {key[2]} appears twice"
-            )
-        lookup[key] = i
-    groups = sorted({(int(cams[i]), int(labels[i])) for i in candidates.tolist()})
-    out: list[int] = []
-    for cam, pid in groups:
-        if (cam, pid) not in permutation:
-            raise ValueError(f"permutation has no entry for camera {cam}, identity {pid}")
-        perm = np.atleast_2d(np.asarray(permutation[(cam, pid)]))
-        if trial >= perm.shape[0]:
-            raise ValueError(
-                f"permutation for camera {cam}, identity {pid} has {perm.shape[0]} trials; "
-                f"trial {trial} requested"
-            )
-        for number in perm[trial, :shots].tolist():
-            key = (cam, pid, int(number))
-            if key not in lookup:
-                raise ValueError(
-                    f"permutation selects image {int(number)} of camera {cam}, identity {pid}, "
-                    f"which is not among the given items (check image_index)"
-                )
-            out.append(lookup[key])
-    return np.asarray(out, dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
-# SYSU-MM01
-# ----------------------------------------------------------------------------------------------
-
-
-def parse_sysu_paths(
-    paths: Sequence[str | os.PathLike[str]],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """``(cams, identities, image_numbers)`` from SYSU-MM01 paths ``.../cam{c}/{id}/{n}.jpg``.
-
-    Only the last three path components are used.
-
-    Example:
-        >>> paths = ["SYSU-MM01/cam3/0001/0004.jpg", "cam1/0012/0001.jpg"]
-        >>> cams, ids, nums = parse_sysu_paths(paths)
-        >>> cams.tolist(), ids.tolist(), nums.tolist()
-        ([3, 1], [1, 12], [4, 1])
-    """
-    cams, ids, nums = [], [], []
-    for p in paths:
-        parts = os.fspath(p).replace("\\", "/").split("/")
-        if len(parts) < 3 or not parts[-3].startswith("cam"):
-            raise ValueError(f"paths: expected '.../cam<c>/<id>/<n>.<ext>', got {p!r}")
-        try:
-            cams.append(int(parts[-3][3:]))
-            ids.append(int(parts[-2]))
-            nums.append(int(os.path.splitext(parts[-1])[0]))
-        except ValueError:
-            raise ValueError(f"paths: expected '.../cam<c>/<id>/<n>.<ext>', got {p!r}") from None
-    return (
-        np.asarray(cams, dtype=np.int64),
-        np.asarray(ids, dtype=np.int64),
-        np.asarray(nums, dtype=np.int64),
-    )
-
-
-def load_sysu_permutation(path: str | os.PathLike[str]) -> dict[tuple[int, int], Any]:
-    """Load the official ``exp/rand_perm_cam.mat`` as ``{(camera, identity): [trials, n]}``.
-
-    Needs SciPy (``scipy.io.loadmat``), which is not a dependency of sdmreid. The values are the
-    1-based image numbers of the official MATLAB code; identity ``k`` is the ``k``-th entry
-    (1-based) of the camera's cell, i.e. the folder name ``{k:04d}``.
-
-    Raises:
-        ImportError: SciPy is not installed.
-        ValueError: the file does not hold a ``rand_perm_cam`` cell array.
-    """
-    try:
-        scipy_io = importlib.import_module("scipy.io")
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "load_sysu_permutation needs SciPy (pip install scipy); or pass permutation=None "
-            "for the seeded draw"
-        ) from err
-    mat = scipy_io.loadmat(os.fspath(path))
-    if "rand_perm_cam" not in mat:
-        raise ValueError(f"{os.fspath(path)!r} has no 'rand_perm_cam' variable")
-    cells = np.asarray(mat["rand_perm_cam"], dtype=object).reshape(-1)
-    out: dict[tuple[int, int], Any] = {}
-    for cam_pos, cam_cell in enumerate(cells):
-        persons = np.asarray(cam_cell, dtype=object).reshape(-1)
-        if persons.size == 1 and isinstance(persons[0], np.ndarray) and persons[0].dtype == object:
-            persons = persons[0].reshape(-1)
-        for pid_pos, perm in enumerate(persons):
-            arr = np.asarray(perm)
-            if arr.size == 0:
-                continue
-            out[(cam_pos + 1, pid_pos + 1)] = np.atleast_2d(arr).astype(np.int64)
-    return out
-
-
-@overload
-def evaluate_sysu_mm01(
-    feats: Tensorish,
-    labels: IntArrayLike,
-    cams: IntArrayLike,
-    *,
-    direction: str = ...,
-    mode: Literal["all", "indoor"] = ...,
-    shots: int = ...,
-    num_trials: int = ...,
-    image_index: IntArrayLike | None = ...,
-    permutation: SYSUPermutation | str | os.PathLike[str] | None = ...,
-    seed: int = ...,
-    ranks: Sequence[int] = ...,
-    metric: Metric = ...,
-    chunk_size: int | None = ...,
-) -> ProtocolResult: ...
-@overload
-def evaluate_sysu_mm01(
-    feats: Tensorish,
-    labels: IntArrayLike,
-    cams: IntArrayLike,
-    *,
-    direction: list[str] | tuple[str, ...],
-    mode: Literal["all", "indoor"] = ...,
-    shots: int = ...,
-    num_trials: int = ...,
-    image_index: IntArrayLike | None = ...,
-    permutation: SYSUPermutation | str | os.PathLike[str] | None = ...,
-    seed: int = ...,
-    ranks: Sequence[int] = ...,
-    metric: Metric = ...,
-    chunk_size: int | None = ...,
-) -> dict[str, ProtocolResult]: ...
-def evaluate_sysu_mm01(
-    feats: Tensorish,
-    labels: IntArrayLike,
-    cams: IntArrayLike,
-    *,
-    direction: str | Sequence[str] = "nir_to_rgb",
-    mode: Literal["all", "indoor"] = "all",
-    shots: int = 1,
-    num_trials: int = 10,
-    image_index: IntArrayLike | None = None,
-    permutation: SYSUPermutation | str | os.PathLike[str] | None = None,
-    seed: int = 0,
-    ranks: Sequence[int] = (1, 5, 10, 20),
-    metric: Metric = "cosine",
-    chunk_size: int | None = None,
-) -> ProtocolResult | dict[str, ProtocolResult]:
-    """SYSU-MM01 all-search / indoor-search evaluation over trials (see the module docs).
-
-    Args:
-        feats: ``[N, d]`` features of the test-identity images of all six cameras (or at least
-            of the cameras the direction uses). RGB cameras are 1, 2, 4, 5; NIR cameras 3, 6.
-        labels: ``[N]`` SYSU identities (the folder numbers, not relabelled, when a permutation
-            is used).
-        cams: ``[N]`` camera numbers 1..6.
-        direction: ``"nir_to_rgb"`` (the official setting), ``"rgb_to_nir"``, or a sequence.
-        mode: ``"all"`` (gallery/query RGB cameras 1, 2, 4, 5) or ``"indoor"`` (1, 2).
-        shots: gallery images per (identity, camera): 1 single-shot, 10 multi-shot.
-        num_trials: number of trials (10 in the published protocol).
-        image_index: ``[N]`` image number within its (camera, identity) folder (the ``n`` in
-            ``cam3/0001/000n.jpg``, see :func:`parse_sysu_paths`). Needed with ``permutation``;
-            otherwise only used to make the seeded draw independent of the input order.
-        permutation: the official permutation (a mapping, or the path of ``rand_perm_cam.mat``
-            loaded with :func:`load_sysu_permutation`); ``None`` uses
-            ``numpy.random.default_rng(seed + trial)``.
-        seed: base seed of the seeded draw (trial ``t`` uses ``seed + t``).
-        ranks: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
-        metric: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
-        chunk_size: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
-
-    Returns:
-        A :class:`ProtocolResult` (``name="sysu_mm01/{mode}/{single|multi-N}"``), or
-        ``{direction: ProtocolResult}`` for a sequence of directions.
-
-    Example:
-        >>> import torch
-        >>> feats = torch.eye(4)[[0, 1, 0, 0, 1, 1]]
-        >>> labels = [1, 2, 1, 1, 2, 2]
-        >>> cams = [3, 3, 1, 2, 1, 2]
-        >>> r = evaluate_sysu_mm01(feats, labels, cams, mode="indoor", num_trials=2, ranks=(1,))
-        >>> r.mean.rank1, r.mean.mAP, len(r.trials)
-        (1.0, 1.0, 2)
-    """
-    single, dirs = _directions(direction)
-    if mode not in ("all", "indoor"):
-        raise ValueError(f"mode must be 'all' or 'indoor', got {mode!r}")
-    _check_shots(shots)
-    _check_trials(num_trials)
-    x = _feats(feats, "feats")
-    n = x.shape[0]
-    lab = _np_ints(labels, "labels", n)
-    cam = _np_ints(cams, "cams", n)
-    bad = ~np.isin(cam, (1, 2, 3, 4, 5, 6))
-    if bad.any():
-        raise ValueError(f"cams must be SYSU-MM01 cameras 1..6, got {int(cam[bad][0])}")
-    img = None if image_index is None else _np_ints(image_index, "image_index", n)
-    perm: SYSUPermutation | None
-    if isinstance(permutation, (str, os.PathLike)):
-        perm = load_sysu_permutation(permutation)
-    else:
-        perm = permutation
-    if perm is not None and img is None:
-        raise ValueError("image_index is required with permutation (see parse_sysu_paths)")
-    rgb_cams = SYSU_ALL_RGB_CAMS if mode == "all" else SYSU_INDOOR_RGB_CAMS
-    shot_name = "single" if shots == 1 else f"multi-{shots}"
-    results: dict[str, ProtocolResult] = {}
-    for qm, gm in dirs:
-        if {qm, gm} != {Modality.RGB, Modality.NIR}:
-            raise ValueError(
-                f"direction for SYSU-MM01 must be nir_to_rgb or rgb_to_nir, got "
-                f"{_direction_key(qm, gm)}"
-            )
-        q_cams = SYSU_NIR_CAMS if qm == Modality.NIR else rgb_cams
-        g_cams = rgb_cams if qm == Modality.NIR else SYSU_NIR_CAMS
-        pairs = {3: [2]} if qm == Modality.NIR else {2: [3]}
-        qi = np.flatnonzero(np.isin(cam, q_cams)).astype(np.int64)
-        cand = np.flatnonzero(np.isin(cam, g_cams)).astype(np.int64)
-        if qi.size == 0:
-            raise ValueError(f"no query image: no item from cameras {q_cams}")
-        if cand.size == 0:
-            raise ValueError(f"no gallery image: no item from cameras {g_cams}")
-        qf = x[torch.from_numpy(qi).to(x.device)]
-        trials = []
-        for t in range(num_trials):
-            if perm is not None:
-                assert img is not None  # checked above
-                gi = _permuted_gallery(cand, lab, cam, img, shots, t, perm)
-            else:
-                gi = _seeded_gallery(cand, lab, cam, img, shots, seed + t)
-            rule = camera_pair_ignore(cam[qi], cam[gi], pairs)
-            trials.append(
-                evaluate_retrieval(
-                    qf,
-                    lab[qi],
-                    x[torch.from_numpy(gi).to(x.device)],
-                    lab[gi],
-                    ranks=ranks,
-                    metric=metric,
-                    chunk_size=chunk_size,
-                    dedup_cmc=True,
-                    ignore=rule,
-                )
-            )
-        key = _direction_key(qm, gm)
-        results[key] = ProtocolResult(
-            f"sysu_mm01/{mode}/{shot_name}", key, mean_over_trials(trials), tuple(trials)
-        )
-    return next(iter(results.values())) if single else results
-
-
-# ----------------------------------------------------------------------------------------------
-# RegDB
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class RegDBTrial:
-    """Test features of one RegDB trial, extracted with the model trained on that trial."""
-
-    visible_feats: Tensorish
-    visible_labels: IntArrayLike
-    thermal_feats: Tensorish
-    thermal_labels: IntArrayLike
-
-
-@overload
-def evaluate_regdb(
-    trials: Sequence[RegDBTrial | tuple[Any, Any, Any, Any]],
-    *,
-    direction: str,
-    ranks: Sequence[int] = ...,
-    metric: Metric = ...,
-    chunk_size: int | None = ...,
-) -> ProtocolResult: ...
-@overload
-def evaluate_regdb(
-    trials: Sequence[RegDBTrial | tuple[Any, Any, Any, Any]],
-    *,
-    direction: list[str] | tuple[str, ...] = ...,
-    ranks: Sequence[int] = ...,
-    metric: Metric = ...,
-    chunk_size: int | None = ...,
-) -> dict[str, ProtocolResult]: ...
-def evaluate_regdb(
-    trials: Sequence[RegDBTrial | tuple[Any, Any, Any, Any]],
-    *,
-    direction: str | Sequence[str] = ("visible_to_thermal", "thermal_to_visible"),
-    ranks: Sequence[int] = (1, 5, 10, 20),
-    metric: Metric = "cosine",
-    chunk_size: int | None = None,
-) -> ProtocolResult | dict[str, ProtocolResult]:
-    """RegDB: every trial evaluated with its own features, no camera filtering, standard CMC.
-
-    Each trial must come from the model trained on that trial's split (testing one model on all
-    trials leaks test identities). The published protocol has 10 trials.
-
-    Args:
-        trials: one :class:`RegDBTrial` (or ``(visible_feats, visible_labels, thermal_feats,
-            thermal_labels)`` tuple) per trial.
-        direction: ``"visible_to_thermal"``, ``"thermal_to_visible"``, or a sequence (default:
-            both). Result keys are canonical: ``"rgb_to_nir"`` / ``"nir_to_rgb"``.
-        ranks: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
-        metric: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
-        chunk_size: passed to :func:`~sdmreid.evaluation.evaluate_retrieval`.
-
-    Example:
-        >>> import torch
-        >>> t = RegDBTrial(torch.eye(2), [0, 1], torch.eye(2), [0, 1])
-        >>> res = evaluate_regdb([t, t])
-        >>> sorted(res), res["rgb_to_nir"].mean.rank1
-        (['nir_to_rgb', 'rgb_to_nir'], 1.0)
-    """
-    single, dirs = _directions(direction)
-    if isinstance(trials, RegDBTrial):
-        raise TypeError("trials must be a sequence of RegDBTrial (one per trial), got one trial")
-    items: list[RegDBTrial] = []
-    for k, t in enumerate(trials):
-        if isinstance(t, RegDBTrial):
-            items.append(t)
-        elif isinstance(t, (tuple, list)) and len(t) == 4:
-            items.append(RegDBTrial(*t))
-        else:
-            raise TypeError(f"trials[{k}] must be a RegDBTrial or a 4-tuple, got {type(t)}")
-    if not items:
-        raise ValueError("trials must not be empty")
-    results: dict[str, ProtocolResult] = {}
-    for qm, gm in dirs:
-        if {qm, gm} != {Modality.RGB, Modality.NIR}:
-            raise ValueError(
-                f"direction for RegDB must be visible_to_thermal or thermal_to_visible, got "
-                f"{_direction_key(qm, gm)}"
-            )
-        per_trial = []
-        for t in items:
-            vis = (t.visible_feats, t.visible_labels)
-            th = (t.thermal_feats, t.thermal_labels)
-            (qf, ql), (gf, gl) = (vis, th) if qm == Modality.RGB else (th, vis)
-            per_trial.append(
-                evaluate_retrieval(
-                    qf, ql, gf, gl, ranks=ranks, metric=metric, chunk_size=chunk_size
-                )
-            )
-        key = _direction_key(qm, gm)
-        results[key] = ProtocolResult("regdb", key, mean_over_trials(per_trial), tuple(per_trial))
-    return next(iter(results.values())) if single else results
-
-
-# ----------------------------------------------------------------------------------------------
-# LLCM
-# ----------------------------------------------------------------------------------------------
-
-
-@overload
-def evaluate_llcm(
-    feats: Tensorish,
-    labels: IntArrayLike,
-    cams: IntArrayLike,
-    modalities: object,
-    *,
-    direction: str,
-    num_trials: int = ...,
-    shots: int = ...,
-    seed: int = ...,
-    ranks: Sequence[int] = ...,
-    metric: Metric = ...,
-    chunk_size: int | None = ...,
-) -> ProtocolResult: ...
-@overload
-def evaluate_llcm(
-    feats: Tensorish,
-    labels: IntArrayLike,
-    cams: IntArrayLike,
-    modalities: object,
-    *,
-    direction: list[str] | tuple[str, ...] = ...,
-    num_trials: int = ...,
-    shots: int = ...,
-    seed: int = ...,
-    ranks: Sequence[int] = ...,
-    metric: Metric = ...,
-    chunk_size: int | None = ...,
-) -> dict[str, ProtocolResult]: ...
-def evaluate_llcm(
-    feats: Tensorish,
-    labels: IntArrayLike,
-    cams: IntArrayLike,
-    modalities: object,
-    *,
-    direction: str | Sequence[str] = ("nir_to_rgb", "rgb_to_nir"),
-    num_trials: int = 10,
-    shots: int = 1,
-    seed: int = 0,
-    ranks: Sequence[int] = (1, 5, 10, 20),
-    metric: Metric = "cosine",
-    chunk_size: int | None = None,
-) -> ProtocolResult | dict[str, ProtocolResult]:
-    """LLCM: seeded single-shot gallery per trial, same-identity-same-camera removal.
-
-    Args:
-        feats: ``[N, d]`` features of the test images of both modalities
-            (``test_vis/cam1..9`` and ``test_nir/cam1,2,4..9``).
-        labels: ``[N]`` identities.
-        cams: ``[N]`` camera numbers (the ``cam<k>`` folder; the same number in ``test_vis``
-            and ``test_nir`` is the same camera).
-        modalities: ``[N]`` modality of each item (RGB for ``test_vis``, NIR for ``test_nir``).
-        direction: ``"nir_to_rgb"``, ``"rgb_to_nir"``, or a sequence (default: both).
-        num_trials: trials (10 in the published protocol); trial ``t`` draws its gallery with
-            ``numpy.random.default_rng(seed + t)``.
-        shots: gallery images per (identity, camera) (1 in the published protocol).
-        seed: base seed of the gallery draw (trial ``t`` uses ``seed + t``).
-        ranks: passed to :func:`evaluate_retrieval`.
-        metric: passed to :func:`evaluate_retrieval`.
-        chunk_size: passed to :func:`evaluate_retrieval`.
-
-    Example:
-        >>> import torch
-        >>> f = torch.eye(2)[[0, 1, 0, 1]]
-        >>> res = evaluate_llcm(f, [0, 1, 0, 1], [1, 1, 2, 2], ["ir", "ir", "vis", "vis"],
-        ...                     num_trials=2)
-        >>> res["nir_to_rgb"].mean.rank1, len(res["rgb_to_nir"].trials)
-        (1.0, 2)
-    """
-    single, dirs = _directions(direction)
-    _check_shots(shots)
-    _check_trials(num_trials)
-    x = _feats(feats, "feats")
-    n = x.shape[0]
-    lab = _np_ints(labels, "labels", n)
-    cam = _np_ints(cams, "cams", n)
-    mods = as_modality_array(modalities, name="modalities")  # type: ignore[arg-type]
-    if mods.shape[0] != n:
-        raise ValueError(f"modalities has length {mods.shape[0]}, expected {n}")
-    results: dict[str, ProtocolResult] = {}
-    for qm, gm in dirs:
-        if {qm, gm} != {Modality.RGB, Modality.NIR}:
-            raise ValueError(
-                f"direction for LLCM must be nir_to_rgb or rgb_to_nir, got {_direction_key(qm, gm)}"
-            )
-        qi = np.flatnonzero(mods == int(qm)).astype(np.int64)
-        cand = np.flatnonzero(mods == int(gm)).astype(np.int64)
-        if qi.size == 0 or cand.size == 0:
-            raise ValueError(f"modalities has no {qm.name} or no {gm.name} item")
-        qf = x[torch.from_numpy(qi).to(x.device)]
-        per_trial = []
-        for t in range(num_trials):
-            gi = _seeded_gallery(cand, lab, cam, None, shots, seed + t)
-            per_trial.append(
-                evaluate_retrieval(
-                    qf,
-                    lab[qi],
-                    x[torch.from_numpy(gi).to(x.device)],
-                    lab[gi],
-                    query_cams=cam[qi],
-                    gallery_cams=cam[gi],
-                    ranks=ranks,
-                    metric=metric,
-                    chunk_size=chunk_size,
-                )
-            )
-        key = _direction_key(qm, gm)
-        results[key] = ProtocolResult("llcm", key, mean_over_trials(per_trial), tuple(per_trial))
-    return next(iter(results.values())) if single else results
