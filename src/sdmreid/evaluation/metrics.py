@@ -511,10 +511,11 @@ def evaluate_retrieval(
             None if q_sqnorm is None else q_sqnorm[start:stop],
             g_sqnorm,
         )
+        # positives: same identity, not removed; negatives: other identity, not removed
         same_id = gl[None, :] == ql[start:stop, None]
-        removed = None
+        pos, not_negative = same_id, same_id
         if qc is not None and gc is not None:
-            removed = same_id & (gc[None, :] == qc[start:stop, None])
+            pos = same_id & (gc[None, :] != qc[start:stop, None])
         if ignore is not None:
             extra = ignore(torch.arange(start, stop, device=device))
             if not isinstance(extra, torch.Tensor) or tuple(extra.shape) != (c, ng):
@@ -523,11 +524,8 @@ def evaluate_retrieval(
                     f"ignore must return a bool tensor of shape ({c}, {ng}), got {shape}"
                 )
             extra = extra.to(device=device, dtype=torch.bool)
-            removed = extra if removed is None else removed | extra
-        if removed is None:
-            pos, not_negative = same_id, same_id
-        else:
-            pos, not_negative = same_id & ~removed, same_id | removed
+            pos = pos & ~extra
+            not_negative = same_id | extra
         pos_scores, pos_index, npos = _sorted_positives(scores, pos)
         pmax = pos_scores.shape[1] - 1
         if pmax == 0:
