@@ -4,11 +4,18 @@ The baseline follows torchreid's ``eval_market1501`` (``torchreid/metrics/rank.p
 Python path): a full query×gallery cosine distance matrix (``1 - q̂·ĝᵀ``), ``np.argsort`` of
 the whole matrix, then a per-query loop removing same-identity-same-camera items and computing
 CMC and AP; mINP is added as in the AGW evaluator. Both run in the same process on the same
-features; the script asserts that the numbers agree and prints a Markdown table.
+features; the script asserts that the numbers agree and prints a Markdown table per case and a
+summary.
 
-The issue's size is 10k queries × 50k gallery, d=512; the default here keeps the 1:5 ratio at
-4k × 20k (the full matrix, its argsort and the match matrix of the baseline need ~8 GB at full
-size). Pass ``--queries 10000 --gallery 50000`` on a larger machine.
+Cases (every gallery identity has about 20 images):
+
+* ``large`` — 4k queries × 20k gallery, d=512, 1,000 identities. The issue's size is 10k × 50k;
+  this keeps its 1:5 ratio (the baseline's full matrix, its argsort and its match matrix need
+  ~8 GB at full size).
+* ``realistic`` — 2k queries × 10k gallery, d=256, 500 identities: a validation-sized split.
+
+``--queries/--gallery/--dim`` run one custom case instead (e.g. ``--queries 10000 --gallery
+50000`` on a larger machine).
 
 Usage::
 
@@ -124,32 +131,31 @@ def timeit(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=4000)
-    parser.add_argument("--gallery", type=int, default=20000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chunk-size", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="1k x 5k, one repeat")
-    parser.add_argument("--json", type=str, default=None)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.queries, args.gallery, args.repeats = 1000, 5000, 1
-    torch.set_num_threads(args.threads)
-    q, g, ql, gl, qc, gc = make_problem(args.queries, args.gallery, args.dim, seed=0)
+#: name -> (queries, gallery, dim); identities = gallery // 20 (see make_problem)
+CASES: dict[str, tuple[int, int, int]] = {
+    "large": (4000, 20000, 512),
+    "realistic": (2000, 10000, 256),
+}
+QUICK_CASES: dict[str, tuple[int, int, int]] = {
+    "large": (1000, 5000, 512),
+    "realistic": (500, 2500, 256),
+}
+
+
+def run_case(nq: int, ng: int, dim: int, repeats: int, chunk_size: int | None) -> dict[str, Any]:
+    """Time both evaluators on one problem, check that they agree, print the case's table."""
+    q, g, ql, gl, qc, gc = make_problem(nq, ng, dim, seed=0)
     qln, gln, qcn, gcn = ql.numpy(), gl.numpy(), qc.numpy(), gc.numpy()
     max_rank = 50
 
     t_base, (b_cmc, b_map, b_minp) = timeit(
-        lambda: baseline(q, g, qln, gln, qcn, gcn, max_rank), args.repeats
+        lambda: baseline(q, g, qln, gln, qcn, gcn, max_rank), repeats
     )
     t_ours, m = timeit(
         lambda: evaluate_retrieval(
-            q, ql, g, gl, query_cams=qc, gallery_cams=gc, chunk_size=args.chunk_size
+            q, ql, g, gl, query_cams=qc, gallery_cams=gc, chunk_size=chunk_size
         ),
-        args.repeats,
+        repeats,
     )
     # 1) same scores + stable argsort: the metrics must agree to float64 rounding
     s_cmc, s_map, s_minp = same_scores_baseline(q, g, qln, gln, qcn, gcn, max_rank)
@@ -171,12 +177,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     assert max(faithful.values()) < 1e-5, faithful
 
-    size = f"{args.queries}x{args.gallery}, d={args.dim}"
+    size = f"{nq}x{ng}, d={dim}, {max(2, ng // 20)} identities"
     rows = [
         ("torchreid-style numpy (full distmat + argsort + loop)", t_base, 1.0),
         ("sdmreid evaluate_retrieval (chunked, torch)", t_ours, t_base / t_ours),
     ]
-    print(f"\n### retrieval evaluation, {size}, {args.threads} threads, median of {args.repeats}\n")
+    print(
+        f"\n### retrieval evaluation, {size}, {torch.get_num_threads()} threads, median of "
+        f"{repeats}\n"
+    )
     print("| implementation | time (s) | speed-up |")
     print("|---|---:|---:|")
     for name, t, r in rows:
@@ -184,10 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\nR1={m.rank1:.4f} R10={m.rank10:.4f} mAP={m.mAP:.6f} mINP={m.mINP:.6f}")
     print("max |diff| on identical scores (stable argsort): " + _fmt(exact))
     print("max |diff| vs torchreid's own 1-cos distmat (quicksort): " + _fmt(faithful))
-    result = {
+    return {
         "size": size,
-        "threads": args.threads,
-        "repeats": args.repeats,
         "baseline_s": t_base,
         "sdmreid_s": t_ours,
         "speedup": t_base / t_ours,
@@ -197,6 +204,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_abs_diff_same_scores": exact,
         "max_abs_diff_torchreid_distmat": faithful,
     }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queries", type=int, default=None, help="custom case (with --gallery)")
+    parser.add_argument("--gallery", type=int, default=None)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="smaller cases, one repeat")
+    parser.add_argument("--json", type=str, default=None)
+    args = parser.parse_args(argv)
+    if (args.queries is None) != (args.gallery is None):
+        parser.error("give both --queries and --gallery for a custom case")
+    cases = QUICK_CASES if args.quick else CASES
+    if args.quick:
+        args.repeats = 1
+    if args.queries is not None:
+        cases = {"custom": (args.queries, args.gallery, args.dim)}
+    torch.set_num_threads(args.threads)
+    results = {
+        name: run_case(nq, ng, dim, args.repeats, args.chunk_size)
+        for name, (nq, ng, dim) in cases.items()
+    }
+    print(f"\n### summary, {args.threads} threads, median of {args.repeats}\n")
+    print("| case | size | baseline (s) | sdmreid (s) | speed-up |")
+    print("|---|---|---:|---:|---:|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['size']} | {r['baseline_s']:.3f} | {r['sdmreid_s']:.3f} | "
+            f"{r['speedup']:.1f}x |"
+        )
+    result = {"threads": args.threads, "repeats": args.repeats, "cases": results}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
