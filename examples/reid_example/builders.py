@@ -163,7 +163,7 @@ def _synthetic(cfg: Config) -> DataBundle:
         test=split("test"),
         tokenizer=tokenizer,
         image_size=size,
-        # the synthetic data set's own protocol seed (trial 0), so scores stay comparable
+        # from the data seed only: every training run on this data is scored on the same queries
         protocol_seed=cfg.data.data_seed * 1000 + 1,
         train_eval=split("train"),
     )
@@ -251,7 +251,8 @@ class BatchWindow:
         self.limit = 0
 
     def configure(self, epoch: int, start: int, limit: int) -> None:
-        self.sampler.set_epoch(epoch)
+        """Iterate ``epoch`` (from 1) from batch ``start``, up to batch ``limit`` (> 0)."""
+        # the epoch's shuffle and the resume position, in one call
         self.sampler.load_state_dict({"epoch": epoch, "next_batch": start})
         self.start, self.limit = start, limit
 
