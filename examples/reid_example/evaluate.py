@@ -40,9 +40,9 @@ from sdmreid import Modality
 from sdmreid.evaluation import (
     RegDBTrial,
     RetrievalMetrics,
+    evaluate_all_to_rgb,
     evaluate_llcm,
     evaluate_regdb,
-    evaluate_retrieval,
     evaluate_sysu_mm01,
     parse_sysu_paths,
 )
@@ -309,7 +309,7 @@ class Evaluator:
         )
         if dataset is None:
             return {}
-        results = self._score(self.features(model, dataset), dataset, split)
+        results = self.score_features(self.features(model, dataset), dataset, split)
         only = self.cfg.eval.protocols
         return {k: v for k, v in results.items() if not only or k in only}
 
@@ -330,7 +330,9 @@ class Evaluator:
 
     # -- per data set ---------------------------------------------------------------------------
 
-    def _score(self, feats: torch.Tensor, ds: EvalDataset, split: Split) -> Scores:
+    def score_features(self, feats: torch.Tensor, ds: EvalDataset, split: Split) -> Scores:
+        """Score ``feats`` (the embeddings of every item of ``ds``) with the data set's
+        protocols for ``split``."""
         name = self.cfg.data.dataset
         if name == "sysu":
             return self._sysu(feats, ds, split)
@@ -341,21 +343,10 @@ class Evaluator:
         return self._all_to_rgb(feats, ds)
 
     def _all_to_rgb(self, feats: torch.Tensor, ds: EvalDataset) -> Scores:
-        from reid_example.data.protocols import all_to_rgb_protocols
-
-        out: Scores = {}
-        ids = np.asarray(ds.identities)
-        for p in all_to_rgb_protocols(ids, ds.modalities, seed=self.data.protocol_seed):
-            q, g = torch.from_numpy(p.query), torch.from_numpy(p.gallery)
-            if q.numel() == 0 or g.numel() == 0:
-                continue
-            try:
-                m = evaluate_retrieval(feats[q], ids[p.query], feats[g], ids[p.gallery])
-            except ValueError as err:
-                _skipped(p.name, err)
-                continue
-            out[p.name] = metrics_dict(m)
-        return out
+        results = evaluate_all_to_rgb(
+            feats, ds.identities, ds.modalities, seed=self.data.protocol_seed
+        )
+        return {name: metrics_dict(m) for name, m in results.items()}
 
     def _sysu(self, feats: torch.Tensor, ds: EvalDataset, split: Split) -> Scores:
         kw: dict[str, Any] = {}
@@ -378,9 +369,7 @@ class Evaluator:
         return out
 
     def _regdb(self, feats: torch.Tensor, ds: EvalDataset) -> Scores:
-        vis = np.flatnonzero(ds.modalities == int(Modality.RGB))
-        th = np.flatnonzero(ds.modalities == int(Modality.NIR))
-        trial = RegDBTrial(feats[vis], ds.identities[vis], feats[th], ds.identities[th])
+        trial = RegDBTrial.from_modalities(feats, ds.identities, ds.modalities)
         out: Scores = {}
         for direction in _REGDB_DIRECTIONS:
             name = f"RegDB trial {self.cfg.data.trial} {direction}"
