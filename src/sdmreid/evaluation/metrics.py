@@ -16,7 +16,8 @@ Semantics (the same as torchreid's ``eval_market1501`` and the AGW/SYSU-MM01 eva
 * **Ignored items.** When both ``query_cams`` and ``gallery_cams`` are given, gallery items with
   the same identity *and* the same camera as the query are removed from that query's ranking
   (the standard Market-1501 rule). ``ignore`` adds any other per-query rule (for instance
-  SYSU-MM01's "a camera-3 query ignores every camera-2 item", see :func:`camera_pair_ignore`).
+  SYSU-MM01's "a camera-3 query ignores every camera-2 item",
+  :func:`~sdmreid.evaluation.sysu_ignore_rule`; :func:`camera_pair_ignore` builds such rules).
   Removed items do not occupy ranks.
 * **Skipped queries.** A query with no positive (same identity) left after removal is skipped:
   it contributes to no metric and is counted in ``num_skipped_queries``. When every query is
@@ -40,8 +41,8 @@ Everything runs on the device of the features. Scores are computed in fixed 256-
 so the result does not depend on ``chunk_size`` at all (bit for bit).
 
 Very large or very small features (a float32 row norm overflows beyond about ``1.8e19`` and
-underflows below about ``1e-19``) are rescaled before scoring, so they rank exactly as their
-moderate-sized multiples would instead of silently collapsing to zero or infinite scores.
+underflows below about ``1e-19``) are rescaled before scoring, so they rank like rescaled copies
+of themselves instead of silently scoring 0 (cosine) or NaN (Euclidean).
 """
 
 from __future__ import annotations
