@@ -45,6 +45,7 @@ VARIANTS: dict[str, list[str]] = {
 
 QUICK = [
     "data.identities_per_split=24,8,8",
+    "sampler.num_identities=8",  # P must not exceed the 24 training identities
     "train.epochs=3",
     "loss.sdm_warmup_epochs=1",
     "eval.every=3",

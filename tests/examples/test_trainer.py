@@ -456,6 +456,19 @@ def test_health_adapter_advises_from_the_head_lr_in_force() -> None:
     assert all("head_weight_norm_growth" in line for line in adapter.history)
 
 
+@pytest.mark.slow
+def test_ablation_quick_runs_end_to_end(tmp_path: Path) -> None:
+    import ablation
+
+    out = ablation.main(
+        ["--quick", "--root", str(tmp_path), "--variants", "ce_only", "+sdm+strict+mem"]
+    )
+    rows = out["table"].splitlines()
+    assert rows[0].startswith("| variant | seeds | NIR->RGB mAP | NIR->RGB R1 |")
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| `ce_only`", "| `+sdm+strict+mem`"]
+    assert all(len(runs) == 1 and runs[0]["test"] for runs in out["results"].values())
+
+
 def _naive_cross_modal(
     feats: torch.Tensor, ids: Any, mods: Any, query_modality: int
 ) -> dict[str, float]:
