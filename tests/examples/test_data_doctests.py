@@ -12,7 +12,6 @@ MODULES = [
     "reid_example.data.captions",
     "reid_example.data.collate",
     "reid_example.data.layouts",
-    "reid_example.data.protocols",
     "reid_example.data.records",
     "reid_example.data.render",
     "reid_example.data.splits",
