@@ -24,7 +24,7 @@ timeout 120 $PY benchmarks/bench_sdm.py --device cuda --repeats 100 --json "$RES
   > "$RESULTS/bench_sdm_cuda.md" 2>&1
 timeout 120 $PY benchmarks/bench_sdm.py --device cuda --repeats 30 --shape 2048,2048,6144,512 \
   --json "$RESULTS/bench_sdm_cuda_big.json" > "$RESULTS/bench_sdm_cuda_big.md" 2>&1
-grep -E "^\| (naive|fused|compiled|floor) " "$RESULTS"/bench_sdm_cuda*.md
+grep -E "^\| (irra|floor|default|compiled|chunk|reduce-overhead)" "$RESULTS"/bench_sdm_cuda*.md
 
 stamp demo
 timeout 300 $PY examples/train.py --config examples/configs/demo.toml --set train.device=cuda \
