@@ -33,7 +33,14 @@ from reid_example.data.text import WordTokenizer
 from reid_example.data.transforms import Compose, eval_transform, train_transform
 from sdmreid import ModalAwarePKSampler, ModalAwarePKSampler_Strict, Modality
 
-__all__ = ["BatchWindow", "DataBundle", "ReIDDataset", "build_data", "build_train_loader"]
+__all__ = [
+    "BatchWindow",
+    "DataBundle",
+    "EvalDataset",
+    "ReIDDataset",
+    "build_data",
+    "build_train_loader",
+]
 
 log = logging.getLogger("reid_example")
 
@@ -50,21 +57,27 @@ IntArray = npt.NDArray[np.int64]
 Collate = Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]
 
 
-class ReIDDataset(Protocol):
-    """What the trainer reads from a split: items, per-item arrays, the augmentation epoch."""
+class EvalDataset(Protocol):
+    """What evaluation reads from a data set: items and per-item identity/camera/modality."""
 
-    @property
-    def labels(self) -> IntArray: ...
     @property
     def identities(self) -> IntArray: ...
     @property
     def cameras(self) -> IntArray: ...
     @property
     def modalities(self) -> IntArray: ...
-    @property
-    def num_classes(self) -> int: ...
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class ReIDDataset(EvalDataset, Protocol):
+    """What the trainer reads from a split: evaluation's view plus training labels, the class
+    count and the augmentation epoch."""
+
+    @property
+    def labels(self) -> IntArray: ...
+    @property
+    def num_classes(self) -> int: ...
     def set_epoch(self, epoch: int) -> None: ...
 
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from reid_example.builders import DataBundle
+from reid_example.builders import DataBundle, EvalDataset
 from reid_example.config import Config
 from reid_example.data.records import RecordDataset
 from reid_example.engine import forward, retrieval_embedding
@@ -63,21 +63,6 @@ log = logging.getLogger("reid_example")
 Scores = dict[str, dict[str, float]]
 Split = Literal["val", "test", "train"]
 IntArray = npt.NDArray[np.int64]
-
-
-class EvalDataset(Protocol):
-    """What evaluation reads from a data set: items and per-item identity/camera/modality."""
-
-    @property
-    def identities(self) -> IntArray: ...
-    @property
-    def cameras(self) -> IntArray: ...
-    @property
-    def modalities(self) -> IntArray: ...
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
 def metrics_dict(m: RetrievalMetrics) -> dict[str, float]:
