@@ -845,3 +845,109 @@ def test_deepcopy_is_independent():
     twin.enqueue(torch.zeros(1, DIM), [9])
     assert mem.view().labels.tolist() == [1, 2, 3] and mem.steps_seen == 1
     assert twin.view().labels.tolist() == [1, 2, 3, 9]
+
+
+# --- reliability: ambiguous or invalid arguments are refused and change nothing ---------------
+
+
+def _memory_with_one_step() -> CrossBatchMemory:
+    mem = CrossBatchMemory(DIM, max_steps=3)
+    mem.enqueue(torch.ones(1, DIM), [1], modalities=[0])
+    return mem
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [
+        [1, 0, 1, 0],
+        (0, 1, 1, 0),
+        [1, 1, 1, 1],
+        [0],
+        {0, 1},
+        [np.int64(1), 0, 1, 0],
+        np.array([1, 0, 1, 0]),
+        torch.tensor([1, 0, 1, 0]),
+        torch.tensor([0, 0, 0, 0], dtype=torch.uint8),
+    ],
+    ids=repr,
+)
+def test_keep_of_plain_zero_one_integers_is_refused_as_ambiguous(keep):
+    """``[1, 0, 1, 0]`` reads as a mask or as the modality codes NIR and RGB: refused, whatever
+    the batch size, with a message that shows both unambiguous spellings."""
+    mem = _memory_with_one_step()
+    before = mem.state_dict()
+    with pytest.raises(ValueError, match="ambiguous") as err:
+        mem.enqueue(torch.zeros(4, DIM), [5, 6, 7, 8], modalities=[0, 1, 0, 1], keep=keep)
+    assert "True" in str(err.value) and "Modality.RGB" in str(err.value)
+    assert _state_equal(mem.state_dict(), before)
+
+
+def test_unambiguous_keep_spellings_of_masks_and_modalities_are_accepted():
+    feats, labels, mods = torch.zeros(4, DIM), [5, 6, 7, 8], [0, 1, 0, 2]
+    as_mask = [True, False, True, False]
+    for keep, stored in [
+        (as_mask, [5, 7]),
+        (np.array(as_mask), [5, 7]),
+        (torch.tensor(as_mask), [5, 7]),
+        ([Modality.NIR, Modality.RGB], [5, 6, 7]),  # enum members are modalities
+        (["nir", "rgb"], [5, 6, 7]),
+        ([2, 3], [8]),  # codes beyond 1 cannot be a mask
+        (0, [5, 7]),  # a single code is a modality
+        (torch.tensor(1), [6]),
+        ([], []),  # an empty selection reads the same either way
+    ]:
+        mem = CrossBatchMemory(DIM)
+        mem.enqueue(feats, labels, modalities=mods, keep=keep)
+        assert mem.view().labels.tolist() == stored, keep
+
+
+@pytest.mark.parametrize("bad", ["no", 0, 1, None, 1.0])
+def test_bool_options_of_the_memory_refuse_non_bool_values(bad):
+    mem = _memory_with_one_step()
+    before = mem.state_dict()
+    with pytest.raises(TypeError, match="gather must be a bool"):
+        mem.enqueue(torch.zeros(2, DIM), [1, 2], gather=bad)
+    with pytest.raises(TypeError, match="copy must be a bool"):
+        mem.view(copy=bad)
+    assert _state_equal(mem.state_dict(), before)
+
+
+@pytest.mark.parametrize("bad", [1, None, True, b"raise"])
+def test_on_nonfinite_of_the_memory_refuses_non_str_values(bad):
+    with pytest.raises(TypeError, match="on_nonfinite must be"):
+        CrossBatchMemory(DIM, on_nonfinite=bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"feats": torch.zeros(2, DIM, device="meta")}, "feats is on meta"),
+        ({"labels": torch.tensor([1, 2], device="meta")}, "labels is on meta"),
+        ({"modalities": torch.tensor([0, 1], device="meta")}, "modalities is on meta"),
+        ({"keep": torch.tensor([True, False], device="meta")}, "keep is on meta"),
+    ],
+)
+def test_meta_tensors_are_refused_by_enqueue_up_front(kwargs, match):
+    mem = _memory_with_one_step()
+    before = mem.state_dict()
+    args = {"feats": torch.zeros(2, DIM), "labels": [1, 2], "modalities": [0, 1], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        mem.enqueue(**args)
+    assert _state_equal(mem.state_dict(), before)
+
+
+@pytest.mark.parametrize("big", [2**70, -(2**70), 2**63, 2**64])
+def test_python_labels_beyond_int64_are_a_value_error_naming_labels(big):
+    mem = _memory_with_one_step()
+    before = mem.state_dict()
+    with pytest.raises(ValueError, match="labels must fit in int64"):
+        mem.enqueue(torch.zeros(2, DIM), [big, 1])
+    assert _state_equal(mem.state_dict(), before)
+
+
+def test_float16_storage_never_holds_inf_from_a_finite_float32_batch():
+    """Issue item: the finiteness test must see the rows as stored (``1e5`` is Inf in float16)."""
+    mem = CrossBatchMemory(dim=8, dtype=torch.float16)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        mem.enqueue(torch.full((2, 8), 1e5), [0, 1])
+    assert len(mem) == 0 and mem.steps_seen == 0

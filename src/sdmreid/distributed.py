@@ -9,14 +9,21 @@ initialised, so components can call them unconditionally.
 * :func:`all_gather_with_grad` — the same, but gradients flow back to the local slice (through
   :func:`torch.distributed.nn.functional.all_gather`): the gradient a rank receives for its own
   rows is the sum of the gradients every rank computed for those rows.
+* :func:`agree_or_raise` — before a gather, every rank learns whether every rank can take part
+  (its inputs passed validation, agree with the other ranks' shapes and dtypes, and are finite);
+  if not, every rank raises the same error instead of one rank raising and the others waiting
+  in the collective (or the backend aborting the process on mismatched buffers).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
+    "agree_or_raise",
     "all_gather_no_grad",
     "all_gather_sizes",
     "all_gather_with_grad",
@@ -25,6 +32,9 @@ __all__ = [
     "get_world_size",
     "is_dist",
 ]
+
+#: Floating dtypes by code, for comparing dtypes across ranks in an integer tensor.
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def is_dist() -> bool:
@@ -134,3 +144,96 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.detach().to(dev).clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out.to(tensor.device)
+
+
+def agree_or_raise(
+    caller: str,
+    error: BaseException | None,
+    *,
+    sizes: Sequence[tuple[str, int | None]] = (),
+    dtypes: Sequence[tuple[str, torch.dtype | None]] = (),
+    nonfinite: torch.Tensor | None = None,
+    nonfinite_message: Callable[[], str] | None = None,
+) -> None:
+    """Make every rank agree that it can take part in the collective ``caller`` is about to run.
+
+    Each rank contributes one small ``int64`` status row (one all-gather, then one read of it
+    on the host): whether its own validation failed (``error``), whether its inputs are not
+    finite (``nonfinite``, a 0-dim bool tensor, read only through this gather), and the
+    ``sizes`` and ``dtypes`` (e.g. the feature dimension and dtype), which must be equal on
+    every rank that passed validation. If any rank fails any of these, every rank raises the
+    same exception with the same message naming the ranks and the reasons (a second gather, of
+    the failing ranks' messages, runs only then). Every rank must call this with the same names
+    in ``sizes`` and ``dtypes``; pass ``None`` for a value this rank could not compute. Without
+    a process group it raises ``error`` if there is one and otherwise does nothing.
+
+    Args:
+        caller: how the message names the call, e.g. ``"sdm_loss(gather=True)"``.
+        error: this rank's validation error, or ``None``.
+        sizes: ``(name, value)`` integers every rank must agree on.
+        dtypes: ``(name, dtype)`` floating dtypes every rank must agree on.
+        nonfinite: True when this rank's inputs hold NaN/Inf (``None``: not checked here).
+        nonfinite_message: says where, on a rank whose ``nonfinite`` is True.
+
+    Raises:
+        ValueError: some rank failed (a ``TypeError`` when every reason is a rank's own
+            ``TypeError``).
+
+    Example:
+        >>> from sdmreid.distributed import agree_or_raise
+        >>> agree_or_raise("demo", None, sizes=[("dim", 8)])  # single process: nothing to do
+    """
+    if not is_dist():
+        if error is not None:
+            raise error
+        return
+    world = get_world_size()
+    codes = [-1 if v is None else int(v) for _, v in sizes]
+    codes += [-1 if t is None else _dtype_code(t) for _, t in dtypes]
+    status = torch.tensor([int(error is not None), 0, *codes], dtype=torch.int64)
+    dev = _comm_device(nonfinite if nonfinite is not None else status)
+    status = status.to(dev)
+    if nonfinite is not None and error is None:
+        status[1:2] = nonfinite.reshape(1).to(device=dev, dtype=torch.int64)
+    gathered = [torch.empty_like(status) for _ in range(world)]
+    dist.all_gather(gathered, status)
+    rows: list[list[int]] = torch.stack(gathered).tolist()  # the one host read
+    refused = [r for r in range(world) if rows[r][0] or rows[r][1]]
+
+    disagreements: list[str] = []
+    names = [n for n, _ in sizes] + [n for n, _ in dtypes]
+    for i, name in enumerate(names):
+        seen = {r: rows[r][2 + i] for r in range(world) if not rows[r][0]}
+        if len(set(seen.values())) > 1:
+            show = str if i < len(sizes) else _dtype_name
+            values = ", ".join(f"rank {r}: {show(v)}" for r, v in seen.items())
+            disagreements.append(f"ranks disagree on the {name} ({values})")
+    if not (refused or disagreements):
+        return
+
+    failures: list[tuple[str, str]] = []
+    if refused:  # every rank takes this branch, since it follows from the gathered rows
+        mine: tuple[str, str] | None = None
+        if error is not None:
+            mine = (type(error).__name__, str(error))
+        elif rows[get_rank()][1]:
+            mine = ("ValueError", nonfinite_message() if nonfinite_message else "not finite")
+        messages: list[tuple[str, str] | None] = [None] * world
+        dist.all_gather_object(messages, mine)
+        failures = [messages[r] or ("ValueError", "refused its inputs") for r in refused]
+    reasons = [
+        f"rank {r}: {kind}: {text}" for r, (kind, text) in zip(refused, failures, strict=True)
+    ]
+    message = f"{caller} refused on every rank, before any data was exchanged: " + "; ".join(
+        reasons + disagreements
+    )
+    only_type_errors = not disagreements and all(kind == "TypeError" for kind, _ in failures)
+    raise (TypeError if only_type_errors else ValueError)(message) from error
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    return _DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES)
+
+
+def _dtype_name(code: int) -> str:
+    return str(_DTYPES[code]) if 0 <= code < len(_DTYPES) else "another dtype"

@@ -43,7 +43,11 @@ Modalities
     ``keep=`` selects the rows to store: a modality, a collection of modalities, a boolean mask
     over the batch, or a callable that maps the batch's ``int64`` modality tensor to such a mask.
     Only the boolean mask works without ``modalities``; the other forms then raise
-    :class:`ValueError`.
+    :class:`ValueError`. A mask holds bools (a list of ``bool``, a ``bool`` tensor or array); a
+    collection of plain integers that are all 0 or 1 (``[1, 0, 1, 0]``, an integer tensor of
+    0s and 1s) could be either a mask or the codes of RGB and NIR, so it is refused with a
+    :class:`ValueError`: write such modalities as members or names (``[Modality.RGB,
+    Modality.NIR]``, ``["rgb", "nir"]``). A single integer is always a modality.
 
 Numerics and devices
     ``enqueue`` runs under :func:`torch.no_grad` and stores detached copies. The features' dtype
@@ -66,9 +70,12 @@ Checkpoints
 Distributed
     ``enqueue(..., gather=True)`` gathers, in rank order, the rows every rank selected (after
     ``keep``), and stores them as one step on every rank, so all ranks hold identical memories.
-    Every rank must make the same sequence of ``gather=True`` calls. The finiteness test runs on
-    the gathered rows, so all ranks raise (or drop) together. Without an initialised process
-    group ``gather=True`` does nothing extra.
+    Every rank must make the same sequence of ``gather=True`` calls. Before the gather, one small
+    all-gather of each rank's status makes the ranks agree that every rank's batch passed
+    validation and that they share the feature dimension and the storage dtype; otherwise every
+    rank raises the same :class:`ValueError` (naming the ranks and the reasons) and no memory
+    changes. The finiteness test runs on the gathered rows, so all ranks raise (or drop)
+    together. Without an initialised process group ``gather=True`` does nothing extra.
 """
 
 from __future__ import annotations
@@ -83,8 +90,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdmreid._validation import check_int
-from sdmreid.distributed import all_gather_no_grad, is_dist
+from sdmreid._validation import check_bool, check_has_data, check_int, int64_array
+from sdmreid.distributed import agree_or_raise, all_gather_no_grad, is_dist
 from sdmreid.modality import Modality, ModalityLike, as_modality_tensor, parse_modality
 
 __all__ = ["UNKNOWN_MODALITY", "CrossBatchMemory", "KeepLike", "MemoryView"]
@@ -192,7 +199,8 @@ class CrossBatchMemory(nn.Module):
             first stored batch's). Labels and modalities are stored as ``int64``.
         on_nonfinite: ``"raise"`` (default) rejects a batch whose selected rows hold NaN/Inf
             once converted to the storage dtype, with a :class:`ValueError`; ``"drop"`` stores
-            the other rows and warns.
+            the other rows and warns. Anything but these two strings is refused
+            (:class:`TypeError` for a non-str).
 
     Raises:
         ValueError: a non-positive size, ``max_items`` together with an explicit ``max_steps``,
@@ -240,6 +248,11 @@ class CrossBatchMemory(nn.Module):
         else:
             self.max_steps = check_int("max_steps", max_steps, 1)
             self.max_items = None
+        if not isinstance(on_nonfinite, str):
+            raise TypeError(
+                f"on_nonfinite must be one of {_NONFINITE_POLICIES} (a str), got "
+                f"{type(on_nonfinite).__name__}"
+            )
         if on_nonfinite not in _NONFINITE_POLICIES:
             raise ValueError(
                 f"on_nonfinite must be one of {_NONFINITE_POLICIES}, got {on_nonfinite!r}"
@@ -286,6 +299,7 @@ class CrossBatchMemory(nn.Module):
             >>> view.labels.tolist(), view.modalities.tolist()
             ([1, 2, 3, 4], [-1, -1, -1, -1])
         """
+        check_bool("copy", copy)
         r = self._r
         s, e = r.start, r.end
         if copy:
@@ -328,19 +342,26 @@ class CrossBatchMemory(nn.Module):
             keep: which rows to store (default all): a modality, a collection of modalities, a
                 ``[B]`` boolean mask (tensor, NumPy array or sequence of ``bool``), or a callable
                 mapping the ``[B]`` ``int64`` modality tensor to such a mask. All forms but the
-                mask need ``modalities``.
-            gather: under an initialised process group, store the selected rows of every rank
-                (rank order) on every rank. Ignored without one.
+                mask need ``modalities``. Plain integers that are all 0 or 1 are ambiguous (mask
+                or RGB/NIR codes) and refused.
+            gather: a bool; under an initialised process group, store the selected rows of
+                every rank (rank order) on every rank, after the ranks agree that every batch is
+                valid and that they share the feature dimension and storage dtype. Ignored
+                without one.
 
         Returns:
             The number of rows stored by this call (before item-mode truncation).
 
         Raises:
-            ValueError: wrong shape or dim, label/feature length mismatch, non-integer labels,
-                an unknown modality, ``keep`` that needs ``modalities`` without them, or (with
-                ``on_nonfinite="raise"``) NaN/Inf in a selected row as stored (after the
-                conversion to the storage dtype). The memory is unchanged.
-            TypeError: ``feats`` is not a floating tensor, or ``keep`` is of an unusable type.
+            ValueError: wrong shape or dim, label/feature length mismatch, non-integer labels or
+                Python integers beyond int64, an unknown modality, a tensor on the ``meta``
+                device, ``keep`` that needs ``modalities`` without them or is ambiguous, or
+                (with ``on_nonfinite="raise"``) NaN/Inf in a selected row as stored (after the
+                conversion to the storage dtype); under ``gather=True`` any of these on any
+                rank, or ranks that disagree on the dimension or storage dtype (raised on every
+                rank). The memory is unchanged.
+            TypeError: ``feats`` is not a floating tensor, ``keep`` is of an unusable type, or
+                ``gather`` is not a bool.
 
         Example:
             >>> import torch
@@ -356,16 +377,34 @@ class CrossBatchMemory(nn.Module):
             >>> mem.view().modalities.tolist()
             [1, 1]
         """
+        distributed = check_bool("gather", gather) and is_dist()
         with torch.no_grad():
-            feats, label_t, mods = self._check_batch(feats, labels, modalities)
-            b = feats.shape[0]
-            idx = self._selection(keep, mods, b, feats.device)
-            if gather and is_dist():
+            try:
+                feats, label_t, mods = self._check_batch(feats, labels, modalities)
+                idx = self._selection(keep, mods, feats.shape[0], feats.device)
+                dtype = self._storage_dtype(feats)
+            except Exception as exc:
+                if distributed:  # every rank raises, rather than the others waiting in the gather
+                    agree_or_raise(
+                        "CrossBatchMemory.enqueue(gather=True)",
+                        exc,
+                        sizes=[("feature dimension", None)],
+                        dtypes=[("storage dtype", None)],
+                    )
+                raise
+            if distributed:
+                # Buffers that differ in width or dtype must not reach the backend (it aborts
+                # the process); the rows' finiteness is tested after the gather, on every rank.
+                agree_or_raise(
+                    "CrossBatchMemory.enqueue(gather=True)",
+                    None,
+                    sizes=[("feature dimension", self.dim)],
+                    dtypes=[("storage dtype", dtype)],
+                )
                 feats, label_t, mods = self._gather(feats, label_t, mods, idx)
                 idx = None
             # Convert before the finiteness test, so that it sees the values that would be
             # stored: a float16 storage turns a finite 1e5 into Inf.
-            dtype = self._storage_dtype(feats)
             if feats.dtype != dtype:
                 feats = feats.to(dtype)
             idx = self._finite_selection(feats, idx)
@@ -380,6 +419,7 @@ class CrossBatchMemory(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if not isinstance(feats, torch.Tensor):
             raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
+        check_has_data(feats, "feats")
         if feats.ndim != 2 or feats.shape[1] != self.dim:
             raise ValueError(
                 f"feats must have shape [B, {self.dim}] (dim={self.dim}), got {tuple(feats.shape)}"
@@ -387,10 +427,13 @@ class CrossBatchMemory(nn.Module):
         if not feats.is_floating_point():
             raise TypeError(f"feats must have a floating dtype, got {feats.dtype}")
         b = feats.shape[0]
-        if not isinstance(labels, torch.Tensor):
-            labels = torch.as_tensor(
-                np.asarray(labels) if not isinstance(labels, np.ndarray) else labels
-            )
+        if isinstance(labels, torch.Tensor):
+            check_has_data(labels, "labels")
+        else:
+            arr = int64_array(labels, "labels")  # refuses integers beyond int64 by name
+            if arr.dtype.kind not in "iufcb":
+                raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
+            labels = torch.as_tensor(arr)
             if labels.numel() == 0:
                 labels = labels.to(torch.int64)
         if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
@@ -409,6 +452,8 @@ class CrossBatchMemory(nn.Module):
             code = int(parse_modality(modalities))
             mods = torch.full((b,), code, dtype=torch.int64, device=feats.device)
         else:
+            if isinstance(modalities, torch.Tensor):
+                check_has_data(modalities, "modalities")
             mods = _modality_codes(modalities)
             if mods.shape != (b,):
                 raise ValueError(
@@ -423,6 +468,8 @@ class CrossBatchMemory(nn.Module):
         """Indices (on ``device``) of the rows ``keep`` selects, or ``None`` for all rows."""
         if keep is None:
             return None
+        if isinstance(keep, torch.Tensor):
+            check_has_data(keep, "keep")
         mask: torch.Tensor
         if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
             mask = keep
@@ -434,6 +481,13 @@ class CrossBatchMemory(nn.Module):
             and all(isinstance(k, (bool, np.bool_)) for k in keep)
         ):
             mask = torch.tensor(keep, dtype=torch.bool)
+        elif _zeros_and_ones(keep):
+            raise ValueError(
+                "keep holds only the integers 0 and 1, which is ambiguous: a mask over the batch "
+                "or the modality codes RGB=0 / NIR=1. Write a mask with bools ([True, False, "
+                "...], a bool tensor or array) and modalities by member or name "
+                "(Modality.RGB, [Modality.RGB, Modality.NIR], 'nir')"
+            )
         else:
             if mods is None:
                 raise ValueError(
@@ -834,6 +888,32 @@ def _modality_codes(modalities: Any) -> torch.Tensor:
                 return as_modality_tensor(modalities, name="modalities")  # raises, naming the code
         return modalities
     return as_modality_tensor(modalities, name="modalities")
+
+
+def _zeros_and_ones(keep: object) -> bool:
+    """Whether ``keep`` is a non-empty collection of plain integers that are all 0 or 1 (bools and
+    :class:`Modality` members are not plain integers; a single integer is a modality)."""
+    if isinstance(keep, torch.Tensor):
+        if keep.ndim != 1 or keep.numel() == 0 or keep.dtype == torch.bool:
+            return False
+        if keep.is_floating_point() or keep.is_complex():
+            return False
+        return bool(((keep == 0) | (keep == 1)).all())
+    if isinstance(keep, np.ndarray):
+        return (
+            keep.ndim == 1
+            and keep.size > 0
+            and keep.dtype.kind in "iu"
+            and bool(np.isin(keep, (0, 1)).all())
+        )
+    if not isinstance(keep, (list, tuple, set, frozenset)) or not keep:
+        return False
+    return all(
+        isinstance(k, (int, np.integer))
+        and not isinstance(k, (bool, np.bool_, Modality))
+        and int(k) in (0, 1)
+        for k in keep
+    )
 
 
 def _select_into(src: torch.Tensor, idx: torch.Tensor, dst: torch.Tensor) -> None:

@@ -6,6 +6,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,22 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _entry(rank: int, fn: Callable[[int], Any], world: int, init_file: str, out_dir: str) -> None:
+def _entry(
+    rank: int,
+    fn: Callable[[int], Any],
+    world: int,
+    init_file: str,
+    out_dir: str,
+    group_timeout: float | None,
+) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=None if group_timeout is None else timedelta(seconds=group_timeout),
+    )
     try:
         result = fn(rank)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -28,16 +42,29 @@ def _entry(rank: int, fn: Callable[[int], Any], world: int, init_file: str, out_
         dist.destroy_process_group()
 
 
-def run_on_ranks(fn: Callable[[int], Any], world: int, *, timeout: float = 60.0) -> list[Any]:
+def run_on_ranks(
+    fn: Callable[[int], Any],
+    world: int,
+    *,
+    timeout: float = 60.0,
+    group_timeout: float | None = None,
+) -> list[Any]:
     """Call ``fn(rank)`` in ``world`` spawned processes (one gloo group); return their results.
 
     ``fn`` must be a module-level function (it is pickled by reference) returning something
     ``torch.save`` / ``torch.load(weights_only=True)`` round-trips. Fails the test, killing the
-    workers, if they do not finish within ``timeout`` seconds.
+    workers, if they do not finish within ``timeout`` seconds. ``group_timeout`` (seconds) bounds
+    each collective: a rank left waiting for another then fails with a timeout error instead of
+    waiting for the backend's default (minutes).
     """
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        ctx = mp.spawn(_entry, args=(fn, world, init_file, tmp), nprocs=world, join=False)
+        ctx = mp.spawn(
+            _entry,
+            args=(fn, world, init_file, tmp, group_timeout),
+            nprocs=world,
+            join=False,
+        )
         deadline = time.monotonic() + timeout
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:

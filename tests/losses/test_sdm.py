@@ -665,7 +665,7 @@ L = torch.tensor([0, 0, 1, 1])
         ({"logit_scale": torch.ones(2)}, ValueError, "logit_scale must be a float or a 0-dim"),
         ({"logit_scale": torch.tensor(50)}, ValueError, "logit_scale tensor must be floating"),
         ({"logit_scale": "50"}, TypeError, "logit_scale"),
-        ({"epsilon": 0.0}, ValueError, "epsilon must be finite and > 0"),
+        ({"epsilon": 0.0}, ValueError, r"epsilon must be in \(0, 1\)"),
         ({"epsilon": "1e-8"}, TypeError, "epsilon must be a float"),
         ({"chunk_size": 0}, ValueError, "chunk_size must be None or an int >= 1"),
         ({"chunk_size": 2.0}, ValueError, "chunk_size"),
@@ -760,3 +760,111 @@ def test_cuda_ignore_does_not_synchronise(chunk: int | None) -> None:
     with torch.no_grad():
         q[0, 0] = math.nan
     assert not bool(sdm_loss(q, g, ql, gl, mem, on_nonfinite="ignore").finite)
+
+
+# ----------------------------------------------------------------------------------------------
+# reliability: refused input changes nothing and says what was expected
+# ----------------------------------------------------------------------------------------------
+
+#: Scales a loaded ``logit_scale`` must refuse (as float64 tensors; 1e39 does not fit float32).
+BAD_SCALES = [math.nan, math.inf, -math.inf, 0.0, -0.0, -1.0, -50.0, 1e39]
+
+
+@pytest.mark.parametrize("form", ["buffer", "parameter"])
+@given(bad=st.sampled_from(BAD_SCALES) | st.floats(max_value=0.0, allow_nan=False))
+@settings(max_examples=25)
+def test_refused_load_state_dict_of_a_bad_tensor_scale_leaves_the_module_unchanged(form, bad):
+    scale = torch.tensor(5.0)
+    crit = SDMLoss(logit_scale=torch.nn.Parameter(scale) if form == "parameter" else scale)
+    before = crit.state_dict()["logit_scale"].clone()
+    with pytest.raises(RuntimeError, match="logit_scale"):
+        crit.load_state_dict({"logit_scale": torch.tensor(bad, dtype=F64)})
+    assert torch.equal(crit.state_dict()["logit_scale"], before)
+    crit.load_state_dict({"logit_scale": torch.tensor(7.0)})  # a good one still loads
+    assert float(crit.logit_scale) == 7.0
+
+
+def test_load_state_dict_refuses_a_scale_of_another_shape_or_an_integer_dtype():
+    crit = SDMLoss(logit_scale=torch.tensor(5.0))
+    for bad in (torch.tensor(7), torch.ones(2)):
+        with pytest.raises(RuntimeError, match="logit_scale"):
+            crit.load_state_dict({"logit_scale": bad})
+        assert float(crit.logit_scale) == 5.0
+
+
+@pytest.mark.parametrize("scale", [1e39, torch.tensor(1e39, dtype=F64)], ids=["float", "tensor"])
+def test_a_scale_beyond_the_compute_dtype_is_a_value_error(scale):
+    with pytest.raises(ValueError, match=r"logit_scale .*float32"):
+        sdm_loss(Q, G, L, logit_scale=scale)
+    with pytest.raises(ValueError, match=r"logit_scale .*float32"):
+        sdm_loss(Q, G, L, logit_scale=scale, on_nonfinite="ignore")
+    # the same scale fits float64, the compute dtype of float64 features
+    assert sdm_loss(Q.double(), G.double(), L, logit_scale=scale).loss.dtype == F64
+
+
+@pytest.mark.parametrize("bad", ["no", "yes", 0, 1, None, 1.0])
+def test_gather_refuses_non_bool_values(bad):
+    with pytest.raises(TypeError, match="gather must be a bool"):
+        SDMLoss(gather=bad)
+    with pytest.raises(TypeError, match="gather must be a bool"):
+        sdm_loss(Q, G, L, gather=bad)
+
+
+@pytest.mark.parametrize("bad", [1, None, True, b"raise"])
+def test_on_nonfinite_refuses_non_str_values(bad):
+    with pytest.raises(TypeError, match="on_nonfinite must be"):
+        SDMLoss(on_nonfinite=bad)
+    with pytest.raises(TypeError, match="on_nonfinite must be"):
+        sdm_loss(Q, G, L, on_nonfinite=bad)
+
+
+@given(eps=st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True))
+@settings(max_examples=30)
+def test_every_epsilon_in_the_open_unit_interval_gives_the_reference_loss(eps):
+    q, g = Q.double(), G.double()
+    got = sdm_loss(q, g, L, epsilon=eps, logit_scale=10.0).loss
+    close(got, naive_sdm(q, g, L, L, scale=10.0, eps=eps).loss)
+    assert math.isfinite(float(sdm_loss(Q, G, L, epsilon=eps).loss))  # float32 too
+
+
+@given(
+    eps=st.floats(min_value=1.0)
+    | st.floats(max_value=0.0)
+    | st.sampled_from([1e300, math.inf, math.nan])
+)
+@settings(max_examples=30)
+def test_epsilon_outside_the_open_unit_interval_is_refused(eps):
+    with pytest.raises(ValueError, match=r"epsilon must be in \(0, 1\)"):
+        sdm_loss(Q, G, L, epsilon=eps)
+    with pytest.raises(ValueError, match=r"epsilon must be in \(0, 1\)"):
+        SDMLoss(epsilon=eps)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"query": Q.to("meta"), "gallery": G.to("meta")}, "query is on meta"),
+        ({"query_labels": L.to("meta")}, "query_labels is on meta"),
+        ({"gallery_labels": L.to("meta")}, "gallery_labels is on meta"),
+        ({"logit_scale": torch.tensor(5.0, device="meta")}, "logit_scale is on meta"),
+        ({"memory": (torch.randn(2, 3, device="meta"), L[:2])}, "memory features is on meta"),
+        ({"memory": (torch.randn(2, 3), L[:2].to("meta"))}, "memory labels is on meta"),
+    ],
+)
+def test_meta_tensors_are_refused_up_front(kwargs, match):
+    args = {"query": Q, "gallery": G, "query_labels": L, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        sdm_loss(**args)
+
+
+@pytest.mark.parametrize("big", [2**70, -(2**70), 2**63, 2**64])
+@pytest.mark.parametrize("where", ["query_labels", "gallery_labels", "memory labels"])
+def test_python_labels_beyond_int64_are_a_value_error_naming_the_argument(big, where):
+    labels = [big, 0, 1, 1]
+    args = {"query": Q, "gallery": G, "query_labels": L, "gallery_labels": L}
+    if where == "memory labels":
+        args["memory"] = (torch.randn(4, 3), labels)
+    else:
+        args[where] = labels
+    with pytest.raises(ValueError, match=f"{where} must fit in int64"):
+        sdm_loss(**args)

@@ -33,7 +33,7 @@ import contextlib
 import math
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple
 
@@ -41,7 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from sdmreid._validation import check_bool, check_has_data, int64_array
 from sdmreid.distributed import (
+    agree_or_raise,
     all_gather_no_grad,
     all_gather_with_grad,
     all_reduce_sum,
@@ -280,11 +282,14 @@ def _gathered(
     (s1, mass1, n1), (s2, mass2, n2) = _valid_sums(r1), _valid_sums(r2)
     total = all_reduce_sum(torch.stack([n1, n2])).clamp(min=1)  # valid rows of every rank
     l1, l2 = s1 / total[0], s2 / total[1]  # this rank's share of each mean
-    value = all_reduce_sum(torch.stack([l1, l2, mass1 / total[0], mass2 / total[1]]).detach())
+    # the last entry counts the ranks with a non-finite input: the flag covers every rank
+    value = all_reduce_sum(
+        torch.stack([l1, l2, mass1 / total[0], mass2 / total[1], (~finite).to(l1.dtype)]).detach()
+    )
     local = world * (l1 + l2)
     loss = local + (value[0] + value[1] - local).detach()
     missing1, missing2 = q.shape[0] - n1, g.shape[0] - n2
-    return _Out(loss, value[0], value[1], value[2], value[3], missing1, missing2, finite)
+    return _Out(loss, value[0], value[1], value[2], value[3], missing1, missing2, value[4] == 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +337,7 @@ def _run_compiled(mode: str, *args: Any) -> _Out:
 def _check_features(x: object, name: str, *, dim: int | None = None) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [n, d], got {type(x).__name__}")
+    check_has_data(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D [n, d], got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -350,9 +356,11 @@ def _check_features(x: object, name: str, *, dim: int | None = None) -> Tensor:
 def _check_labels(y: object, name: str, n: int, device: torch.device) -> Tensor:
     if isinstance(y, Tensor):
         t = y
+        check_has_data(t, name)
     else:
+        arr = int64_array(y, name)  # refuses integers beyond int64 by name
         try:
-            t = torch.as_tensor(y)
+            t = torch.as_tensor(arr)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(f"{name} must be a 1-D integer tensor or array, got {y!r}") from exc
     if t.dim() != 1:
@@ -375,6 +383,7 @@ def _check_scale(logit_scale: object) -> float | Tensor:
             )
         if not logit_scale.is_floating_point():
             raise ValueError(f"logit_scale tensor must be floating point, got {logit_scale.dtype}")
+        check_has_data(logit_scale, "logit_scale")
         if logit_scale.device.type == "cpu":
             _check_scale(float(logit_scale.detach()))
         return logit_scale.reshape(())
@@ -385,18 +394,42 @@ def _check_scale(logit_scale: object) -> float | Tensor:
     return float(logit_scale)
 
 
+def _check_scale_fits(scale: float | Tensor, dtype: torch.dtype) -> None:
+    """A float or CPU-tensor scale must be a positive normal number of the compute dtype (a
+    larger one would turn into Inf there). A device tensor is left to ``on_nonfinite``."""
+    if isinstance(scale, Tensor):
+        if scale.device.type != "cpu":
+            return
+        value = float(scale.detach())
+    else:
+        value = scale
+    info = torch.finfo(dtype)
+    if not info.tiny <= value <= info.max:
+        raise ValueError(
+            f"logit_scale {value:g} is not representable in {dtype}, the compute dtype of these "
+            f"features: it must lie in [{info.tiny:g}, {info.max:g}]"
+        )
+
+
 def _check_options(
-    epsilon: object, chunk_size: object, on_nonfinite: object, compiled: object
+    epsilon: object, chunk_size: object, on_nonfinite: object, compiled: object, gather: object
 ) -> str | None:
     """Validate the options; return the compile mode (``None``: eager)."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise TypeError(f"epsilon must be a float, got {epsilon!r}")
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
+    # epsilon smooths the target q in log(q + epsilon), q in [0, 1]: from 1 on, the target's
+    # zeros no longer dominate (and a huge value overflows the compute dtype)
+    if not 0.0 < epsilon < 1.0:
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    check_bool("gather", gather)
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+    if not isinstance(on_nonfinite, str):
+        raise TypeError(
+            f"on_nonfinite must be 'raise' or 'ignore' (a str), got {type(on_nonfinite).__name__}"
+        )
     if on_nonfinite not in ("raise", "ignore"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'ignore', got {on_nonfinite!r}")
     if not isinstance(compiled, (bool, str)):
@@ -430,15 +463,119 @@ def _memory(memory: object, d: int, device: torch.device) -> tuple[Tensor, Tenso
     return feats, _check_labels(labels, "memory labels", feats.shape[0], device)
 
 
+def _nonfinite_problem(scale: Tensor, sides: dict[str, Tensor]) -> str:
+    """What is not finite (reads the device; only called once something is known to be)."""
+    if not (math.isfinite(float(scale)) and float(scale) > 0):
+        return f"logit_scale must be finite and > 0, got {float(scale)}"
+    for name, x in sides.items():
+        if not bool(torch.isfinite(torch.linalg.vector_norm(x.detach(), dim=1)).all()):
+            return f"{name} contains NaN or Inf values (or values whose norm overflows)"
+    return "the inputs are not finite"
+
+
 def _raise_if_bad(out: _Out, scale: Tensor, sides: dict[str, Tensor]) -> None:
     """``on_nonfinite="raise"``: one read of the device, then a precise message if needed."""
     if bool(out.finite & (scale > 0)):
         return
-    if not (math.isfinite(float(scale)) and float(scale) > 0):
-        raise ValueError(f"logit_scale must be finite and > 0, got {float(scale)}")
-    for name, x in sides.items():
-        if not bool(torch.isfinite(torch.linalg.vector_norm(x.detach(), dim=1)).all()):
-            raise ValueError(f"{name} contains NaN or Inf values (or values whose norm overflows)")
+    raise ValueError(_nonfinite_problem(scale, sides))
+
+
+class _Checked(NamedTuple):
+    """The validated arguments of :func:`sdm_loss`, converted to the compute dtype."""
+
+    q: Tensor
+    g: Tensor
+    m: Tensor
+    ql: Tensor
+    gl: Tensor
+    ml: Tensor
+    scale: Tensor
+    mode: str | None
+
+
+def _checked(
+    query: object,
+    gallery: object,
+    query_labels: object,
+    gallery_labels: object,
+    memory: object,
+    logit_scale: object,
+    epsilon: object,
+    chunk_size: object,
+    on_nonfinite: object,
+    compiled: object,
+    gather: object,
+) -> _Checked:
+    """Validate every argument of :func:`sdm_loss` (raising before any computation)."""
+    q = _check_features(query, "query")
+    b, d = q.shape
+    dev = q.device
+    g = _check_features(gallery, "gallery", dim=d)
+    n = g.shape[0]
+    if g.device != dev:
+        raise ValueError(f"gallery is on {g.device}, but query is on {dev}: they must match")
+    ql = _check_labels(query_labels, "query_labels", b, dev)
+    if gallery_labels is None:
+        if n != b:
+            raise ValueError(
+                "gallery_labels=None means the gallery shares query_labels, which needs as many "
+                f"gallery rows as queries; got {n} gallery rows and {b} queries"
+            )
+        gl = ql
+    else:
+        gl = _check_labels(gallery_labels, "gallery_labels", n, dev)
+    scale = _check_scale(logit_scale)
+    mode = _check_options(epsilon, chunk_size, on_nonfinite, compiled, gather)
+    mem = _memory(memory, d, dev)
+    cdt = torch.float64 if torch.float64 in (q.dtype, g.dtype) else torch.float32
+    _check_scale_fits(scale, cdt)
+    with _no_autocast(dev):
+        if isinstance(scale, Tensor):
+            s = scale.to(device=dev, dtype=cdt)
+        else:
+            s = torch.full((), scale, device=dev, dtype=cdt)  # a fill: no host-to-device copy
+        return _Checked(
+            q.to(cdt),
+            g.to(cdt),
+            mem[0].to(cdt) if mem is not None else q.new_zeros((0, d), dtype=cdt),
+            ql,
+            gl,
+            mem[1] if mem is not None else ql.new_zeros(0),
+            s,
+            mode,
+        )
+
+
+def _checked_on_every_rank(*args: Any) -> _Checked:
+    """:func:`_checked` under ``gather=True`` with a process group: the ranks agree that each
+    of them passed, has the same feature dimension and compute dtype, and (under
+    ``on_nonfinite="raise"``) finite inputs, before the gather; otherwise every rank raises the
+    same error. One small all-gather (and one host read of it) per call."""
+    try:
+        c = _checked(*args)
+    except Exception as exc:
+        agree_or_raise(
+            "sdm_loss(gather=True)",
+            exc,
+            sizes=[("feature dimension", None)],
+            dtypes=[("compute dtype", None)],
+        )
+        raise  # agree_or_raise raised already; this keeps the type checker informed
+    on_nonfinite = args[8]
+    nonfinite = None
+    if on_nonfinite == "raise":
+        _, finite = _norms(c.scale, c.q, c.g, c.m)
+        nonfinite = ~(finite & (c.scale > 0))
+    sides = {"query": c.q, "gallery": c.g, "memory features": c.m}
+    agree_or_raise(
+        "sdm_loss(gather=True)",
+        None,
+        sizes=[("feature dimension", c.q.shape[1])],
+        dtypes=[("compute dtype", c.q.dtype)],
+        nonfinite=nonfinite,
+        nonfinite_message=lambda: _nonfinite_problem(c.scale, sides),
+    )
+    return c
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -490,9 +627,11 @@ def sdm_loss(
             labels [M])`` tuple: extra query → gallery columns, treated as constants. An empty
             memory (``M == 0``) is ignored whatever its device or dtype.
         logit_scale: ``s`` (IRRA: ``1 / temperature``); a positive float or a 0-dim tensor, which
-            receives a gradient when it requires one. A CPU tensor is checked at once; a device
-            tensor by ``on_nonfinite="raise"``'s read.
-        epsilon: IRRA's ε inside ``log(q + ε)``; must be > 0.
+            receives a gradient when it requires one. A float or CPU tensor is checked at once
+            (finite, > 0 and representable in the compute dtype: at most about 3.4e38 for
+            float32); a device tensor by ``on_nonfinite="raise"``'s read.
+        epsilon: IRRA's ε inside ``log(q + ε)``; must lie in ``(0, 1)`` (it smooths a target
+            whose entries lie in ``[0, 1]``).
         chunk_size: run each direction over ``chunk_size`` of its rows at a time, recomputing
             each chunk in the backward pass: peak extra memory ``O(chunk_size · (N + M))``
             instead of ``O(B · (N + M))``, same value and gradients. It costs time (the two
@@ -503,7 +642,14 @@ def sdm_loss(
             equals single-process SDM on the concatenation on every rank; its gradient is
             ``world_size`` × this rank's share, so after DDP's gradient averaging the parameter
             gradients equal the single-process ones. ``memory`` is used as given on each rank;
-            the counts in the result are this rank's. Without a process group it does nothing.
+            the counts in the result are this rank's, ``finite`` covers every rank's inputs.
+            Before the gather, one small all-gather of each rank's status (and a host read of
+            it, also under ``on_nonfinite="ignore"``; the gather itself reads the row counts
+            anyway) makes the ranks agree that every rank's arguments are valid, that they
+            share the feature dimension and compute dtype, and (``on_nonfinite="raise"``) that
+            every rank's inputs are finite; if not, every rank raises the same error naming the
+            ranks and reasons, and no rank is left waiting in a collective. Must be a bool.
+            Without a process group it does nothing.
         on_nonfinite: ``"raise"``: one read of the device per call (a synchronisation on CUDA)
             checks that the features and ``logit_scale`` are finite (and a device
             ``logit_scale`` > 0), else ``ValueError``. ``"ignore"``: no read at all; the result's
@@ -521,9 +667,13 @@ def sdm_loss(
 
     Raises:
         ValueError: non-2-D or empty features, mismatched dimensions or devices, label length
-            mismatch, non-integer labels, NaN/Inf features (``on_nonfinite="raise"``), bad
-            ``logit_scale``/``epsilon``/``chunk_size``/``on_nonfinite``/``compiled``.
-        TypeError: arguments of the wrong type.
+            mismatch, non-integer labels or Python integers beyond int64, a tensor on the
+            ``meta`` device, NaN/Inf features (``on_nonfinite="raise"``), bad
+            ``logit_scale``/``epsilon``/``chunk_size``/``on_nonfinite``/``compiled``; under
+            ``gather=True`` any of these on any rank, or ranks that disagree on the feature
+            dimension or compute dtype (raised on every rank).
+        TypeError: arguments of the wrong type (``gather`` not a bool, ``on_nonfinite`` not a
+            str, ...).
 
     Example:
         >>> import torch
@@ -537,45 +687,22 @@ def sdm_loss(
         >>> int(res.rows), int(res.rows_without_positive), img.grad.shape
         (8, 0, torch.Size([4, 16]))
     """
-    q = _check_features(query, "query")
-    b, d = q.shape
-    dev = q.device
-    g = _check_features(gallery, "gallery", dim=d)
-    n = g.shape[0]
-    if g.device != dev:
-        raise ValueError(f"gallery is on {g.device}, but query is on {dev}: they must match")
-    ql = _check_labels(query_labels, "query_labels", b, dev)
-    if gallery_labels is None:
-        if n != b:
-            raise ValueError(
-                "gallery_labels=None means the gallery shares query_labels, which needs as many "
-                f"gallery rows as queries; got {n} gallery rows and {b} queries"
-            )
-        gl = ql
-    else:
-        gl = _check_labels(gallery_labels, "gallery_labels", n, dev)
-    scale = _check_scale(logit_scale)
-    mode = _check_options(epsilon, chunk_size, on_nonfinite, compiled)
-    mem = _memory(memory, d, dev)
-
-    cdt = torch.float64 if torch.float64 in (q.dtype, g.dtype) else torch.float32
+    args = (query, gallery, query_labels, gallery_labels, memory, logit_scale, epsilon,
+            chunk_size, on_nonfinite, compiled, gather)  # fmt: skip
+    distributed = check_bool("gather", gather) and is_dist()
+    c = _checked_on_every_rank(*args) if distributed else _checked(*args)
+    dev = c.q.device
+    b, n = c.q.shape[0], c.g.shape[0]
     with _no_autocast(dev):
-        qc, gc = q.to(cdt), g.to(cdt)
-        mc = mem[0].to(cdt) if mem is not None else qc.new_zeros((0, d))
-        ml = mem[1] if mem is not None else ql.new_zeros(0)
-        if isinstance(scale, Tensor):
-            s = scale.to(device=dev, dtype=cdt)
+        body = (c.q, c.g, c.m, c.ql, c.gl, c.ml, c.scale, float(epsilon))
+        if distributed:
+            out = _gathered(*body, chunk_size)
+        elif c.mode is not None:
+            out = _run_compiled(c.mode, *body)
         else:
-            s = torch.full((), scale, device=dev, dtype=cdt)  # a fill: no host-to-device copy
-        args = (qc, gc, mc, ql, gl, ml, s, float(epsilon), chunk_size)
-        if gather and is_dist():
-            out = _gathered(*args)
-        elif mode is not None:
-            out = _run_compiled(mode, *args[:-1])
-        else:
-            out = _two_directions(*args)
-    if on_nonfinite == "raise":
-        _raise_if_bad(out, s, {"query": qc, "gallery": gc, "memory features": mc})
+            out = _two_directions(*body, chunk_size)
+    if on_nonfinite == "raise" and not distributed:  # (checked across ranks before the gather)
+        _raise_if_bad(out, c.scale, {"query": c.q, "gallery": c.g, "memory features": c.m})
 
     def count(x: int) -> Tensor:
         return torch.full((), x, dtype=torch.int64, device=dev)
@@ -596,13 +723,34 @@ def sdm_loss(
     )
 
 
+def _loaded_scale_problem(value: object, current: Tensor) -> str | None:
+    """Why a checkpoint's ``logit_scale`` cannot replace ``current``, or ``None``."""
+    if not isinstance(value, Tensor):
+        return f"expected a tensor, got {type(value).__name__}"
+    if value.shape != current.shape:
+        return f"expected shape {tuple(current.shape)}, got {tuple(value.shape)}"
+    if not value.is_floating_point():
+        return f"expected a floating-point tensor, got dtype {value.dtype}"
+    if value.is_meta:
+        return "expected a tensor with values, got one on meta"
+    as_stored = value.detach().to("cpu").to(current.dtype)  # a load may read the device
+    if not (bool(torch.isfinite(as_stored).all()) and bool((as_stored > 0).all())):
+        return (
+            f"must be finite and > 0 as {current.dtype}, got {value.detach().cpu().tolist()} "
+            f"({value.dtype})"
+        )
+    return None
+
+
 class SDMLoss(nn.Module):
     """Module form of :func:`sdm_loss`; ``forward`` returns the scalar loss.
 
     Args:
         logit_scale: default ``s`` (IRRA's ``1 / temperature``). A float is stored as
             configuration; an ``nn.Parameter`` is registered (learnable); another tensor is
-            registered as a buffer (saved in ``state_dict``).
+            registered as a buffer (saved in ``state_dict``). ``load_state_dict`` refuses a
+            scale that is not finite and > 0 in the module's dtype (or has another shape, or
+            an integer dtype) and leaves the module unchanged.
         epsilon: IRRA's ε.
         chunk_size: see :func:`sdm_loss`.
         gather: see :func:`sdm_loss` (global SDM across ``torch.distributed`` ranks).
@@ -647,12 +795,34 @@ class SDMLoss(nn.Module):
             self.register_buffer("logit_scale", checked.detach().clone())
         else:
             self.logit_scale = logit_scale if isinstance(logit_scale, nn.Parameter) else checked
-        _check_options(epsilon, chunk_size, on_nonfinite, compiled)
+        _check_options(epsilon, chunk_size, on_nonfinite, compiled, gather)
         self.epsilon = float(epsilon)
         self.chunk_size = chunk_size
-        self.gather = bool(gather)
+        self.gather = gather
         self.on_nonfinite: Literal["raise", "ignore"] = on_nonfinite
         self.compiled: CompileMode = compiled
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A tensor scale is checked like the constructor checks it, in this module's dtype,
+        # before anything is copied: a refused checkpoint leaves the scale as it was.
+        key = prefix + "logit_scale"
+        if isinstance(self.logit_scale, Tensor) and key in state_dict:
+            problem = _loaded_scale_problem(state_dict[key], self.logit_scale)
+            if problem is not None:
+                error_msgs.append(f"{key}: {problem}; nothing was loaded")
+                return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def detailed(
         self,
