@@ -341,3 +341,14 @@ def test_invalid_cuda_counts_raise_at_the_next_read() -> None:
     bad.reset()
     bad.update(rows=torch.tensor(3, device=dev), rows_without_positive=torch.tensor(1, device=dev))
     assert value(bad) == 1 - 1 / 3
+
+
+@pytest.mark.parametrize("bad", ["no", 0, 1, None, 1.0])
+def test_gather_refuses_non_bool_values(bad: object) -> None:
+    m = PairCoverageMeter()
+    m.update(rows=10, rows_without_positive=1)
+    state = m.state_dict()
+    for read in (m.compute, m.below_target, m.log_line):
+        with pytest.raises(TypeError, match="gather must be a bool"):
+            read(gather=bad)  # type: ignore[arg-type]
+    assert m.state_dict() == state

@@ -536,3 +536,13 @@ def test_switch_keeps_its_group_after_refusing_a_bad_name() -> None:
     sw.step(2)
     assert opt.param_groups[1]["lr"] == 3e-3
     assert opt.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("bad", ["no", 0, 1, None])
+def test_scheduler_load_refuses_a_non_bool_strict(bad: object) -> None:
+    other = SDMWeightScheduler()
+    other.rollback(3)
+    target = SDMWeightScheduler()
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        target.load_state_dict(other.state_dict(), strict=bad)  # type: ignore[arg-type]
+    assert target.rollbacks == ()

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import torch
 
-from sdmreid._validation import check_int
+from sdmreid._validation import check_bool, check_int
 from sdmreid.distributed import all_reduce_sum
 
 __all__ = ["Count", "PairCoverageMeter", "SupportsCounts"]
@@ -245,6 +245,7 @@ class PairCoverageMeter:
 
     def _totals(self, gather: bool) -> torch.Tensor:
         """``[Σ rows, Σ rows_without_positive, invalid]`` as int64, checked for validity."""
+        check_bool("gather", gather)
         flag = (
             self._invalid.to(torch.int64).reshape(1)
             if self._invalid is not None
@@ -266,10 +267,12 @@ class PairCoverageMeter:
 
         Args:
             gather: Sum the windows of all ranks for this reading (a collective; the meter's
-                state is unchanged). Without a process group it reads the local window.
+                state is unchanged). Without a process group it reads the local window. A bool.
 
         Raises:
-            ValueError: An accelerator update since the last :meth:`reset` had invalid counts.
+            ValueError: An accelerator update since the last :meth:`reset` had invalid counts
+                (under ``gather``: on any rank; every rank raises).
+            TypeError: ``gather`` is not a bool.
 
         Example:
             >>> m = PairCoverageMeter()

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from sdmreid._validation import check_int
+from sdmreid._validation import check_bool, check_int
 
 __all__ = [
     "STAGE_OFF",
@@ -320,7 +320,8 @@ class SDMWeightScheduler:
                 only the records' own consistency is checked.
 
         Raises:
-            TypeError: ``state`` is not a mapping, or a value has the wrong type.
+            TypeError: ``state`` is not a mapping, a value has the wrong type, or ``strict`` is
+                not a bool.
             ValueError: A key is missing or unknown, the configuration differs (``strict``), or
                 a rollback record is invalid.
 
@@ -330,6 +331,7 @@ class SDMWeightScheduler:
             >>> b.weight(6)
             0.3
         """
+        check_bool("strict", strict)
         required = ("rollbacks", *self._CONFIG_KEYS) if strict else ("rollbacks",)
         optional = () if strict else self._CONFIG_KEYS
         state = _check_state_keys(state, "SDMWeightScheduler", required, optional)

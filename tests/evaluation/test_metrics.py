@@ -439,3 +439,50 @@ def test_cuda_matches_cpu():
     gpu = evaluate_retrieval(q.cuda(), ql.cuda(), g.cuda(), gl.cuda(), dedup_cmc=True)
     np.testing.assert_allclose(gpu.cmc.numpy(), cpu.cmc.numpy(), atol=1e-2)
     assert gpu.mAP == pytest.approx(cpu.mAP, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# reliability: options, devices and labels are refused by name
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["no", 0, 1, None, 1.0])
+def test_bool_options_refuse_non_bool_values(bad):
+    with pytest.raises(TypeError, match="dedup_cmc must be a bool"):
+        evaluate_retrieval(_Q, _QL, _G, _GL, dedup_cmc=bad)
+    m = evaluate_retrieval(_Q, _QL, _G, _GL)
+    with pytest.raises(TypeError, match="percent must be a bool"):
+        m.as_dict(percent=bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"query_feats": _Q.to("meta"), "gallery_feats": _G.to("meta")}, "query_feats is on meta"),
+        ({"gallery_feats": _G.to("meta")}, "gallery_feats is on meta"),
+        ({"query_labels": torch.tensor(_QL, device="meta")}, "query_labels is on meta"),
+        (
+            {"query_cams": torch.zeros(3, dtype=torch.int64, device="meta"),
+             "gallery_cams": [1] * 5},
+            "query_cams is on meta",
+        ),
+    ],
+)  # fmt: skip
+def test_meta_tensors_are_refused_up_front(kwargs, match):
+    args = {"query_feats": _Q, "query_labels": _QL, "gallery_feats": _G, "gallery_labels": _GL}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        evaluate_retrieval(**args)
+
+
+@pytest.mark.parametrize("big", [2**70, -(2**70), 2**63, 2**64])
+@pytest.mark.parametrize("where", ["query_labels", "gallery_labels", "query_cams"])
+def test_python_labels_beyond_int64_are_a_value_error_naming_the_argument(big, where):
+    args = {"query_labels": list(_QL), "gallery_labels": list(_GL)}
+    cams = {"query_cams": [0, 0, 0], "gallery_cams": [1] * 5}
+    if where == "query_cams":
+        cams["query_cams"] = [big, 0, 0]
+    else:
+        args[where][0] = big
+    with pytest.raises(ValueError, match=f"{where} must fit in int64"):
+        evaluate_retrieval(_Q, args["query_labels"], _G, args["gallery_labels"], **cams)

@@ -254,3 +254,32 @@ def test_all_to_rgb_passes_options_and_rejects_per_item_ones():
         evaluate_all_to_rgb(feats, labels, mods[:4])
     with pytest.raises(ValueError, match="labels has length"):
         evaluate_all_to_rgb(feats, labels[:4], mods)
+
+
+# --- reliability: bool options are bools, meta tensors are refused ----------------------------
+
+
+@pytest.mark.parametrize("bad", ["no", 0, 1, None])
+def test_bool_options_of_the_protocols_refuse_non_bool_values(bad):
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    with pytest.raises(TypeError, match="normalize must be a bool"):
+        fuse_queries(feats, [5, 5, 6, 6], [0, 0, 0, 0], normalize=bad)
+    with pytest.raises(TypeError, match="fuse_normalize must be a bool"):
+        evaluate_cross_modal(
+            feats, [1, 2, 1, 2], ["nir", "nir", "rgb", "rgb"], query_modality="nir",
+            gallery_modality="rgb", query_groups=[0, 0, 0, 0], fuse_normalize=bad,
+        )  # fmt: skip
+    result = evaluate_cross_modal(
+        feats, [1, 2, 1, 2], ["nir", "nir", "rgb", "rgb"], query_modality="nir",
+        gallery_modality="rgb", ranks=(1,),
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="percent must be a bool"):
+        result.as_dict(percent=bad)
+
+
+def test_meta_features_are_refused_by_the_protocol_helpers():
+    meta = torch.empty(4, 2, device="meta")
+    with pytest.raises(ValueError, match="feats is on meta"):
+        fuse_queries(meta, [5, 5, 6, 6], [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="feats is on meta"):
+        evaluate_all_to_rgb(meta, [1, 2, 1, 2], ["nir", "nir", "rgb", "rgb"])

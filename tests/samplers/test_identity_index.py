@@ -95,3 +95,21 @@ def test_identity_and_sample_counts() -> None:
     idx = build_identity_index([5, 5, 9, 7], None)
     assert (idx.identity_count, idx.sample_count) == (3, 4)
     assert not hasattr(idx, "num_identities")  # P only: a sampler argument, never a dataset count
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [[2**70, 1], [-(2**70), 1], [2**63, 1], [2**64], np.array([2**63, 1], dtype=np.uint64)],
+    ids=["2**70", "-2**70", "2**63 with 1", "2**64", "uint64 array"],
+)
+def test_labels_beyond_int64_are_a_value_error_naming_labels(labels: object) -> None:
+    # NumPy would hold these as objects, floats ([2**63, 1] becomes float64) or wrapping uint64
+    with pytest.raises(ValueError, match="labels must fit in int64"):
+        as_label_array(labels)
+    with pytest.raises(ValueError, match="labels must fit in int64"):
+        build_identity_index(labels, None)
+
+
+def test_uint64_labels_that_fit_are_accepted_as_int64() -> None:
+    out = as_label_array(np.array([2**63 - 1, 3], dtype=np.uint64))
+    assert out.dtype == np.int64 and out.tolist() == [2**63 - 1, 3]

@@ -384,3 +384,11 @@ def test_sysu_like_strict_coverage_beats_plain(capsys: pytest.CaptureFixture[str
         }
         for batch in strict.batches().tolist():
             assert sum(lab not in pairable for lab in split_chunks(batch, labels)) <= cap
+
+
+@pytest.mark.parametrize("cls", [ModalAwarePKSampler, ModalAwarePKSampler_Strict])
+def test_labels_beyond_int64_are_a_value_error_naming_labels(cls: type) -> None:
+    with pytest.raises(ValueError, match="labels must fit in int64"):
+        cls([2**70, 0, 1, 1], [0, 1, 0, 1], 1, 2)
+    with pytest.raises(ValueError, match="labels must fit in int64"):
+        coverage_report([[0, 1]], [2**70, 0, 1, 1], [0, 1, 0, 1])

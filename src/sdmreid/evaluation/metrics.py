@@ -56,6 +56,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sdmreid._validation import check_bool, check_has_data, int64_array
+
 __all__ = [
     "IgnoreRule",
     "RetrievalMetrics",
@@ -150,7 +152,7 @@ class RetrievalMetrics:
     def as_dict(self, prefix: str = "", *, percent: bool = False) -> dict[str, float]:
         """Flat ``{name: value}`` for loggers: ``rank{k}`` for each of :attr:`ranks`, ``mAP``,
         ``mINP`` and the two query counts. ``percent=True`` scales the rates by 100."""
-        scale = 100.0 if percent else 1.0
+        scale = 100.0 if check_bool("percent", percent) else 1.0
         out: dict[str, float] = {f"{prefix}rank{k}": scale * self.rank(k) for k in self.ranks}
         out[f"{prefix}mAP"] = scale * self.mAP
         out[f"{prefix}mINP"] = scale * self.mINP
@@ -175,6 +177,7 @@ def _as_feats(x: object, name: str) -> torch.Tensor:
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    check_has_data(x, name)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D [N, d], got shape {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
@@ -194,9 +197,10 @@ def _as_ints(
     """``x`` (a tensor, array or sequence of integers) as a 1-D ``int64`` tensor on ``device``
     (``None``: where a tensor already is, else the CPU), checked to have ``n`` entries."""
     if isinstance(x, torch.Tensor):
+        check_has_data(x, name)
         t = x.detach()
     else:
-        arr = np.asarray(x)
+        arr = int64_array(x, name)  # refuses integers beyond int64 by name
         if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
             arr = arr.astype(np.int64)
         if arr.dtype.kind not in "iu":
@@ -417,17 +421,18 @@ def evaluate_retrieval(
         metric: ``"cosine"`` (default) or ``"euclidean"``.
         chunk_size: number of queries per chunk; ``None`` picks about 8M query×gallery
             elements per chunk. Rounded up to a multiple of 256. The result never depends on it.
-        dedup_cmc: rank distinct identities for the CMC (official SYSU-MM01 rule).
+        dedup_cmc: rank distinct identities for the CMC (official SYSU-MM01 rule); a bool.
         ignore: an extra :data:`IgnoreRule` (applied on top of the camera rule).
 
     Returns:
         :class:`RetrievalMetrics`.
 
     Raises:
-        ValueError: mismatched shapes/lengths, empty query or gallery, NaN/inf features, an
-            unknown ``metric``, bad ``ranks``/``chunk_size``, only one of the camera arrays, an
-            ``ignore`` rule returning the wrong shape, or no query with a positive.
-        TypeError: non-integer labels or cameras.
+        ValueError: mismatched shapes/lengths, empty query or gallery, NaN/inf features, a
+            tensor on the ``meta`` device, Python integers beyond int64 in the labels or
+            cameras, an unknown ``metric``, bad ``ranks``/``chunk_size``, only one of the camera
+            arrays, an ``ignore`` rule returning the wrong shape, or no query with a positive.
+        TypeError: non-integer labels or cameras, or a non-bool ``dedup_cmc``.
 
     Example:
         >>> import torch
@@ -472,6 +477,7 @@ def evaluate_retrieval(
     chunk = -(-chunk // _SCORE_BLOCK) * _SCORE_BLOCK
     if ignore is not None and not callable(ignore):
         raise TypeError(f"ignore must be callable or None, got {type(ignore).__name__}")
+    check_bool("dedup_cmc", dedup_cmc)
 
     compute_dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
     qf = qf.to(compute_dtype)

@@ -36,6 +36,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from sdmreid._validation import check_bool, check_has_data
 from sdmreid.evaluation.metrics import RetrievalMetrics, _as_ints, evaluate_retrieval
 from sdmreid.modality import Modality, as_modality_array, parse_modality
 
@@ -69,6 +70,7 @@ def _feats(x: Tensorish, name: str) -> torch.Tensor:
     t = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    check_has_data(t, name)
     if t.ndim != 2:
         raise ValueError(f"{name} must be 2-D [N, d], got shape {tuple(t.shape)}")
     return t
@@ -298,6 +300,7 @@ def fuse_queries(
         >>> out.feats.tolist(), out.labels.tolist(), out.counts.tolist()
         ([[0.5, 0.5], [1.0, 0.0]], [5, 6], [2, 1])
     """
+    check_bool("normalize", normalize)
     x = _feats(feats, "feats")
     if x.shape[0] == 0:
         raise ValueError("feats is empty")
@@ -353,6 +356,7 @@ def evaluate_cross_modal(
         >>> m.rank1, m.mAP
         (1.0, 1.0)
     """
+    check_bool("fuse_normalize", fuse_normalize)
     x = _feats(feats, "feats")
     lab = _np_ints(labels, "labels", x.shape[0])
     qi, gi = cross_modal_split(modalities, query_modality, gallery_modality)

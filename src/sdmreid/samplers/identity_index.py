@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sdmreid._validation import int64_array
 from sdmreid.modality import Modality, as_modality_array
 
 __all__ = ["IdentityIndex", "as_label_array", "build_identity_index", "stable_argsort_small"]
@@ -55,7 +56,7 @@ def as_label_array(labels: Iterable[Any] | npt.ArrayLike | torch.Tensor) -> npt.
 
     Raises:
         TypeError: labels are floats or booleans, or mix types (e.g. ``[0, "0"]``).
-        ValueError: labels are not 1-D.
+        ValueError: labels are not 1-D, or hold integers beyond int64.
 
     Example:
         >>> from sdmreid.samplers import as_label_array
@@ -76,7 +77,7 @@ def as_label_array(labels: Iterable[Any] | npt.ArrayLike | torch.Tensor) -> npt.
         seq = labels if isinstance(labels, list | tuple) else list(labels)  # type: ignore[arg-type]
         _check_python_label_types(seq)
         labels = seq
-    arr = np.asarray(labels)
+    arr = int64_array(labels, "labels")  # refuses integers beyond int64 by name
     if arr.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind in "iu":
