@@ -552,3 +552,54 @@ def test_a_refused_load_state_dict_leaves_the_monitor_unchanged(steps: int, bad:
     with pytest.raises(ValueError, match="state"):
         mon.load_state_dict(corrupt)  # type: ignore[arg-type]
     assert mon.state_dict() == state
+
+
+def _monitor_with_history() -> HealthMonitor:
+    mon = HealthMonitor(NUM_CLASSES, coverage_window=3)
+    for s in range(12):
+        mon.update_step(1 + s // 6, s, coverage=0.5, classifier_weight_norm=1.0 + s)
+        if s % 6 == 5:
+            mon.update_epoch(1 + s // 6, train_ce=5.9, sdm_on=True, train_score=0.9, val_score=0.5)
+    assert mon.compute()  # the history includes findings
+    return mon
+
+
+#: Values of the right shape but the wrong type or range, which a loader that coerces (int("3"),
+#: bool(1), float("nan")) would take.
+MONITOR_BAD_VALUES: dict[str, list[object]] = {
+    "epochs": [["1", "2"], [1.0, 2.0], [True, 2], [2, 1], [0, 1]],
+    "ce": [["5.9", "5.9"], [math.nan, 5.9], [-1.0, 5.9], [True, 5.9]],
+    "sdm_on": [[1, 1], ["yes", True]],
+    "gap": [["0.4", 0.4], [math.inf, 0.4]],
+    "last_step": ["11", -1, 11.0, True],
+    "last_step_epoch": [0, "2"],
+    "floor_start": [-1, "0"],
+    "norm_base": [-1.0, math.nan, "1.0"],
+    "fired": [[["coverage_floor", "1"]], [[3, 1]], "x"],
+    "findings": [[{"rule": "x"}], "x", [None]],
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [(k, v) for k, values in MONITOR_BAD_VALUES.items() for v in values]
+    + [("__unknown_key__", 1)],
+    ids=repr,
+)
+def test_monitor_load_refuses_coerced_values_and_unknown_keys(key: str, bad: object) -> None:
+    source = _monitor_with_history()
+    target = HealthMonitor(NUM_CLASSES, coverage_window=3)
+    target.update_epoch(1, train_ce=1.0, sdm_on=False)
+    before = target.state_dict()
+    with pytest.raises(ValueError, match="state"):
+        target.load_state_dict({**source.state_dict(), key: bad})
+    assert target.state_dict() == before
+
+
+def test_monitor_load_refuses_a_finding_with_a_string_epoch() -> None:
+    state = _monitor_with_history().state_dict()
+    state["findings"][0]["epoch"] = str(state["findings"][0]["epoch"])
+    target = HealthMonitor(NUM_CLASSES, coverage_window=3)
+    with pytest.raises(ValueError, match="state"):
+        target.load_state_dict(state)
+    assert target.state_dict() == HealthMonitor(NUM_CLASSES).state_dict()

@@ -45,14 +45,16 @@ import enum
 import itertools
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from sdmreid._validation import check_int
+
+_T = TypeVar("_T")
 
 __all__ = [
     "RULES",
@@ -264,6 +266,86 @@ class SupportsRollback(Protocol):
     """Anything with ``rollback(epoch)`` (e.g. :class:`sdmreid.SDMWeightScheduler`)."""
 
     def rollback(self, epoch: int) -> object: ...
+
+
+# -- checkpoint values: exactly the types state_dict writes, no coercion (int("3"), bool(1)) ----
+
+
+def _state_int(x: object, lo: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"expected an int, got {type(x).__name__} {x!r}")
+    if x < lo:
+        raise ValueError(f"expected an int >= {lo}, got {x}")
+    return x
+
+
+def _state_float(x: object, lo: float = -math.inf, *, allow_nan: bool = False) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"expected a float, got {type(x).__name__} {x!r}")
+    v = float(x)
+    if math.isnan(v) and allow_nan:
+        return v
+    if not (math.isfinite(v) and v >= lo):
+        raise ValueError(f"expected a finite float >= {lo}, got {v}")
+    return v
+
+
+def _state_bool(x: object) -> bool:
+    if not isinstance(x, bool):
+        raise TypeError(f"expected a bool, got {type(x).__name__} {x!r}")
+    return x
+
+
+def _state_str(x: object) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"expected a str, got {type(x).__name__} {x!r}")
+    return x
+
+
+def _optional(x: object, check: Callable[[object], _T]) -> _T | None:
+    return None if x is None else check(x)
+
+
+def _state_list(state: Mapping[str, Any], key: str, check: Callable[[object], _T]) -> list[_T]:
+    values = state[key]
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{key!r} must be a list, got {type(values).__name__}")
+    try:
+        return [check(v) for v in values]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise type(exc)(f"{key!r}: {exc}") from None
+
+
+def _state_pair(x: object) -> tuple[object, object]:
+    if not isinstance(x, (list, tuple)) or len(x) != 2:
+        raise TypeError(f"expected a pair, got {x!r}")
+    return x[0], x[1]
+
+
+def _state_fired(x: object) -> tuple[str, int]:
+    rule, epoch = _state_pair(x)
+    return _state_str(rule), _state_int(epoch, 1)
+
+
+def _state_finding(d: object) -> Finding:
+    if not isinstance(d, Mapping):
+        raise TypeError(f"a finding must be a mapping, got {type(d).__name__}")
+    keys = {"rule", "severity", "message", "action", "epoch", "step", "suggested"}
+    if set(d) != keys:
+        raise ValueError(f"a finding must have the keys {sorted(keys)}, got {sorted(d)}")
+    suggested = d["suggested"]
+    if not isinstance(suggested, (list, tuple)):
+        raise TypeError(f"a finding's 'suggested' must be a list, got {suggested!r}")
+    pairs = [_state_pair(p) for p in suggested]
+    return Finding(
+        rule=_state_str(d["rule"]),
+        severity=Severity(_state_str(d["severity"])),
+        message=_state_str(d["message"]),
+        action=Action(_state_str(d["action"])),
+        epoch=_state_int(d["epoch"], 1),
+        step=_optional(d["step"], lambda x: _state_int(x, 0)),
+        suggested=tuple((_state_str(k), _state_float(v)) for k, v in pairs),
+    )
 
 
 class HealthMonitor:
@@ -690,33 +772,38 @@ class HealthMonitor:
 
         Thresholds and settings stay as constructed.
 
+        Every value must have the type :meth:`state_dict` writes (no coercion of ``"3"`` or
+        ``1.0`` to an int, or of ``1`` to a bool), and no key may be missing or unknown.
+
         Raises:
             ValueError: ``state`` is not a :meth:`state_dict` of a monitor.
         """
 
-        def opt_int(x: object) -> int | None:
-            return None if x is None else int(x)  # type: ignore[call-overload]
-
-        def opt_float(x: object) -> float | None:
-            return None if x is None else float(x)  # type: ignore[arg-type]
-
         try:
-            epochs = [int(x) for x in state["epochs"]]
-            ce = [float(x) for x in state["ce"]]
-            sdm_on = [bool(x) for x in state["sdm_on"]]
-            gap = [float(x) for x in state["gap"]]
+            if not isinstance(state, Mapping):
+                raise TypeError(f"got {type(state).__name__}, not a mapping")
+            keys = set(self.state_dict())
+            if set(state) != keys:
+                missing, unknown = sorted(keys - set(state)), sorted(set(state) - keys)
+                raise ValueError(f"missing keys {missing}, unknown keys {unknown}")
+            epochs = _state_list(state, "epochs", lambda x: _state_int(x, 1))
+            if any(b <= a for a, b in itertools.pairwise(epochs)):
+                raise ValueError("'epochs' must increase")
+            ce = _state_list(state, "ce", lambda x: _state_float(x, 0.0))
+            sdm_on = _state_list(state, "sdm_on", _state_bool)
+            gap = _state_list(state, "gap", lambda x: _state_float(x, allow_nan=True))
             if not len(epochs) == len(ce) == len(sdm_on) == len(gap):
                 raise ValueError("history lists differ in length")
-            findings = [Finding.from_dict(d) for d in state["findings"]]
-            fired = {(str(r), int(e)) for r, e in state["fired"]}
+            findings = _state_list(state, "findings", _state_finding)
+            fired = set(_state_list(state, "fired", _state_fired))
             step_state = (
-                opt_int(state["last_step"]),
-                opt_int(state["last_step_epoch"]),
-                opt_int(state["floor_start"]),
-                opt_int(state["target_start"]),
-                opt_int(state["norm_epoch"]),
-                opt_float(state["norm_base"]),
-                opt_float(state["last_norm"]),
+                _optional(state["last_step"], lambda x: _state_int(x, 0)),
+                _optional(state["last_step_epoch"], lambda x: _state_int(x, 1)),
+                _optional(state["floor_start"], lambda x: _state_int(x, 0)),
+                _optional(state["target_start"], lambda x: _state_int(x, 0)),
+                _optional(state["norm_epoch"], lambda x: _state_int(x, 1)),
+                _optional(state["norm_base"], lambda x: _state_float(x, 0.0)),
+                _optional(state["last_norm"], lambda x: _state_float(x, 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"state must come from HealthMonitor.state_dict(): {exc}") from None
