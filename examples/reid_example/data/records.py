@@ -17,14 +17,22 @@ Every ``__getitem__`` returns the sample dict the collate function expects::
      "label": int, "modality": int, "camera": int, "index": int}
 
 Single-channel images (NIR, thermal, sketches) are replicated to three channels on decoding.
+
+The layout loaders decode every listed image up front, so a dataset normally never meets a file
+it cannot decode. When it does (a loader run with ``verify=False``, or a file damaged after
+loading), ``on_error`` decides: ``"raise"`` stops with :class:`ImageDecodeError` naming the file;
+``"skip"`` decodes another image of the same identity and modality in its place (the next one in
+record order that decodes, so the choice does not depend on DataLoader workers) and counts the
+file in ``decode_failures``, which the main process reads across worker processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +46,12 @@ from sdmreid.modality import Modality
 __all__ = [
     "EpochMixin",
     "ImageDecodeError",
+    "OnError",
     "ReIDRecord",
     "RecordDataset",
     "Sample",
     "build_label_map",
+    "check_on_error",
     "load_image",
     "remap_labels",
 ]
@@ -49,19 +59,54 @@ __all__ = [
 #: One item as returned by the datasets' ``__getitem__``.
 Sample = dict[str, Any]
 
+#: What to do with a file that cannot be read: stop with an error naming it, or skip it and
+#: count it.
+OnError = Literal["raise", "skip"]
+
+_INT64_MAX = 2**63 - 1
+
+
+def check_on_error(on_error: object) -> None:
+    """Refuse an ``on_error`` other than ``"raise"`` or ``"skip"``."""
+    if not isinstance(on_error, str) or on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def _int_field(name: str, value: object, minimum: int) -> int:
+    """``value`` as a plain ``int`` in ``[minimum, 2**63 - 1]``: every id ends up in an int64
+    array, so a larger one is refused here, with its name, rather than deep in NumPy."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if v > _INT64_MAX:
+        raise ValueError(f"{name} must fit in int64 (at most 2**63 - 1), got {v}")
+    return v
+
 
 @dataclasses.dataclass(frozen=True)
 class ReIDRecord:
     """One sample of a ReID data set.
 
+    Integer fields accept Python and NumPy integers (stored as ``int``) and must fit in int64.
+
     Attributes:
-        path: image file (``None`` for TEXT records).
-        text: caption (``None`` for image records).
-        identity: person id as numbered by the data set.
-        label: contiguous class id (``-1`` when not assigned, e.g. test identities).
+        path: image file, a non-empty string (``None`` for TEXT records).
+        text: caption, a non-empty string (``None`` for image records).
+        identity: person id as numbered by the data set, ``>= 0``.
+        label: contiguous class id, ``>= 0`` (``-1`` when not assigned, e.g. test identities).
         modality: :class:`sdmreid.Modality` code.
-        camera: camera id, ``0`` when the modality has none (text, sketches).
-        split: ``"train"``, ``"val"`` or ``"test"`` (free-form for custom manifests).
+        camera: camera id, ``>= 0``; ``0`` when the modality has none (text, sketches).
+        split: ``"train"``, ``"val"`` or ``"test"`` (any non-empty name for records built in
+            code; the layout loaders and :func:`~reid_example.data.splits.make_splits` accept
+            only those three).
+
+    Raises:
+        TypeError: an integer field is not an integer (``bool`` included), or ``path``,
+            ``text`` or ``split`` is not a string.
+        ValueError: a field is out of range, or the record has no image path (image
+            modalities) or no caption (TEXT).
 
     Example:
         >>> r = ReIDRecord(path="cam3/0001/0001.jpg", text=None, identity=1, label=-1,
@@ -79,13 +124,34 @@ class ReIDRecord:
     split: str
 
     def __post_init__(self) -> None:
-        is_text = self.modality == int(Modality.TEXT)
-        if not 0 <= int(self.modality) < len(Modality):
+        # validate every field before normalising any of them
+        ints = {
+            "identity": _int_field("identity", self.identity, 0),
+            "label": _int_field("label", self.label, -1),
+            "modality": _int_field("modality", self.modality, 0),
+            "camera": _int_field("camera", self.camera, 0),
+        }
+        if ints["modality"] >= len(Modality):
             raise ValueError(f"modality must be a Modality code 0..4, got {self.modality!r}")
-        if is_text and self.text is None:
-            raise ValueError(f"a TEXT record needs text (identity {self.identity})")
-        if not is_text and self.path is None:
-            raise ValueError(f"an image record needs a path (identity {self.identity})")
+        for name in ("path", "text", "split"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+        if not self.split:
+            raise ValueError(f"split must be a non-empty str, got {self.split!r}")
+        if ints["modality"] == int(Modality.TEXT):
+            if not self.text or not self.text.strip():
+                raise ValueError(
+                    f"a TEXT record needs a non-empty caption (identity {ints['identity']}), "
+                    f"got text={self.text!r}"
+                )
+        elif not self.path:
+            raise ValueError(
+                f"an image record needs a non-empty path (identity {ints['identity']}), "
+                f"got path={self.path!r}"
+            )
+        for name, value in ints.items():
+            object.__setattr__(self, name, value)
 
 
 class ImageDecodeError(OSError):
@@ -117,7 +183,7 @@ def load_image(path: str | Path) -> torch.Tensor:
         >>> img = load_image(p); img.shape, img.dtype, int(img[2, 0, 0])
         (torch.Size([3, 6, 4]), torch.uint8, 200)
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -125,8 +191,15 @@ def load_image(path: str | Path) -> torch.Tensor:
             arr = np.asarray(rgb, dtype=np.uint8)
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"image file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot decode image file {path}: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # Pillow's format plugins fail on damaged files with many exception types (OSError,
+        # SyntaxError, struct.error, IndexError, DecompressionBombError, ...): any of them
+        # means "this file does not decode", which is what callers handle
+        raise ImageDecodeError(
+            f"cannot decode image file {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -223,13 +296,27 @@ class RecordDataset(EpochMixin, Dataset[Sample]):
         max_text_len: token budget per caption.
         seed: augmentation seed (see :class:`EpochMixin`).
         image_size: ``(height, width)`` of the default transform.
+        on_error: an image that fails to decode raises :class:`ImageDecodeError` naming it
+            (``"raise"``), or (``"skip"``) is replaced by the next image, in record order, of
+            the same identity and modality that decodes, augmented with the requested
+            sample's generator; the item keeps the requested record's label, modality, camera
+            and index, so the dataset's arrays still describe it. Each failed file is counted
+            once in :attr:`decode_failures` (shared with DataLoader workers) and warned about.
+            With no such image left, ``"skip"`` raises too.
+
+    Raises:
+        TypeError: ``max_text_len`` is not an int.
+        ValueError: ``on_error`` is not ``"raise"``/``"skip"``, ``max_text_len < 1``, a bad
+            ``seed``, or an identity missing from ``label_map``.
 
     Example:
         >>> recs = [ReIDRecord(None, "a person in a red shirt", 7, -1, 4, 0, "test")]
-        >>> ds = RecordDataset(recs)
+        >>> ds = RecordDataset(recs, on_error="skip")
         >>> item = ds[0]
         >>> item["image"] is None, item["label"], item["modality"], ds.label_map
         (True, 0, 4, {7: 0})
+        >>> ds.decode_failures, ds.failed_paths()
+        (0, [])
     """
 
     def __init__(
@@ -242,19 +329,78 @@ class RecordDataset(EpochMixin, Dataset[Sample]):
         max_text_len: int = 64,
         seed: int = 0,
         image_size: tuple[int, int] = (256, 128),
+        on_error: OnError = "raise",
     ) -> None:
-        self._init_epoch(seed)
-        self.records, self.label_map = remap_labels(list(records), label_map)
-        self.transform = transform if transform is not None else eval_transform(image_size)
-        self.tokenizer = tokenizer if tokenizer is not None else WordTokenizer()
+        check_on_error(on_error)
+        if isinstance(max_text_len, bool) or not isinstance(max_text_len, int):
+            raise TypeError(f"max_text_len must be an int, got {max_text_len!r}")
         if max_text_len < 1:
             raise ValueError(f"max_text_len must be >= 1, got {max_text_len}")
+        new_records, new_map = remap_labels(list(records), label_map)
+        self._init_epoch(seed)
+        self.records, self.label_map = new_records, new_map
+        self.on_error: OnError = on_error
+        self.transform = transform if transform is not None else eval_transform(image_size)
+        self.tokenizer = tokenizer if tokenizer is not None else WordTokenizer()
         self.max_text_len = max_text_len
         self.labels = _int64(r.label for r in self.records)
         self.identities = _int64(r.identity for r in self.records)
         self.modalities = _int64(r.modality for r in self.records)
         self.cameras = _int64(r.camera for r in self.records)
         self.num_classes = len(self.label_map)
+        # one flag per record in shared memory: a failure met in a worker process is visible
+        # to the main process, like the epoch
+        self._failed = torch.zeros(len(self.records), dtype=torch.bool).share_memory_()  # type: ignore[no-untyped-call]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(self.records):
+            groups.setdefault((r.identity, r.modality), []).append(i)
+        self._group = {key: np.asarray(idx, dtype=np.int64) for key, idx in groups.items()}
+
+    @property
+    def decode_failures(self) -> int:
+        """How many distinct image files failed to decode so far (all worker processes)."""
+        return int(self._failed.sum())
+
+    def failed_paths(self) -> list[str]:
+        """The image files that failed to decode so far, in record order."""
+        return [str(self.records[int(i)].path) for i in torch.nonzero(self._failed).flatten()]
+
+    def _substitutes(self, index: int) -> Iterator[int]:
+        """The other records of ``index``'s identity and modality, in record order after it."""
+        r = self.records[index]
+        group = self._group[(r.identity, r.modality)]
+        at = int(np.searchsorted(group, index))
+        yield from (int(j) for j in np.concatenate([group[at + 1 :], group[:at]]))
+
+    def _decode(self, index: int) -> torch.Tensor:
+        path = str(self.records[index].path)
+        try:
+            return load_image(path)
+        except ImageDecodeError as exc:
+            if self.on_error == "raise":
+                raise
+            self._failed[index] = True
+            first = exc
+        # The substitute is the first one that decodes, tried in a fixed order, so every
+        # worker (and a run without workers) makes the same choice.
+        for j in self._substitutes(index):
+            other = str(self.records[j].path)
+            try:
+                image = load_image(other)
+            except ImageDecodeError:
+                self._failed[j] = True
+                continue
+            warnings.warn(
+                f"image file {path} cannot be decoded ({first}); using {other} (the same "
+                "identity and modality) in its place",
+                stacklevel=3,
+            )
+            return image
+        r = self.records[index]
+        raise ImageDecodeError(
+            f"image file {path} cannot be decoded ({first}) and no other image of identity "
+            f"{r.identity} in modality {Modality(r.modality).name} decodes"
+        ) from first
 
     def __len__(self) -> int:
         return len(self.records)
@@ -271,8 +417,7 @@ class RecordDataset(EpochMixin, Dataset[Sample]):
             assert r.text is not None  # guaranteed by ReIDRecord
             tokens = self.tokenizer.encode(r.text, self.max_text_len)
         else:
-            assert r.path is not None
-            image = self.transform(load_image(r.path), self.generator(index))
+            image = self.transform(self._decode(index), self.generator(index))
         return {
             "image": image,
             "tokens": tokens,
