@@ -5,7 +5,7 @@ Each component's block is headed by a comment naming it; reuse before adding.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 from hypothesis import strategies as st
@@ -86,7 +86,9 @@ def label_modality_layouts(
 def corrupted_states(
     draw: st.DrawFn,
     valid: Mapping[str, object],
-    bad_values: Mapping[str, st.SearchStrategy[object]],
+    bad_values: Mapping[
+        str, st.SearchStrategy[object] | Callable[[object], st.SearchStrategy[object]]
+    ],
     required: Collection[str] = (),
     unknown_key: bool = True,
 ) -> dict[str, object]:
@@ -100,7 +102,9 @@ def corrupted_states(
 
     Args:
         valid: A state the loader accepts.
-        bad_values: Per key, a strategy of values the loader must refuse for that key.
+        bad_values: Per key, a strategy of values the loader must refuse for that key, or a
+            function of the valid value returning one (for values that must keep the valid
+            one's shape, e.g. a tensor with one NaN).
         required: Keys the loader must refuse to do without.
         unknown_key: Whether adding a key the loader does not know is one of the defects.
     """
@@ -112,7 +116,8 @@ def corrupted_states(
     kind, key = draw(st.sampled_from(defects))
     out = dict(valid)
     if kind == "bad":
-        out[key] = draw(bad_values[key])
+        bad = bad_values[key]
+        out[key] = draw(bad if isinstance(bad, st.SearchStrategy) else bad(valid[key]))
     elif kind == "missing":
         del out[key]
     else:

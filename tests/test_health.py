@@ -582,8 +582,7 @@ MONITOR_BAD_VALUES: dict[str, list[object]] = {
 
 @pytest.mark.parametrize(
     ("key", "bad"),
-    [(k, v) for k, values in MONITOR_BAD_VALUES.items() for v in values]
-    + [("__unknown_key__", 1)],
+    [(k, v) for k, values in MONITOR_BAD_VALUES.items() for v in values] + [("__unknown_key__", 1)],
     ids=repr,
 )
 def test_monitor_load_refuses_coerced_values_and_unknown_keys(key: str, bad: object) -> None:

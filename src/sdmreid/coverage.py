@@ -45,6 +45,8 @@ from sdmreid.distributed import all_reduce_sum
 
 __all__ = ["Count", "PairCoverageMeter", "SupportsCounts"]
 
+_STATE_KEYS = ("rows", "rows_without_positive", "num_updates")
+
 #: A count: a Python int or a 0-dim integer tensor on any device.
 Count = int | torch.Tensor
 
@@ -322,13 +324,14 @@ class PairCoverageMeter:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the window from :meth:`state_dict`; a refused state changes nothing.
 
-        Keeps this meter's ``window``/``target``/device; when the saved window was longer,
-        only its most recent ``window`` updates are kept.
+        Keeps this meter's ``window``/``target``/device (the saved ones, if present, must be
+        well-formed); when the saved window was longer, only its most recent ``window`` updates
+        are kept.
 
         Raises:
-            ValueError: ``state`` is not a valid :meth:`state_dict` (missing keys, lists of
-                different lengths, counts that are not non-negative ints, or more rows without
-                a positive than rows).
+            ValueError: ``state`` is not a valid :meth:`state_dict` (missing or unknown keys,
+                lists of different lengths, counts that are not non-negative ints, more rows
+                without a positive than rows, or a malformed ``window``/``target``).
 
         Example:
             >>> a = PairCoverageMeter()
@@ -349,6 +352,19 @@ class PairCoverageMeter:
         try:
             if not isinstance(state, Mapping):
                 raise ValueError(f"got {type(state).__name__}, not a mapping")
+            unknown = set(state) - {*_STATE_KEYS, "window", "target"}
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(map(str, unknown))}")
+            if "window" in state:  # informational (this meter keeps its own), but well-formed
+                (saved_window,) = ints([state["window"]])
+                if saved_window < 1:
+                    raise ValueError(f"window must be >= 1, got {saved_window}")
+            if "target" in state:
+                target = state["target"]
+                if isinstance(target, bool) or not isinstance(target, (int, float)):
+                    raise ValueError(f"target must be a float, got {target!r}")
+                if not 0.0 <= target <= 1.0:
+                    raise ValueError(f"target must be in [0, 1], got {target!r}")
             rows = ints(state["rows"])
             without = ints(state["rows_without_positive"])
             (num_updates,) = ints([state["num_updates"]])

@@ -14,6 +14,7 @@ checks that the ranks are still in step (its result equals the single-process re
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -122,10 +123,10 @@ def _outcome(call: Callable[[], object]) -> tuple[str, str]:
 def _worker(rank: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in SDM_CASES:
-        out[f"sdm/{name}"] = _outcome(lambda: sdm_loss(**sdm_case(name, rank), gather=True))
+        out[f"sdm/{name}"] = _outcome(partial(sdm_loss, **sdm_case(name, rank), gather=True))
     for name in MEMORY_CASES:
         mem, kwargs = memory_case(name, rank)
-        out[f"memory/{name}"] = _outcome(lambda: mem.enqueue(**kwargs))
+        out[f"memory/{name}"] = _outcome(partial(mem.enqueue, **kwargs))
         out[f"memory/{name}/rows_after"] = len(mem)
 
     # on_nonfinite="ignore": nothing raises, every rank's flag says a rank had NaN, and the

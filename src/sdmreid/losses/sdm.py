@@ -815,6 +815,16 @@ class SDMLoss(nn.Module):
         # A tensor scale is checked like the constructor checks it, in this module's dtype,
         # before anything is copied: a refused checkpoint leaves the scale as it was.
         key = prefix + "logit_scale"
+        if strict:  # torch would copy the scale first and refuse an unknown key afterwards
+            mine = {key} if isinstance(self.logit_scale, Tensor) else set()
+            unknown = [
+                k
+                for k in state_dict
+                if k.startswith(prefix) and "." not in k[len(prefix) :] and k not in mine
+            ]
+            if unknown:
+                unexpected_keys.extend(unknown)
+                return
         if isinstance(self.logit_scale, Tensor) and key in state_dict:
             problem = _loaded_scale_problem(state_dict[key], self.logit_scale)
             if problem is not None:
