@@ -352,3 +352,12 @@ def test_gather_refuses_non_bool_values(bad: object) -> None:
         with pytest.raises(TypeError, match="gather must be a bool"):
             read(gather=bad)  # type: ignore[arg-type]
     assert m.state_dict() == state
+
+
+def test_a_meta_count_is_refused_and_changes_nothing() -> None:
+    m = PairCoverageMeter()
+    m.update(rows=10, rows_without_positive=1)
+    state = m.state_dict()
+    with pytest.raises(ValueError, match="rows is on meta"):
+        m.update(rows=torch.tensor(3, device="meta"), rows_without_positive=0)
+    assert m.state_dict() == state

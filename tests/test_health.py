@@ -602,3 +602,10 @@ def test_monitor_load_refuses_a_finding_with_a_string_epoch() -> None:
     with pytest.raises(ValueError, match="state"):
         target.load_state_dict(state)
     assert target.state_dict() == HealthMonitor(NUM_CLASSES).state_dict()
+
+
+def test_a_meta_reading_is_refused_by_name() -> None:
+    mon = HealthMonitor(NUM_CLASSES)
+    with pytest.raises(ValueError, match="coverage is on meta"):
+        mon.update_step(1, 0, coverage=torch.tensor(0.5, device="meta"))
+    assert mon.state_dict() == HealthMonitor(NUM_CLASSES).state_dict()

@@ -951,3 +951,13 @@ def test_float16_storage_never_holds_inf_from_a_finite_float32_batch():
     with pytest.raises(ValueError, match="NaN or Inf"):
         mem.enqueue(torch.full((2, 8), 1e5), [0, 1])
     assert len(mem) == 0 and mem.steps_seen == 0
+
+
+def test_a_single_meta_or_huge_modality_is_refused_by_name():
+    mem = _memory_with_one_step()
+    before = mem.state_dict()
+    with pytest.raises(ValueError, match="modality is on meta"):
+        mem.enqueue(torch.zeros(2, DIM), [1, 2], modalities=torch.tensor(1, device="meta"))
+    with pytest.raises(ValueError, match="unknown modality code"):
+        mem.enqueue(torch.zeros(2, DIM), [1, 2], modalities=[0, 2**70])
+    assert _state_equal(mem.state_dict(), before)

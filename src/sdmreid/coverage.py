@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import torch
 
-from sdmreid._validation import check_bool, check_int
+from sdmreid._validation import check_bool, check_has_data, check_int
 from sdmreid.distributed import all_reduce_sum
 
 __all__ = ["Count", "PairCoverageMeter", "SupportsCounts"]
@@ -63,6 +63,7 @@ class SupportsCounts(Protocol):
 
 def _as_count(name: str, x: object) -> Count:
     if isinstance(x, torch.Tensor):
+        check_has_data(x, name)
         if x.numel() != 1 or x.dim() > 1:
             raise ValueError(f"{name} must be a 0-dim tensor, got shape {tuple(x.shape)}")
         if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():

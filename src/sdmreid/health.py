@@ -52,7 +52,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
-from sdmreid._validation import check_int
+from sdmreid._validation import check_has_data, check_int
 
 _T = TypeVar("_T")
 
@@ -74,6 +74,8 @@ def _check_float(
     """``value`` as a finite float in ``[lo, hi]`` (or nan when ``allow_nan``)."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if isinstance(value, torch.Tensor):
+        check_has_data(value, name)
     try:
         v = float(value)
     except (TypeError, ValueError, RuntimeError):  # e.g. a tensor of several elements

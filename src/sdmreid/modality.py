@@ -33,6 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sdmreid._validation import check_has_data
+
 __all__ = [
     "MODALITY_ALIASES",
     "Modality",
@@ -151,6 +153,7 @@ def parse_modality(value: object) -> Modality:
     if isinstance(value, (int, np.integer)):
         return _parse_int(int(value), value)
     if isinstance(value, torch.Tensor):
+        check_has_data(value, "modality")
         if value.ndim != 0 or value.dtype.is_floating_point or value.dtype.is_complex:
             raise TypeError(
                 "modality tensor must be a 0-dim integer tensor, got "
@@ -205,6 +208,7 @@ def as_modality_array(
         array([0, 1, 2, 4])
     """
     if isinstance(values, torch.Tensor):
+        check_has_data(values, name)
         if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
             raise TypeError(f"{name} tensor must have an integer dtype, got {values.dtype}")
         values_np: npt.NDArray[Any] = values.detach().to("cpu", torch.int64).reshape(-1).numpy()
@@ -219,7 +223,15 @@ def as_modality_array(
         if all(
             isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values
         ):
-            arr: npt.NDArray[Any] = np.asarray(values, dtype=np.int64).reshape(-1)
+            try:
+                arr: npt.NDArray[Any] = np.asarray(values, dtype=np.int64).reshape(-1)
+            except OverflowError:  # a code beyond int64 cannot name a modality either
+                ints = [int(v) for v in values if isinstance(v, (int, np.integer))]
+                first = next(v for v in ints if not -(2**63) <= v < 2**63)
+                raise ValueError(
+                    f"{name} contains unknown modality code {first}: codes must be in "
+                    f"0..{_NUM_MODALITIES - 1}; accepted: {_accepted_names()}"
+                ) from None
             return _check_codes(arr, name)
         arr = np.empty(len(values), dtype=object)
         arr[:] = list(values)
@@ -265,6 +277,8 @@ def as_modality_tensor(
         >>> as_modality_tensor(("vis", "nir"))
         tensor([0, 1])
     """
+    if isinstance(values, torch.Tensor):
+        check_has_data(values, name)
     if (
         isinstance(values, torch.Tensor)
         and not values.dtype.is_floating_point

@@ -392,3 +392,14 @@ def test_labels_beyond_int64_are_a_value_error_naming_labels(cls: type) -> None:
         cls([2**70, 0, 1, 1], [0, 1, 0, 1], 1, 2)
     with pytest.raises(ValueError, match="labels must fit in int64"):
         coverage_report([[0, 1]], [2**70, 0, 1, 1], [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("cls", [ModalAwarePKSampler, ModalAwarePKSampler_Strict])
+def test_meta_tensors_and_huge_modality_codes_are_refused_by_name(cls: type) -> None:
+    meta = torch.tensor([0, 0, 1, 1], device="meta")
+    with pytest.raises(ValueError, match="labels is on meta"):
+        cls(meta, [0, 1, 0, 1], 1, 2)
+    with pytest.raises(ValueError, match="modalities is on meta"):
+        cls([0, 0, 1, 1], meta, 1, 2)
+    with pytest.raises(ValueError, match="modalities contains unknown modality code"):
+        cls([0, 0, 1, 1], [0, 1, 2**70, 1], 1, 2)

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from sdmreid._validation import int64_array
+from sdmreid._validation import check_has_data, int64_array
 from sdmreid.modality import Modality, as_modality_array
 
 __all__ = ["IdentityIndex", "as_label_array", "build_identity_index", "stable_argsort_small"]
@@ -68,6 +68,7 @@ def as_label_array(labels: Iterable[Any] | npt.ArrayLike | torch.Tensor) -> npt.
         TypeError: labels must be all integers or all strings, got a mix of ['int', 'str']
     """
     if isinstance(labels, torch.Tensor):
+        check_has_data(labels, "labels")
         if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
             raise TypeError(f"labels tensor must have an integer dtype, got {labels.dtype}")
         if labels.ndim != 1:
