@@ -403,3 +403,12 @@ def test_meta_tensors_and_huge_modality_codes_are_refused_by_name(cls: type) -> 
         cls([0, 0, 1, 1], meta, 1, 2)
     with pytest.raises(ValueError, match="modalities contains unknown modality code"):
         cls([0, 0, 1, 1], [0, 1, 2**70, 1], 1, 2)
+
+
+@pytest.mark.parametrize("cls", [ModalAwarePKSampler, ModalAwarePKSampler_Strict])
+def test_a_refused_next_batch_does_not_keep_the_new_epoch(cls: type) -> None:
+    s = cls(LABELS, MODS, 2, 2, seed=0)
+    s.set_epoch(2)
+    with pytest.raises(ValueError, match="next_batch"):
+        s.load_state_dict({"epoch": 5, "next_batch": 10**6})
+    assert s.state_dict()["epoch"] == 2 and s.state_dict()["next_batch"] == 0
