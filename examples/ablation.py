@@ -20,6 +20,9 @@ Usage::
     python examples/ablation.py --config examples/configs/demo.toml --seeds 0 1 2 \\
         --out docs/ablation.md
     python examples/ablation.py --quick        # a minute-long smoke run of the whole table
+
+Runs whose directories (``<--root>/<variant>-seed<k>``) already hold a run are refused before
+anything trains, unless ``--overwrite`` starts them over.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import train
+from reid_example.reporting import run_files
 
 VARIANTS: dict[str, list[str]] = {
     "ce_only": ["loss.sdm=false", "sampler.kind=pk", "loss.memory=false"],
@@ -53,6 +57,10 @@ QUICK = [
     "model.depth=1",
     "model.num_heads=2",
 ]
+
+
+def _run_name(variant: str, seed: int) -> str:
+    return f"{variant.replace('+', 'plus_')}-seed{seed}"
 
 
 def _mean_sd(xs: Sequence[float]) -> str:
@@ -112,15 +120,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="write the Markdown table here")
     ap.add_argument("--json", default=None, help="write every run's metrics here")
     ap.add_argument("--quick", action="store_true", help="tiny data/model, 3 epochs, 1 seed")
+    ap.add_argument(
+        "--overwrite", action="store_true", help="start over runs whose directories hold a run"
+    )
     args = ap.parse_args(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
     extra = [*(QUICK if args.quick else []), *args.overrides]
+    if args.overwrite:
+        extra.append("output.overwrite=true")
+    # refused up front, not after hours of training the variants before it
+    dirs = [Path(args.root) / _run_name(v, seed) for v in args.variants for seed in seeds]
+    taken = [str(d) for d in dirs if run_files(d)]
+    if taken and not args.overwrite:
+        ap.error(
+            f"these run directories already hold runs: {', '.join(taken)}; start them over with "
+            "--overwrite, or choose another --root"
+        )
 
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     t0 = time.perf_counter()
     for variant in args.variants:
         for seed in seeds:
-            name = f"{variant.replace('+', 'plus_')}-seed{seed}"
+            name = _run_name(variant, seed)
             sets = [
                 *VARIANTS[variant],
                 *extra,

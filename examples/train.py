@@ -18,6 +18,7 @@ Usage::
     python examples/train.py --config examples/configs/demo.toml
     python examples/train.py --config examples/configs/default.toml --set train.epochs=10
     python examples/train.py --resume runs/demo-seed0/last.pt
+    python examples/train.py --config examples/configs/demo.toml --overwrite   # start over
     torchrun --nproc_per_node=2 examples/train.py --config ... --set dist.backend=gloo
     python examples/train.py --help       # every option with its default
 """
@@ -32,25 +33,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from reid_example.builders import build_data, build_train_loader
-from reid_example.checkpoint import load_checkpoint
-from reid_example.config import (
-    Config,
-    apply_overrides,
-    config_from_dict,
-    config_toml,
-    describe_options,
-    load_config,
-)
+from reid_example.config import Config, config_toml, describe_options, load_config
 from reid_example.engine import StepContext, StepSettings
 from reid_example.evaluate import Evaluator
 from reid_example.health import HealthAdapter
 from reid_example.model import build_model, count_parameters
 from reid_example.optim import build_ema, build_lr_schedule, build_optimizer
-from reid_example.reporting import RunSummary, open_outputs, write_run_report
+from reid_example.reporting import (
+    RunSummary,
+    check_run_directory,
+    open_outputs,
+    write_run_report,
+)
 from reid_example.run import (
     Run,
     epoch_row,
     health_check,
+    read_resume_checkpoint,
     restore_run,
     save_epoch_checkpoints,
     score_best_checkpoint,
@@ -168,7 +167,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str | None, dict[str
     """The run's config, the TOML path it came from, and the checkpoint to resume (if any).
 
     A resumed run takes its checkpoint's config; ``--set`` overrides still apply on top.
-    ``--print-config`` prints the resolved config and exits.
+    ``--print-config`` prints the resolved config and exits. A checkpoint that cannot be resumed,
+    or a run directory that already holds a run this one neither resumes nor overwrites, is a
+    usage error: nothing is written.
     """
     parser = argparse.ArgumentParser(
         prog="train.py",
@@ -190,17 +191,24 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, str | None, dict[str
         "--resume", type=str, default=None, help="checkpoint to resume from (e.g. runs/x/last.pt)"
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run directory that holds a run, deleting its files first "
+        "(= --set output.overwrite=true)",
+    )
+    parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
     args = parser.parse_args(argv)
+    overrides = [*args.overrides, *(["output.overwrite=true"] if args.overwrite else [])]
     checkpoint: dict[str, Any] | None = None
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
         resume = args.resume or cfg.checkpoint.resume
         if resume:
-            checkpoint = load_checkpoint(resume)
-            base = config_from_dict(checkpoint["config"])
-            cfg = apply_overrides(base, [*args.overrides, f"checkpoint.resume={resume}"])
+            cfg, checkpoint = read_resume_checkpoint(resume, overrides)
+        if not args.print_config:
+            check_run_directory(cfg, args.config)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         parser.error(str(err))
     if args.print_config:

@@ -243,10 +243,18 @@ def build_data(cfg: Config) -> DataBundle:
 
 
 class BatchWindow:
-    """Batch-sampler view for one epoch: resume position and a per-epoch step cap.
+    """Batch-sampler view for one epoch: resume position, a per-epoch step cap, and the
+    loader's own generator.
 
     ``start`` batches are skipped through the sampler's own ``load_state_dict`` (the resume
     position), and at most ``limit - start`` batches are yielded (``limit <= 0``: all).
+
+    The DataLoader draws its workers' base seed from :attr:`generator` each time it starts
+    iterating, never from the global torch generator that dropout draws from: a resumed run
+    starts its loader once more than an uninterrupted one, and would otherwise draw other
+    dropout masks. :meth:`configure` reseeds it from (sampler seed, rank, epoch), so workers
+    started for an epoch get the same seeds however the run got there. (No sample depends on
+    them: each sample's augmentation has its own generator, seeded by (seed, epoch, index).)
 
     Example:
         >>> labels, mods = [0, 0, 1, 1, 2, 2, 3, 3] * 2, ["rgb", "ir"] * 8
@@ -262,12 +270,16 @@ class BatchWindow:
         self.sampler = sampler
         self.start = 0
         self.limit = 0
+        #: the DataLoader's generator (``DataLoader(..., generator=window.generator)``)
+        self.generator = torch.Generator()
 
     def configure(self, epoch: int, start: int, limit: int) -> None:
         """Iterate ``epoch`` (from 1) from batch ``start``, up to batch ``limit`` (> 0)."""
         # the epoch's shuffle and the resume position, in one call
         self.sampler.load_state_dict({"epoch": epoch, "next_batch": start})
         self.start, self.limit = start, limit
+        key = np.random.SeedSequence([self.sampler.seed, self.sampler.rank, epoch])
+        self.generator.manual_seed(int(key.generate_state(1, np.uint64)[0] >> np.uint64(1)))
 
     def steps_per_epoch(self, cap: int = 0) -> int:
         """The nominal epoch length: the batches of epoch 1 (at most ``cap`` when > 0)."""
@@ -333,6 +345,7 @@ def build_train_loader(
         num_workers=workers,
         collate_fn=data.collate,
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        generator=window.generator,
         **kwargs,
     )
     return loader, window

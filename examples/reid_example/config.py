@@ -290,6 +290,12 @@ class OutputConfig:
 
     root: str = _opt("runs", "parent directory of run directories")
     name: str = _opt("", "run directory name ('' = <config name>-seed<seed>)")
+    overwrite: bool = _opt(
+        False,
+        "start over in a run directory that already holds a run, deleting that run's files "
+        "first (also --overwrite); without it such a directory is refused: continue its run "
+        "with --resume <dir>/last.pt, or choose another output.name",
+    )
     progress: str = _opt("auto", "tqdm bars: auto = only on a TTY", ("auto", "on", "off"))
     tensorboard: bool = _opt(True, "write TensorBoard events when tensorboard is installed")
     plots: bool = _opt(True, "write PNG plots and report.md at the end")

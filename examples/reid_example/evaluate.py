@@ -105,6 +105,8 @@ def extract_features(
         batch_size=batch_size,
         shuffle=False,
         collate_fn=collate,
+        # its own generator: evaluating never draws from the global one (dropout's)
+        generator=torch.Generator(),
     )
     chunks: list[torch.Tensor] = []
     for batch in loader:

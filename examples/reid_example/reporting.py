@@ -13,6 +13,10 @@ Files in the run directory:
 Rows are appended and flushed as they are written, so a resumed run continues the same files.
 On resume, rows after the checkpoint's step are dropped first (:meth:`MetricsLog.truncate_after`)
 so the logs of a resumed run equal those of an uninterrupted one.
+
+A new run never writes into a directory that holds another run's files
+(:func:`check_run_directory`): it is refused unless the run resumes (``--resume``) or
+overwrites it (``--overwrite``, which deletes the old run's files first, so nothing is mixed).
 """
 
 from __future__ import annotations
@@ -21,20 +25,26 @@ import csv
 import json
 import logging
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+import torch.distributed as dist
+
 from reid_example.config import Config, config_toml
 from reid_example.evaluate import Scores, select_score
 from reid_example.logging_utils import progress_enabled, setup_logging
+from reid_example.runtime import is_distributed
 
 __all__ = [
     "MetricsLog",
     "RunOutputs",
     "RunSummary",
+    "check_run_directory",
     "open_outputs",
+    "run_files",
     "write_plots",
     "write_report",
     "write_run_report",
@@ -278,6 +288,21 @@ class RunOutputs:
     progress: bool
 
 
+#: what a run writes into its directory: a directory holding any of them holds a run
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "config.toml",
+    "train.log",
+    "steps.jsonl",
+    "epochs.jsonl",
+    "epochs.csv",
+    "report.md",
+    "plots",
+    "tensorboard",
+)
+
+
 def run_directory(cfg: Config, config_path: str | None) -> Path:
     """A resumed run continues in its checkpoint's directory; a new one goes to
     ``<output.root>/<output.name>`` (default name: ``<config file stem>-seed<train.seed>``)."""
@@ -287,11 +312,65 @@ def run_directory(cfg: Config, config_path: str | None) -> Path:
     return Path(cfg.output.root) / (cfg.output.name or f"{stem}-seed{cfg.train.seed}")
 
 
+def run_files(run_dir: Path) -> list[str]:
+    """The names of the run files (:data:`RUN_FILES`) in ``run_dir``; empty when it holds no run.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> (d / "notes.txt").write_text("mine"), run_files(d)
+        (4, [])
+        >>> (d / "train.log").write_text(""), run_files(d)
+        (0, ['train.log'])
+    """
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def check_run_directory(cfg: Config, config_path: str | None) -> Path:
+    """The run's directory, refused (``ValueError``) when it already holds a run that this one
+    neither resumes (``checkpoint.resume``) nor overwrites (``output.overwrite``).
+
+    Reads only; every rank calls it before rank 0 writes anything (:func:`open_outputs`).
+    """
+    run_dir = run_directory(cfg, config_path)
+    if cfg.checkpoint.resume and cfg.output.overwrite:
+        raise ValueError(
+            "--resume (checkpoint.resume) continues a run and --overwrite (output.overwrite) "
+            "deletes it: give one of them"
+        )
+    found = run_files(run_dir)
+    if found and not (cfg.checkpoint.resume or cfg.output.overwrite):
+        resume = f"continue it with --resume {run_dir / 'last.pt'}, " if "last.pt" in found else ""
+        raise ValueError(
+            f"run directory {run_dir} already holds a run ({', '.join(found)}): {resume}"
+            "start over with --overwrite (output.overwrite=true; deletes those files first), "
+            "or choose another output.name"
+        )
+    return run_dir
+
+
+def _delete_run_files(run_dir: Path) -> None:
+    """``--overwrite``: the previous run's files go before the new run writes any."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for leftover in run_dir.glob(".*.pt.*.tmp"):  # a checkpoint write that was interrupted
+        leftover.unlink()
+
+
 def open_outputs(cfg: Config, config_path: str | None, rank: int) -> RunOutputs:
     """The run directory with the resolved ``config.toml``, the logger and the metric files;
-    only rank 0 writes."""
-    run_dir = run_directory(cfg, config_path)
+    only rank 0 writes. With ``output.overwrite`` the previous run's files are deleted first.
+    """
+    run_dir = check_run_directory(cfg, config_path)
+    if is_distributed():
+        dist.barrier()  # every rank has checked the directory before rank 0 changes it
     if rank == 0:
+        if cfg.output.overwrite:
+            _delete_run_files(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_toml(cfg))
     return RunOutputs(

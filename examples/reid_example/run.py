@@ -7,13 +7,18 @@
 * :func:`train_epoch` — the steps of one epoch, each followed by the step-level duties (health
   reading, coverage line, step metrics row, step checkpoint, ``train.stop_after_steps``).
 * :func:`validate`, :func:`save_epoch_checkpoints`, :func:`score_best_checkpoint`,
-  :func:`restore_run`, :func:`summarize` — the rest of an epoch and of the run.
+  :func:`summarize` — the rest of an epoch and of the run;
+* :func:`read_resume_checkpoint` and :func:`restore_run` — ``--resume``: the checkpoint is
+  checked (format version, keys, position) before anything is written, and every component is
+  restored from it, every rank's RNG states included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,12 +29,12 @@ from torch.utils.data import DataLoader
 
 from reid_example.builders import BatchWindow, DataBundle
 from reid_example.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from reid_example.config import Config, config_to_dict
+from reid_example.config import Config, apply_overrides, config_from_dict, config_to_dict
 from reid_example.engine import StepContext, StepScalars, train_step
 from reid_example.evaluate import Evaluator, Scores, Validation, format_metrics
 from reid_example.health import HealthAdapter
 from reid_example.reporting import RunOutputs, RunSummary
-from reid_example.runtime import all_reduce_mean, is_distributed
+from reid_example.runtime import all_gather_objects, all_reduce_mean, is_distributed
 from sdmreid import Finding
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "Run",
     "TrainState",
     "epoch_row",
+    "read_resume_checkpoint",
     "restore_run",
     "save_epoch_checkpoints",
     "score_best_checkpoint",
@@ -47,7 +53,31 @@ __all__ = [
     "validate",
 ]
 
-CHECKPOINT_VERSION = 1
+#: the checkpoint format :func:`checkpoint_state` writes and ``--resume`` reads
+CHECKPOINT_VERSION = 2
+
+#: the keys :func:`checkpoint_state` writes (``ema``, ``scaler``, ``memory``: None when off)
+_CHECKPOINT_KEYS = (
+    "version",
+    "config",
+    "epoch",
+    "step_in_epoch",
+    "global_step",
+    "model",
+    "ema",
+    "optimizer",
+    "scaler",
+    "lr",
+    "sdm_scheduler",
+    "head_switch",
+    "sampler",
+    "memory",
+    "meter",
+    "health",
+    "rng",
+    "best",
+    "epoch_acc",
+)
 
 
 @dataclass
@@ -357,51 +387,149 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "memory": c.memory.state_dict() if c.memory is not None else None,
         "meter": c.meter.state_dict(),
         "health": run.health.state_dict(),
-        "rng": capture_rng(c.runtime.np_rng),
+        # every rank's generators (each rank draws its own dropout masks), indexed by rank
+        "rng": all_gather_objects(capture_rng(c.runtime.np_rng)),
         "best": asdict(s.best),
         "epoch_acc": asdict(s.sums) if s.step_in_epoch > 0 else {},
     }
 
 
 def save_run(run: Run, name: str) -> None:
-    """Write ``<run_dir>/<name>`` (rank 0)."""
+    """Write ``<run_dir>/<name>`` (rank 0; every rank calls it, for the RNG states)."""
+    state = checkpoint_state(run)
     if run.step.runtime.is_main:
-        save_checkpoint(checkpoint_state(run), run.out.run_dir / name)
+        save_checkpoint(state, run.out.run_dir / name)
+
+
+def read_resume_checkpoint(path: str, overrides: Sequence[str]) -> tuple[Config, dict[str, Any]]:
+    """The config and checkpoint of ``--resume path``: the checkpoint's config with
+    ``overrides`` applied on top.
+
+    Everything that can be checked without building the run is checked here, before anything
+    is written: the file is a checkpoint (:func:`load_checkpoint`), of this format version, with
+    every key, a valid config, and a position (epoch, step) inside the run's ``train.epochs``.
+    Each refusal is a ``ValueError`` that names the file.
+    """
+    ck = load_checkpoint(path)
+    version = ck.get("version")
+    if version is None:
+        raise ValueError(f"checkpoint {path} has no format version: not written by this trainer")
+    if type(version) is not int or version != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format version {version!r}; this trainer reads version "
+            f"{CHECKPOINT_VERSION} (resume it with the trainer version that wrote it)"
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ck]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} is incomplete: missing {', '.join(map(repr, missing))}"
+        )
+    if not isinstance(ck["config"], Mapping):
+        raise ValueError(
+            f"checkpoint {path}: config must be a table of sections, got {ck['config']!r}"
+        )
+    try:
+        base = config_from_dict(ck["config"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"checkpoint {path}: config: {err}") from err
+    base.output.overwrite = False  # the choice of the command that started the run, not resumed
+    cfg = apply_overrides(base, [*overrides, f"checkpoint.resume={path}"])
+    _check_position(ck, path, cfg.train.epochs)
+    return cfg, ck
+
+
+def _check_position(ck: Mapping[str, Any], path: str, epochs: int) -> None:
+    """Epoch and steps of a checkpoint: inside a run of ``epochs`` epochs. A finished run's
+    ``last.pt`` points at the start of epoch ``epochs + 1``."""
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        if type(ck[key]) is not int:
+            raise ValueError(f"checkpoint {path}: {key} must be an integer, got {ck[key]!r}")
+    epoch, step, total = ck["epoch"], ck["step_in_epoch"], ck["global_step"]
+    if not 1 <= epoch <= epochs + 1 or (epoch == epochs + 1 and step > 0):
+        raise ValueError(
+            f"checkpoint {path}: epoch {epoch} (step {step}) is outside this run's epochs "
+            f"1..{epochs} (train.epochs={epochs}; a finished run's last.pt points at epoch "
+            f"{epochs + 1}, step 0; --set train.epochs=N trains a finished run further)"
+        )
+    if step < 0 or total < step:
+        raise ValueError(
+            f"checkpoint {path}: step_in_epoch {step} and global_step {total} must satisfy "
+            "0 <= step_in_epoch <= global_step"
+        )
 
 
 def restore_run(run: Run, ck: dict[str, Any]) -> None:
-    """Load a checkpoint written by :func:`save_run` into the run's components and state."""
-    c = run.step
-    c.raw_model.load_state_dict(ck["model"])
-    if c.ema is not None and ck.get("ema") is not None:
-        c.ema.load_state_dict(ck["ema"])
-    c.optimizer.load_state_dict(ck["optimizer"])
-    if c.runtime.amp.scaler is not None and ck.get("scaler"):
-        c.runtime.amp.scaler.load_state_dict(ck["scaler"])
-    c.sdm_scheduler.load_state_dict(ck["sdm_scheduler"])
-    c.head_switch.load_state_dict(ck["head_switch"])
-    if c.memory is not None and ck.get("memory") is not None:
-        c.memory.load_state_dict(ck["memory"])
-    c.meter.load_state_dict(ck["meter"])
-    run.health.load_state_dict(ck["health"])
-    restore_rng(ck["rng"], c.runtime.np_rng)
-    best = ck["best"]
-    run.state = TrainState(
-        epoch=int(ck["epoch"]),
-        step_in_epoch=int(ck["step_in_epoch"]),
-        global_step=int(ck["global_step"]),
-        best=Best(float(best["metric"]), int(best["epoch"]), dict(best["val"])),
-        sums=EpochSums.from_state(ck["epoch_acc"]),
-    )
-    _restart_epoch_on_new_world(run, int(ck["sampler"]["world_size"]))
+    """Load a checkpoint written by :func:`save_run` into the run's components and state.
+
+    A checkpoint that does not fit the run (weights of another shape, a state a component
+    refuses, a position past the epoch's end) is refused with a ``ValueError`` naming the file
+    and the component, before the run continues (so before anything is written).
+    """
+    c, path = run.step, run.cfg.checkpoint.resume
+    if ck["step_in_epoch"] > run.steps_per_epoch:
+        raise ValueError(
+            f"checkpoint {path}: step_in_epoch {ck['step_in_epoch']} is past the end of an "
+            f"epoch of {run.steps_per_epoch} steps"
+        )
+    with _restoring(path, "best, epoch_acc, sampler"):
+        saved_world = int(ck["sampler"]["world_size"])
+        state = TrainState(
+            ck["epoch"],
+            ck["step_in_epoch"],
+            ck["global_step"],
+            best=Best(
+                float(ck["best"]["metric"]), int(ck["best"]["epoch"]), dict(ck["best"]["val"])
+            ),
+            sums=EpochSums.from_state(ck["epoch_acc"]),
+        )
+    loads: list[tuple[str, Callable[[Any], object], Any]] = [
+        ("model", c.raw_model.load_state_dict, ck["model"]),
+        ("optimizer", c.optimizer.load_state_dict, ck["optimizer"]),
+        ("sdm_scheduler", c.sdm_scheduler.load_state_dict, ck["sdm_scheduler"]),
+        ("head_switch", c.head_switch.load_state_dict, ck["head_switch"]),
+        ("meter", c.meter.load_state_dict, ck["meter"]),
+        ("health", run.health.load_state_dict, ck["health"]),
+        ("rng", lambda states: _restore_rank_rng(run, states), ck["rng"]),
+    ]
+    if c.ema is not None and ck["ema"] is not None:
+        loads.append(("ema", c.ema.load_state_dict, ck["ema"]))
+    if c.runtime.amp.scaler is not None and ck["scaler"]:
+        loads.append(("scaler", c.runtime.amp.scaler.load_state_dict, ck["scaler"]))
+    if c.memory is not None and ck["memory"] is not None:
+        loads.append(("memory", c.memory.load_state_dict, ck["memory"]))
+    for name, load, value in loads:
+        with _restoring(path, name):
+            load(value)
+    run.state = state
+    _restart_epoch_on_new_world(run, saved_world)
     run.out.metrics.truncate_after(run.state.global_step)
     run.out.log.info(
         "resumed from %s at epoch %d step %d (global %d)",
-        run.cfg.checkpoint.resume,
+        path,
         run.state.epoch,
         run.state.step_in_epoch,
         run.state.global_step,
     )
+
+
+@contextlib.contextmanager
+def _restoring(path: str, part: str) -> Iterator[None]:
+    """A part of the checkpoint the run refuses: a ``ValueError`` naming the file and part."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path}: cannot restore {part}: {err}") from err
+
+
+def _restore_rank_rng(run: Run, states: Sequence[dict[str, Any]]) -> None:
+    """This rank's generators from the checkpoint's per-rank states. With a different number
+    of processes a rank without a saved state keeps its seeded one (the epoch restarts anyway,
+    see :func:`_restart_epoch_on_new_world`)."""
+    rt = run.step.runtime
+    if not isinstance(states, Sequence) or not states:
+        raise ValueError(f"expected a list of per-rank RNG states, got {type(states).__name__}")
+    if rt.rank < len(states):
+        restore_rng(states[rt.rank], rt.np_rng)
 
 
 def _restart_epoch_on_new_world(run: Run, saved_world: int) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from reid_example.model import ReIDModel
 __all__ = [
     "AmpSetup",
     "Runtime",
+    "all_gather_objects",
     "all_gather_rows",
     "all_reduce_mean",
     "finish_runtime",
@@ -146,8 +148,10 @@ def _init_process_group(cfg: Config, device: torch.device) -> None:
 def init_runtime(cfg: Config) -> Runtime:
     """Join the process group (under torchrun), pick the device and precision, seed the run.
 
-    The torch default generators (model initialisation, dropout) are seeded with
-    ``train.seed + rank``; the returned runtime carries the run's NumPy generator.
+    The torch default generators (model initialisation, dropout) and Python's ``random`` are
+    seeded with ``train.seed + rank``; the returned runtime carries the run's NumPy generator.
+    Checkpoints hold every rank's state of each
+    (:func:`~reid_example.checkpoint.capture_rng`).
     """
     device = resolve_device(cfg.train.device)
     _init_process_group(cfg, device)
@@ -158,6 +162,7 @@ def init_runtime(cfg: Config) -> Runtime:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.train.seed + rank)
+    random.seed(cfg.train.seed + rank)
     return Runtime(
         device=device,
         rank=rank,
@@ -205,6 +210,15 @@ def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device(device))
     dist.all_reduce(t)
     return [float(v) for v in (t / dist.get_world_size()).tolist()]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, indexed by rank (``[obj]`` when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:

@@ -457,16 +457,22 @@ def test_health_adapter_advises_from_the_head_lr_in_force() -> None:
 
 
 @pytest.mark.slow
-def test_ablation_quick_runs_end_to_end(tmp_path: Path) -> None:
+def test_ablation_quick_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import ablation
 
-    out = ablation.main(
-        ["--quick", "--root", str(tmp_path), "--variants", "ce_only", "+sdm+strict+mem"]
-    )
+    argv = ["--quick", "--root", str(tmp_path), "--variants", "ce_only", "+sdm+strict+mem"]
+    out = ablation.main(argv)
     rows = out["table"].splitlines()
     assert rows[0].startswith("| variant | seeds | NIR->RGB mAP | NIR->RGB R1 |")
     assert [r.split(" | ")[0] for r in rows[2:]] == ["| `ce_only`", "| `+sdm+strict+mem`"]
     assert all(len(runs) == 1 and runs[0]["test"] for runs in out["results"].values())
+    # run again into the same root: refused before anything trains, naming both runs
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(SystemExit) as exc:
+        ablation.main(argv)
+    assert exc.value.code == 2
+    assert "ce_only-seed0" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
 def _naive_cross_modal(
@@ -541,6 +547,7 @@ def test_bad_protocol_names_fail_before_training(
         "reid_example.evaluate",
         "reid_example.health",
         "reid_example.optim",
+        "reid_example.reporting",
         "reid_example.run",
         "reid_example.runtime",
     ],
