@@ -28,7 +28,7 @@ grep -E "^\| (irra|floor|default|compiled|chunk|reduce-overhead)" "$RESULTS"/ben
 
 stamp demo
 timeout 300 $PY examples/train.py --config examples/configs/demo.toml --set train.device=cuda \
-  --set output.root="$RESULTS/runs" --set output.name=demo --set output.progress=off \
+  --set output.root="$RESULTS/runs" --set output.name=demo --set output.progress=off --overwrite \
   --set data.num_workers=6 > "$RESULTS/demo.log" 2>&1
 grep -E "^epoch (1|10|30|60) |\[eval\] test" "$RESULTS/demo.log" | cut -c1-200
 
@@ -36,7 +36,7 @@ for v in eager compiled; do
   stamp "recipe-$v"
   c=false; [ "$v" = compiled ] && c=true
   timeout 300 $PY examples/train.py --config examples/configs/default.toml --set train.device=cuda \
-    --set output.root="$RESULTS/runs" --set output.name="recipe-$v" --set output.progress=off \
+    --set output.root="$RESULTS/runs" --set output.name="recipe-$v" --set output.progress=off --overwrite \
     --set data.num_workers=8 --set train.epochs=5 --set train.max_steps_per_epoch=60 \
     --set eval.every=100 --set eval.test_at_end=false --set health.act=false \
     --set loss.sdm_compiled=$c --set output.plots=false > "$RESULTS/recipe_$v.log" 2>&1

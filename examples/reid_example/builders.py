@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from reid_example.config import Config
 from reid_example.data.collate import collate_multimodal
+from reid_example.data.records import OnError
 from reid_example.data.text import WordTokenizer
 from reid_example.data.transforms import Compose, eval_transform, train_transform
 from sdmreid import ModalAwarePKSampler, ModalAwarePKSampler_Strict, Modality
@@ -51,6 +52,7 @@ class _RecordDatasetKwargs(TypedDict):
     tokenizer: WordTokenizer
     max_text_len: int
     image_size: tuple[int, int]
+    on_error: OnError
 
 
 IntArray = npt.NDArray[np.int64]
@@ -188,7 +190,7 @@ def load_real_records(cfg: Config) -> list[Any]:
 
     if not cfg.data.root:
         raise ValueError(f"data.root must point at the {cfg.data.dataset} data (directory or file)")
-    kw: dict[str, Any] = {"on_error": cfg.data.on_error}
+    kw: dict[str, Any] = {"on_error": cfg.data.on_error, "verify": cfg.data.verify}
     name = cfg.data.dataset
     if name == "sysu":
         return layouts.load_sysu_mm01(cfg.data.root, **kw)
@@ -214,6 +216,8 @@ def _real_layout(cfg: Config) -> DataBundle:
         "tokenizer": tokenizer,
         "max_text_len": cfg.data.text_length,
         "image_size": size,
+        # an image that breaks after the up-front check is replaced and counted, or raises
+        "on_error": cast(OnError, cfg.data.on_error),
     }
     train_tf = _train_transform(cfg, size, padding=10)
     return DataBundle(

@@ -83,8 +83,13 @@ class DataConfig:
     trial: int = _opt(1, "RegDB trial (1..10): train and test one model per trial")
     on_error: str = _opt(
         "raise",
-        "real layouts: a missing/corrupt file raises (naming it) or is skipped and counted",
+        "real layouts: a missing or undecodable image, or a duplicated manifest row, raises "
+        "(naming it) or is skipped and counted",
         ("raise", "skip"),
+    )
+    verify: bool = _opt(
+        True,
+        "real layouts: decode every image once at start-up (false: only check that files exist)",
     )
     data_seed: int = _opt(0, "seed of the synthetic generator (the data, not the training run)")
     identities_per_split: tuple[int, ...] = _opt(

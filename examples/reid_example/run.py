@@ -230,8 +230,22 @@ def train_epoch(run: Run, epoch: int) -> EpochStats:
     if not state.stopped:
         state.throughput.append(stats.images_per_second)
         run.out.log.info(stats.log_line())
+        _log_decode_failures(run)
         state.next_epoch()
     return stats
+
+
+def _log_decode_failures(run: Run) -> None:
+    """Say how many training images failed to decode and were replaced (``data.on_error=skip``):
+    a run that trains on substitutes should not look like a clean one."""
+    failed: Callable[[], list[str]] | None = getattr(run.data.train, "failed_paths", None)
+    paths = failed() if failed is not None else []
+    if paths:
+        run.out.log.warning(
+            "[data] %d training image(s) failed to decode and were replaced, e.g. %s",
+            len(paths),
+            paths[0],
+        )
 
 
 def _sdm_line(run: Run, epoch: int) -> str:

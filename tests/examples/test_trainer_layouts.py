@@ -117,3 +117,26 @@ def test_trainer_runs_regdb_in_both_directions(tmp_path: Path) -> None:
     report = (Path(summary["run_dir"]) / "report.md").read_text()
     assert "RegDB trial 2 visible_to_thermal" in report
     assert "RegDB trial 2 thermal_to_visible" in report
+
+
+def _corrupt(path: Path) -> None:
+    """Keep the first half of an image file, as an interrupted copy would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_trainer_skips_an_image_that_breaks_after_loading_and_says_so(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path)
+    _corrupt(tmp_path / "000_0.png")  # a training identity's RGB image
+    summary = _small_run(
+        tmp_path, "csv", manifest, "data.on_error=skip", "data.verify=false", "eval.every=100"
+    )
+    log = (Path(summary["run_dir"]) / "train.log").read_text()
+    assert re.search(r"\[data\] 1 training image\(s\) failed to decode .*000_0\.png", log)
+
+
+def test_trainer_refuses_a_corrupt_image_at_start_up_under_raise(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path)
+    _corrupt(tmp_path / "000_0.png")
+    with pytest.raises((ValueError, OSError), match="000_0.png"):
+        load_real_records(apply_overrides(Config(), ["data.dataset=csv", f"data.root={manifest}"]))
