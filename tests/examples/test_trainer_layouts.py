@@ -138,5 +138,5 @@ def test_trainer_skips_an_image_that_breaks_after_loading_and_says_so(tmp_path: 
 def test_trainer_refuses_a_corrupt_image_at_start_up_under_raise(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path)
     _corrupt(tmp_path / "000_0.png")
-    with pytest.raises((ValueError, OSError), match="000_0.png"):
+    with pytest.raises((ValueError, OSError), match=r"000_0\.png"):
         load_real_records(apply_overrides(Config(), ["data.dataset=csv", f"data.root={manifest}"]))
