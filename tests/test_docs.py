@@ -41,3 +41,20 @@ def test_snippets_run(page: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_some_pages_have_code() -> None:
     assert any(p.name == "README.md" for p in PAGES_WITH_CODE)
     assert len(PAGES_WITH_CODE) >= 2
+
+
+GUARANTEE_TEST = re.compile(r"`(?P<file>[\w/]+\.py)::(?P<name>\w+)")
+
+
+def test_every_guarantee_names_a_test_that_exists() -> None:
+    """Each line of the guarantees page names test functions; they must exist under tests/."""
+    page = (ROOT / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named = [(m.group("file"), m.group("name")) for m in GUARANTEE_TEST.finditer(page)]
+    assert len(named) >= 20
+    missing = [
+        f"{file}::{name}"
+        for file, name in named
+        if not (ROOT / "tests" / file).is_file()
+        or not re.search(rf"^(async )?def {name}\(", (ROOT / "tests" / file).read_text(), re.M)
+    ]
+    assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
