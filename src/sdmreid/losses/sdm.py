@@ -302,13 +302,16 @@ _compile_failed: set[str] = set()
 
 
 def _run_compiled(mode: str, *args: Any) -> _Out:
-    """:func:`_two_directions` under ``torch.compile(mode=mode, dynamic=True)``, compiled on first
+    """:func:`_two_directions` under ``torch.compile(mode=mode)``, compiled on first
     use. If compilation fails, one ``RuntimeWarning`` says why and this and later calls of that
     mode run eagerly (running out of device memory is raised as is)."""
     if mode not in _compile_failed:
         with _compile_lock:
             if mode not in _compiled:
-                _compiled[mode] = torch.compile(_two_directions, mode=mode, dynamic=True)
+                # Default shape handling: the first sizes get a static graph (the fastest at a
+                # fixed batch composition); once a size changes, one dynamic-shape graph serves
+                # every later size, so varying batches compile twice, not once per size.
+                _compiled[mode] = torch.compile(_two_directions, mode=mode)
         try:
             out = _compiled[mode](*args)
         except torch.cuda.OutOfMemoryError:
