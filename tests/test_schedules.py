@@ -17,22 +17,48 @@ from tests.strategies import corrupted_states
 # --- independent references -------------------------------------------------------------------
 
 
-def ref_weights(
-    warmup: int, schedule: list[float], n_epochs: int, rollback_epochs: list[int]
-) -> list[float]:
-    """Simulate a training run epoch by epoch: rollbacks at the given epochs (sorted)."""
-    out: list[float] = []
-    cap = len(schedule) - 1
+def ref_stages(
+    warmup: int,
+    n_stages: int,
+    n_epochs: int,
+    rollback_epochs: list[int],
+    readvance_after: int | None = None,
+) -> list[int]:
+    """Simulate a training run epoch by epoch: rollbacks at the given epochs; with
+    ``readvance_after=N``, the cap rises one stage once N epochs ran under it without a rollback."""
+    out: list[int] = []
+    cap: int | None = None
+    stable = 0  # epochs trained under the current cap since it last changed
     pending = sorted(rollback_epochs)
     for epoch in range(1, n_epochs + 1):
-        stage = -1 if epoch <= warmup else min(epoch - warmup - 1, len(schedule) - 1)
-        stage = min(stage, cap)
+        if cap is not None and readvance_after is not None and stable == readvance_after:
+            cap, stable = cap + 1, 0
+        stage = -1 if epoch <= warmup else min(epoch - warmup - 1, n_stages - 1)
+        if cap is not None:
+            stage = min(stage, cap)
         while pending and pending[0] == epoch:
             pending.pop(0)
             stage = max(stage - 1, -1)
-            cap = stage
-        out.append(0.0 if stage < 0 else schedule[stage])
+            cap, stable = stage, 0
+        out.append(stage)
+        if cap is not None:
+            stable += 1
     return out
+
+
+def ref_weights(
+    warmup: int, schedule: list[float], n_epochs: int, rollback_epochs: list[int]
+) -> list[float]:
+    """Weights of the simulated run (sticky rollbacks)."""
+    stages = ref_stages(warmup, len(schedule), n_epochs, rollback_epochs)
+    return [0.0 if s < 0 else schedule[s] for s in stages]
+
+
+def roundtrip(obj: Any) -> Any:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
 
 
 weights = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)
@@ -181,10 +207,7 @@ def test_state_round_trip(warmup: int, schedule: list[float], rb_epochs: list[in
     a = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=3)
     for e in rb_epochs:
         a.rollback(e)
-    buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = roundtrip(a.state_dict())
     b = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=3)
     b.load_state_dict(state)
     assert b.state_dict() == a.state_dict()
@@ -238,6 +261,201 @@ def test_ramp_bounded_by_neighbouring_epochs(
     assert min(prev, cur) - 1e-12 <= w <= max(prev, cur) + 1e-12
     if step >= ramp - 1:
         assert w == cur
+
+
+# --- re-advance after stable epochs ---------------------------------------------------------------
+
+readvances = st.one_of(st.none(), st.integers(1, 5))
+scale_values = st.floats(min_value=0.5, max_value=100.0, allow_nan=False, allow_infinity=False)
+
+
+@given(
+    st.integers(0, 4),
+    st.integers(1, 5),
+    readvances,
+    st.lists(st.integers(1, 18), max_size=6).map(sorted),
+    st.data(),
+)
+def test_stages_match_reference_under_rollbacks_and_readvances(
+    warmup: int,
+    n_stages: int,
+    readvance: int | None,
+    rb_epochs: list[int],
+    data: st.DataObject,
+) -> None:
+    schedule = data.draw(st.lists(weights, min_size=n_stages, max_size=n_stages))
+    scales = data.draw(st.lists(scale_values, min_size=n_stages, max_size=n_stages))
+    s = SDMWeightScheduler(
+        warmup_epochs=warmup, schedule=schedule, logit_scales=scales, readvance_after=readvance
+    )
+    for e in rb_epochs:
+        s.rollback(e)
+    expected = ref_stages(warmup, n_stages, 30, rb_epochs, readvance)
+    assert [s.stage(e) for e in range(1, 31)] == expected
+    assert [s.weight(e) for e in range(1, 31)] == [
+        0.0 if st_ < 0 else schedule[st_] for st_ in expected
+    ]
+    assert [s.logit_scale(e) for e in range(1, 31)] == [scales[max(st_, 0)] for st_ in expected]
+    # each record names the stage in force at its epoch under the same rules
+    for rb in s.rollbacks:
+        before = [r for r in rb_epochs if r < rb.epoch]
+        same_epoch = [r for r in s.rollbacks if r.epoch == rb.epoch]
+        if same_epoch[0] is rb:
+            ref = ref_stages(warmup, n_stages, rb.epoch, before, readvance)[-1]
+            assert rb.from_stage == ref
+
+
+def test_without_readvance_a_rollback_from_the_first_stage_is_final() -> None:
+    s = SDMWeightScheduler()
+    s.rollback(2)
+    assert not any(s.use_sdm(e) for e in range(2, 60))
+
+
+def test_readvance_retries_one_stage_after_stable_epochs() -> None:
+    s = SDMWeightScheduler(readvance_after=3)  # epochs 1 → 0.0, 2 → 0.1, 3 → 0.3, ≥ 4 → 0.5
+    assert s.rollback(2) == Rollback(epoch=2, from_stage=0, to_stage=STAGE_OFF)
+    # epochs 2, 3, 4 are off; 5 retries the first stage; 8 the second; 11 the third
+    assert [s.weight(e) for e in range(1, 13)] == (
+        [0.0, 0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.3, 0.3, 0.3, 0.5, 0.5]
+    )
+    # the retried stage misbehaves again at epoch 6: the count starts afresh from there
+    assert s.rollback(6) == Rollback(epoch=6, from_stage=0, to_stage=STAGE_OFF)
+    assert [s.weight(e) for e in range(5, 13)] == [0.1, 0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.3]
+
+
+def test_readvance_never_exceeds_the_nominal_schedule() -> None:
+    s = SDMWeightScheduler(warmup_epochs=2, readvance_after=1)
+    s.rollback(1)  # during warm-up: SDM stays off until the warm-up ends anyway
+    assert [s.stage(e) for e in range(1, 8)] == [s.nominal_stage(e) for e in range(1, 8)]
+
+
+def test_readvance_is_ramped_like_any_increase() -> None:
+    s = SDMWeightScheduler(ramp_steps=2, readvance_after=1)
+    s.rollback(4)  # 0.5 → 0.3 at once; epoch 5 climbs back to 0.5 over two steps
+    assert s.weight(4, step=0) == 0.3
+    assert s.weight(5, step=0) == pytest.approx(0.4)
+    assert s.weight(5, step=1) == 0.5
+
+
+@given(
+    st.integers(0, 3),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.lists(st.integers(1, 15), max_size=5).map(sorted),
+)
+def test_readvance_state_round_trip_replays_the_history(
+    warmup: int, n_stages: int, readvance: int, rb_epochs: list[int]
+) -> None:
+    schedule = [0.1 * (i + 1) for i in range(n_stages)]
+    scales = [5.0 + i for i in range(n_stages)]
+
+    def make() -> SDMWeightScheduler:
+        return SDMWeightScheduler(
+            warmup_epochs=warmup,
+            schedule=schedule,
+            logit_scales=scales,
+            readvance_after=readvance,
+        )
+
+    a = make()
+    for e in rb_epochs:
+        a.rollback(e)
+    state = roundtrip(a.state_dict())
+    assert state["readvance_after"] == readvance and state["logit_scales"] == scales
+    b = make()
+    b.load_state_dict(state)
+    assert b.rollbacks == a.rollbacks and b.state_dict() == a.state_dict()
+    assert [b.stage(e) for e in range(1, 25)] == ref_stages(
+        warmup, n_stages, 24, rb_epochs, readvance
+    )
+
+
+def test_replay_checks_records_against_the_readvanced_stage() -> None:
+    a = SDMWeightScheduler(readvance_after=2)
+    a.rollback(4)  # 2 → 1
+    assert a.rollback(6) == Rollback(epoch=6, from_stage=2, to_stage=1)  # re-advanced at 6
+    sticky = SDMWeightScheduler()
+    with pytest.raises(ValueError, match="readvance_after"):
+        sticky.load_state_dict(a.state_dict())
+    # the same records are not what a sticky scheduler would have recorded at epoch 6
+    forged = {**a.state_dict(), "readvance_after": None}
+    with pytest.raises(ValueError, match=r"state\['rollbacks'\]\[1\]: from_stage 2"):
+        sticky.load_state_dict(forged)
+    assert sticky.rollbacks == ()
+    sticky.load_state_dict(a.state_dict(), strict=False)  # history only, own configuration
+    assert sticky.rollbacks == a.rollbacks and sticky.readvance_after is None
+
+
+def test_a_foreign_history_never_lifts_an_earlier_cap() -> None:
+    # strict=False restores records made under another configuration; a later record with a
+    # higher stage does not lift the cap an earlier one set (without re-advance)
+    s = SDMWeightScheduler()
+    s.load_state_dict({"rollbacks": [[3, 0, -1], [5, 2, 1]]}, strict=False)
+    assert [s.stage(e) for e in range(1, 8)] == [-1, 0, -1, -1, -1, -1, -1]
+    r = SDMWeightScheduler(readvance_after=2)
+    r.load_state_dict({"rollbacks": [[3, 0, -1], [5, 2, 1]]}, strict=False)
+    # cap -1 from epoch 3, re-advanced to 0 at epoch 5, then min(0, 1) = 0 from epoch 5 on
+    assert [r.stage(e) for e in range(1, 10)] == [-1, 0, -1, -1, 0, 0, 1, 1, 2]
+
+
+def test_states_saved_before_the_options_still_load() -> None:
+    old = {
+        "warmup_epochs": 1,
+        "schedule": [0.1, 0.3, 0.5],
+        "ramp_steps": 0,
+        "rollbacks": [[3, 1, 0]],
+    }
+    s = SDMWeightScheduler()
+    s.load_state_dict(old)
+    assert s.rollbacks == (Rollback(3, 1, 0),) and s.logit_scale(3) is None
+    with pytest.raises(ValueError, match="readvance_after"):
+        SDMWeightScheduler(readvance_after=2).load_state_dict(old)
+    with pytest.raises(ValueError, match="logit_scales"):
+        SDMWeightScheduler(logit_scales=(1.0, 2.0, 3.0)).load_state_dict(old)
+
+
+# --- logit-scale schedule -------------------------------------------------------------------------
+
+
+def test_logit_scale_follows_the_stages() -> None:
+    # the seed pipeline's temperatures: 0.12 for its first epochs, 0.10 once stable
+    s = SDMWeightScheduler(logit_scales=(1 / 0.12, 1 / 0.12, 1 / 0.10))
+    assert [s.logit_scale(e) for e in (1, 2, 3, 4, 9)] == [1 / 0.12] * 3 + [10.0, 10.0]
+    assert s.log_line(4) == "[sdm] epoch=4 weight=0.500 use_sdm=True logit_scale=10.000"
+    assert s.log_line(1) == "[sdm] epoch=1 weight=0.000 use_sdm=False logit_scale=8.333"
+    s.rollback(5)  # a rollback also falls back to the softer scale of the lower stage
+    assert s.logit_scale(5) == 1 / 0.12 and s.weight(5) == 0.3
+
+
+def test_without_logit_scales_the_caller_keeps_its_scale() -> None:
+    s = SDMWeightScheduler()
+    assert all(s.logit_scale(e) is None for e in range(1, 6))
+    assert s.log_line(3) == "[sdm] epoch=3 weight=0.300 use_sdm=True"
+    with pytest.raises(ValueError, match="epoch"):
+        s.logit_scale(0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"logit_scales": (1.0, 2.0)}, ValueError, r"logit_scales must have one value per stage"),
+        ({"logit_scales": (1.0, 0.0, 2.0)}, ValueError, r"logit_scales\[1\] must be finite"),
+        ({"logit_scales": (1.0, -2.0, 2.0)}, ValueError, r"logit_scales\[1\]"),
+        ({"logit_scales": (1.0, 2.0, math.nan)}, ValueError, r"logit_scales\[2\]"),
+        ({"logit_scales": (math.inf, 2.0, 3.0)}, ValueError, r"logit_scales\[0\]"),
+        ({"logit_scales": (1.0, "2", 3.0)}, TypeError, r"logit_scales\[1\]"),
+        ({"logit_scales": (1.0, True, 3.0)}, TypeError, r"logit_scales\[1\]"),
+        ({"logit_scales": 5.0}, TypeError, "logit_scales"),
+        ({"logit_scales": "abc"}, TypeError, "logit_scales"),
+        ({"readvance_after": 0}, ValueError, "readvance_after"),
+        ({"readvance_after": -1}, ValueError, "readvance_after"),
+        ({"readvance_after": 1.5}, TypeError, "readvance_after"),
+        ({"readvance_after": True}, TypeError, "readvance_after"),
+    ],
+)
+def test_option_validation(kwargs: dict[str, object], exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        SDMWeightScheduler(**kwargs)  # type: ignore[arg-type]
 
 
 # --- HeadLRSwitch ---------------------------------------------------------------------------------
@@ -353,7 +571,9 @@ def test_rollback_requires_its_epoch() -> None:
 
 QUERIES = st.lists(
     st.tuples(
-        st.sampled_from(["weight", "weight_step", "use_sdm", "log_line", "stage", "nominal"]),
+        st.sampled_from(
+            ["weight", "weight_step", "use_sdm", "log_line", "stage", "nominal", "logit_scale"]
+        ),
         st.integers(1, 20),
         st.integers(0, 12),
     ),
@@ -373,6 +593,8 @@ def ask(s: SDMWeightScheduler, query: tuple[str, int, int]) -> object:
         return s.log_line(epoch, step)
     if kind == "stage":
         return s.stage(epoch)
+    if kind == "logit_scale":
+        return s.logit_scale(epoch)
     return s.nominal_stage(epoch)
 
 
@@ -380,6 +602,7 @@ def ask(s: SDMWeightScheduler, query: tuple[str, int, int]) -> object:
     st.integers(0, 3),
     schedules,
     st.integers(0, 4),
+    readvances,
     st.lists(st.integers(1, 15), max_size=3).map(sorted),
     QUERIES,
     st.randoms(use_true_random=False),
@@ -388,12 +611,19 @@ def test_queries_are_pure(
     warmup: int,
     schedule: list[float],
     ramp: int,
+    readvance: int | None,
     rb_epochs: list[int],
     queries: list[tuple[str, int, int]],
     random: Any,
 ) -> None:
     def build() -> SDMWeightScheduler:
-        s = SDMWeightScheduler(warmup_epochs=warmup, schedule=schedule, ramp_steps=ramp)
+        s = SDMWeightScheduler(
+            warmup_epochs=warmup,
+            schedule=schedule,
+            ramp_steps=ramp,
+            logit_scales=[1.0 + i for i in range(len(schedule))],
+            readvance_after=readvance,
+        )
         for e in rb_epochs:
             s.rollback(e)
         return s
@@ -416,6 +646,18 @@ SCHEDULER_BAD_VALUES: dict[str, st.SearchStrategy[object]] = {
     "warmup_epochs": st.sampled_from([-1, 1.5, "1", None, True, 7]),
     "schedule": st.sampled_from([[], [-1.0, 0.3, 0.5], "abc", [0.2], [0.1, math.nan, 0.5], 3]),
     "ramp_steps": st.sampled_from([-1, 2.5, "2", 99]),
+    "logit_scales": st.sampled_from(
+        [
+            [0.0, 1.0, 2.0],
+            [-1.0, 1.0, 2.0],
+            [1.0],
+            "abc",
+            3.0,
+            [1.0, math.nan, 2.0],
+            [1.0, 2.0, 3.0],
+        ]
+    ),
+    "readvance_after": st.sampled_from([0, -1, 1.5, "2", True, 4]),
     "rollbacks": st.sampled_from(
         [
             "abc",

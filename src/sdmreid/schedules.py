@@ -11,13 +11,28 @@ With the defaults (``W=1``, ``(0.1, 0.3, 0.5)``): epoch 1 → 0.0, 2 → 0.1, 3 
 
 **Rollback.** ``rollback(epoch)`` lowers the stage in force at ``epoch`` by one and *caps* every
 later epoch at that lowered stage: the schedule does not climb back to the weight that
-misbehaved. Rolling back from the first stage (or during warm-up) turns SDM off for good.
-Rollbacks are sticky, recorded as :class:`Rollback` entries with their epoch, and saved by
+misbehaved. Rolling back from the first stage (or during warm-up) turns SDM off. Rollbacks are
+recorded as :class:`Rollback` entries with their epoch, and saved by
 :meth:`SDMWeightScheduler.state_dict`; epochs before a rollback keep their original weights.
 
-**Queries are pure.** ``weight``, ``use_sdm``, ``stage`` and ``log_line`` are functions of their
-arguments and the recorded rollbacks: asking changes nothing, in any order. The only change of
-state is ``rollback(epoch)``, which therefore always names its epoch.
+**Re-advance** (optional). By default a rollback is sticky. With ``readvance_after=N`` the cap
+rises by one stage every ``N`` epochs after the last rollback: epochs ``r .. r+N-1`` run at the
+stage rolled back to at epoch ``r``, epoch ``r+N`` may use one stage more, epoch ``r+2N`` two, and
+so on until the nominal schedule takes over again; a new rollback starts the count afresh.
+"Stable" is the caller's judgement, made through the one call it already makes: an epoch is stable
+when the caller records no rollback in it (the scheduler sees no loss). The re-advances are a
+function of the recorded rollbacks and ``N``, so a checkpoint that holds both replays them.
+
+**Logit-scale schedule** (optional). ``logit_scales=(s_0, ..., s_{S-1})`` gives SDM's
+``logit_scale`` (``1 / temperature``) per stage, next to the weights, following the same stages,
+rollbacks and re-advances: ``logit_scale(epoch)`` is ``s_i`` for the stage ``i`` in force (``s_0``
+while SDM is off). A rollback thus also softens SDM's softmax when the scales increase with the
+stage, as the seed pipeline falls back to a higher temperature when training is unstable. Without
+``logit_scales``, ``logit_scale(epoch)`` is ``None``: the caller keeps its own scale.
+
+**Queries are pure.** ``weight``, ``logit_scale``, ``use_sdm``, ``stage`` and ``log_line`` are
+functions of their arguments and the recorded rollbacks: asking changes nothing, in any order. The
+only change of state is ``rollback(epoch)``, which therefore always names its epoch.
 
 **Per-step ramp.** With ``ramp_steps=R > 0``, ``weight(epoch, step=s)`` (``s`` counted from 0 within
 the epoch) moves linearly from the previous epoch's weight to this epoch's over the first ``R``
@@ -108,16 +123,22 @@ class Rollback:
 
 
 class SDMWeightScheduler:
-    """SDM loss weight per epoch: warm-up, staged increase, sticky rollbacks.
+    """SDM loss weight (and optionally logit scale) per epoch: warm-up, stages, rollbacks.
 
     Args:
         warmup_epochs: Number of leading epochs with SDM off (``>= 0``).
         schedule: Non-empty sequence of finite weights ``>= 0``, one per stage.
         ramp_steps: If ``> 0``, ramp linearly into each higher weight over this many steps.
+        logit_scales: ``None`` (default: the caller keeps its own scale), or one finite
+            ``logit_scale > 0`` per stage of ``schedule``; see :meth:`logit_scale`.
+        readvance_after: ``None`` (default: rollbacks are sticky), or a number of epochs
+            ``>= 1`` after which a rolled-back cap rises by one stage (see the module docs).
 
     Raises:
-        ValueError: On an empty schedule, a negative or non-finite weight, or negative counts.
-        TypeError: On non-integer counts or non-numeric weights.
+        ValueError: On an empty schedule, a negative or non-finite weight, negative counts, a
+            ``logit_scales`` of another length than ``schedule`` or with a value that is not
+            finite and ``> 0``, or ``readvance_after < 1``.
+        TypeError: On non-integer counts or non-numeric weights or scales.
 
     Example:
         >>> s = SDMWeightScheduler(warmup_epochs=1, schedule=(0.1, 0.3, 0.5))
@@ -129,6 +150,17 @@ class SDMWeightScheduler:
         Rollback(epoch=3, from_stage=1, to_stage=0)
         >>> [s.weight(e) for e in (2, 3, 4, 9)]
         [0.1, 0.1, 0.1, 0.1]
+
+        The seed pipeline's temperatures (0.12 at first, 0.10 later) as logit scales per stage,
+        and a rollback that is retried after two stable epochs:
+
+        >>> s = SDMWeightScheduler(logit_scales=(1 / 0.12, 1 / 0.12, 10.0), readvance_after=2)
+        >>> s.log_line(4)
+        '[sdm] epoch=4 weight=0.500 use_sdm=True logit_scale=10.000'
+        >>> s.rollback(4)
+        Rollback(epoch=4, from_stage=2, to_stage=1)
+        >>> [(s.weight(e), round(s.logit_scale(e), 3)) for e in (4, 5, 6)]
+        [(0.3, 8.333), (0.3, 8.333), (0.5, 10.0)]
     """
 
     def __init__(
@@ -137,10 +169,14 @@ class SDMWeightScheduler:
         schedule: Sequence[float] = (0.1, 0.3, 0.5),
         *,
         ramp_steps: int = 0,
+        logit_scales: Sequence[float] | None = None,
+        readvance_after: int | None = None,
     ) -> None:
         self._warmup = check_int("warmup_epochs", warmup_epochs, 0)
         self._schedule = self._check_schedule(schedule)
         self._ramp_steps = check_int("ramp_steps", ramp_steps, 0)
+        self._logit_scales = self._check_logit_scales(logit_scales, len(self._schedule))
+        self._readvance = self._check_readvance(readvance_after)
         self._rollbacks: list[Rollback] = []
 
     @staticmethod
@@ -159,6 +195,35 @@ class SDMWeightScheduler:
             out.append(wf)
         return tuple(out)
 
+    @staticmethod
+    def _check_logit_scales(
+        scales: object, stages: int, name: str = "logit_scales"
+    ) -> tuple[float, ...] | None:
+        if scales is None:
+            return None
+        if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+            raise TypeError(
+                f"{name} must be None or a sequence of floats, got {type(scales).__name__}"
+            )
+        if len(scales) != stages:
+            raise ValueError(
+                f"{name} must have one value per stage of the schedule ({stages}), "
+                f"got {len(scales)}"
+            )
+        out: list[float] = []
+        for i, v in enumerate(scales):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{name}[{i}] must be a float, got {type(v).__name__}")
+            vf = float(v)
+            if not (math.isfinite(vf) and vf > 0.0):
+                raise ValueError(f"{name}[{i}] must be finite and > 0, got {v!r}")
+            out.append(vf)
+        return tuple(out)
+
+    @staticmethod
+    def _check_readvance(value: object, name: str = "readvance_after") -> int | None:
+        return None if value is None else check_int(f"{name} (epochs, or None)", value, 1)
+
     # -- configuration ----------------------------------------------------------------------
     @property
     def warmup_epochs(self) -> int:
@@ -174,6 +239,16 @@ class SDMWeightScheduler:
     def ramp_steps(self) -> int:
         """Steps of the linear in-epoch ramp (0 = no ramp)."""
         return self._ramp_steps
+
+    @property
+    def logit_scales(self) -> tuple[float, ...] | None:
+        """The per-stage logit scales, or ``None`` (the caller's scale is kept)."""
+        return self._logit_scales
+
+    @property
+    def readvance_after(self) -> int | None:
+        """Epochs after which a rolled-back cap rises by one stage (``None`` = never)."""
+        return self._readvance
 
     @property
     def rollbacks(self) -> tuple[Rollback, ...]:
@@ -198,11 +273,22 @@ class SDMWeightScheduler:
         return self._capped_stage(epoch, self._rollbacks)
 
     def _capped_stage(self, epoch: int, rollbacks: Sequence[Rollback]) -> int:
+        # The cap set by the rollbacks up to ``epoch`` (oldest first, epochs non-decreasing): each
+        # rollback lowers it to its ``to_stage`` (never above the cap in force then), and with
+        # re-advance it rises by one every ``readvance_after`` epochs since the last rollback.
         s = self.nominal_stage(epoch)
+        cap: int | None = None
+        since = 0
         for rb in rollbacks:
-            if rb.epoch <= epoch:
-                s = min(s, rb.to_stage)
-        return s
+            if rb.epoch > epoch:
+                break
+            prev = None if cap is None else self._readvanced(cap, since, rb.epoch)
+            cap = rb.to_stage if prev is None else min(prev, rb.to_stage)
+            since = rb.epoch
+        return s if cap is None else min(s, self._readvanced(cap, since, epoch))
+
+    def _readvanced(self, cap: int, since: int, epoch: int) -> int:
+        return cap if self._readvance is None else cap + (epoch - since) // self._readvance
 
     def _epoch_weight(self, epoch: int) -> float:
         s = self.stage(epoch)
@@ -234,6 +320,25 @@ class SDMWeightScheduler:
             return cur
         return prev + (cur - prev) * frac
 
+    def logit_scale(self, epoch: int) -> float | None:
+        """SDM's ``logit_scale`` at ``epoch``: the scale of the stage in force, or ``None``.
+
+        ``None`` when the scheduler has no ``logit_scales`` (the caller keeps its own scale).
+        While SDM is off (warm-up, or rolled back below the first stage) it is the first stage's
+        scale, so the value is always one the loss accepts. Not ramped within an epoch.
+
+        Example:
+            >>> s = SDMWeightScheduler(logit_scales=(8.0, 9.0, 10.0))
+            >>> [s.logit_scale(e) for e in (1, 2, 3, 4, 9)]
+            [8.0, 8.0, 9.0, 10.0, 10.0]
+            >>> SDMWeightScheduler().logit_scale(3) is None
+            True
+        """
+        stage = self.stage(epoch)
+        if self._logit_scales is None:
+            return None
+        return self._logit_scales[max(stage, 0)]
+
     def use_sdm(self, epoch: int) -> bool:
         """Whether SDM is on at ``epoch`` (its weight is ``> 0``).
 
@@ -247,16 +352,25 @@ class SDMWeightScheduler:
     def log_line(self, epoch: int, step: int | None = None) -> str:
         """``[sdm] epoch=E weight=W use_sdm=B`` with the weight to 3 decimals.
 
+        With ``logit_scales``, `` logit_scale=S`` (3 decimals) follows.
+
         Example:
             >>> SDMWeightScheduler().log_line(1)
             '[sdm] epoch=1 weight=0.000 use_sdm=False'
+            >>> SDMWeightScheduler(logit_scales=(5, 7, 9)).log_line(3)
+            '[sdm] epoch=3 weight=0.300 use_sdm=True logit_scale=7.000'
         """
         w = self.weight(epoch, step)
-        return f"[sdm] epoch={epoch} weight={w:.3f} use_sdm={self.use_sdm(epoch)}"
+        line = f"[sdm] epoch={epoch} weight={w:.3f} use_sdm={self.use_sdm(epoch)}"
+        scale = self.logit_scale(epoch)
+        return line if scale is None else f"{line} logit_scale={scale:.3f}"
 
     # -- rollback -----------------------------------------------------------------------------
     def rollback(self, epoch: int) -> Rollback:
         """Lower the stage in force at ``epoch`` by one, for ``epoch`` and every later epoch.
+
+        With ``readvance_after=N`` the cap rises again by one stage every ``N`` epochs without a
+        further rollback; otherwise it holds for the rest of the run.
 
         Args:
             epoch: Epoch (from 1) from which the lower stage applies — the epoch being trained
@@ -290,18 +404,23 @@ class SDMWeightScheduler:
 
     # -- checkpointing --------------------------------------------------------------------------
     _CONFIG_KEYS = ("warmup_epochs", "schedule", "ramp_steps")
+    # Options added after the first checkpoints: a state without them had them at None.
+    _OPTION_KEYS = ("logit_scales", "readvance_after")
 
     def state_dict(self) -> dict[str, Any]:
         """Configuration and rollback history as plain Python values.
 
         Example:
-            >>> SDMWeightScheduler().state_dict()
-            {'warmup_epochs': 1, 'schedule': [0.1, 0.3, 0.5], 'ramp_steps': 0, 'rollbacks': []}
+            >>> SDMWeightScheduler().state_dict()  # doctest: +NORMALIZE_WHITESPACE
+            {'warmup_epochs': 1, 'schedule': [0.1, 0.3, 0.5], 'ramp_steps': 0,
+             'logit_scales': None, 'readvance_after': None, 'rollbacks': []}
         """
         return {
             "warmup_epochs": self._warmup,
             "schedule": list(self._schedule),
             "ramp_steps": self._ramp_steps,
+            "logit_scales": None if self._logit_scales is None else list(self._logit_scales),
+            "readvance_after": self._readvance,
             "rollbacks": [[r.epoch, r.from_stage, r.to_stage] for r in self._rollbacks],
         }
 
@@ -314,10 +433,12 @@ class SDMWeightScheduler:
         Args:
             state: A dict produced by :meth:`state_dict`.
             strict: If true, the state must hold this scheduler's configuration (warm-up,
-                schedule, ramp) and each rollback record must be the one this scheduler would
-                have recorded (its ``from_stage`` is the stage in force at its epoch). If false,
-                the configuration keys may be absent or differ (this scheduler's are kept) and
-                only the records' own consistency is checked.
+                schedule, ramp; ``logit_scales`` and ``readvance_after`` may be absent, as in
+                states saved before these options, and then count as ``None``) and each
+                rollback record must be the one this scheduler would have recorded (its
+                ``from_stage`` is the stage in force at its epoch, re-advances included). If
+                false, the configuration keys may be absent or differ (this scheduler's are
+                kept) and only the records' own consistency is checked.
 
         Raises:
             TypeError: ``state`` is not a mapping, a value has the wrong type, or ``strict`` is
@@ -333,15 +454,26 @@ class SDMWeightScheduler:
         """
         check_bool("strict", strict)
         required = ("rollbacks", *self._CONFIG_KEYS) if strict else ("rollbacks",)
-        optional = () if strict else self._CONFIG_KEYS
+        optional = self._OPTION_KEYS if strict else (*self._CONFIG_KEYS, *self._OPTION_KEYS)
         state = _check_state_keys(state, "SDMWeightScheduler", required, optional)
         theirs: dict[str, object] = {}
+        stages = len(self._schedule)
         if "warmup_epochs" in state:
             theirs["warmup_epochs"] = check_int("state['warmup_epochs']", state["warmup_epochs"], 0)
         if "schedule" in state:
-            theirs["schedule"] = list(self._check_schedule(state["schedule"], "state['schedule']"))
+            schedule = self._check_schedule(state["schedule"], "state['schedule']")
+            theirs["schedule"], stages = list(schedule), len(schedule)
         if "ramp_steps" in state:
             theirs["ramp_steps"] = check_int("state['ramp_steps']", state["ramp_steps"], 0)
+        if "logit_scales" in state or strict:
+            scales = self._check_logit_scales(
+                state.get("logit_scales"), stages, "state['logit_scales']"
+            )
+            theirs["logit_scales"] = None if scales is None else list(scales)
+        if "readvance_after" in state or strict:
+            theirs["readvance_after"] = self._check_readvance(
+                state.get("readvance_after"), "state['readvance_after']"
+            )
         if strict:
             mine = self.state_dict()
             for key, value in theirs.items():
@@ -382,7 +514,8 @@ class SDMWeightScheduler:
     def __repr__(self) -> str:
         return (
             f"SDMWeightScheduler(warmup_epochs={self._warmup}, schedule={self._schedule}, "
-            f"ramp_steps={self._ramp_steps}, rollbacks={len(self._rollbacks)})"
+            f"ramp_steps={self._ramp_steps}, logit_scales={self._logit_scales}, "
+            f"readvance_after={self._readvance}, rollbacks={len(self._rollbacks)})"
         )
 
 
