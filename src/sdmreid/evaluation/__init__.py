@@ -6,7 +6,8 @@
   multi-modal query fusion, :func:`evaluate_all_to_rgb`, the seeded gallery draw, multi-trial
   results.
 * One module per published benchmark: :mod:`~sdmreid.evaluation.sysu_mm01`,
-  :mod:`~sdmreid.evaluation.regdb`, :mod:`~sdmreid.evaluation.llcm`.
+  :mod:`~sdmreid.evaluation.regdb`, :mod:`~sdmreid.evaluation.llcm`, and the PRCV 2025
+  challenge's MM-k protocol, :mod:`~sdmreid.evaluation.prcv`.
 
 Every public name is importable from ``sdmreid.evaluation`` directly.
 """
@@ -19,6 +20,15 @@ from sdmreid.evaluation.metrics import (
     RetrievalMetrics,
     camera_pair_ignore,
     evaluate_retrieval,
+)
+from sdmreid.evaluation.prcv import (
+    PRCV_QUERY_MODALITIES,
+    Combination,
+    PRCVResult,
+    QueryGroups,
+    build_query_groups,
+    combination_name,
+    evaluate_prcv,
 )
 from sdmreid.evaluation.protocols import (
     FusedQueries,
@@ -46,21 +56,28 @@ from sdmreid.evaluation.sysu_mm01 import (
 __all__ = [
     "LLCM_NIR_CAMS",
     "LLCM_RGB_CAMS",
+    "PRCV_QUERY_MODALITIES",
     "SYSU_ALL_RGB_CAMS",
     "SYSU_INDOOR_RGB_CAMS",
     "SYSU_NIR_CAMS",
+    "Combination",
     "FusedQueries",
     "IgnoreRule",
+    "PRCVResult",
     "ProtocolResult",
+    "QueryGroups",
     "RegDBTrial",
     "RetrievalMetrics",
     "SYSUPermutation",
+    "build_query_groups",
     "camera_pair_ignore",
+    "combination_name",
     "cross_modal_split",
     "draw_gallery",
     "evaluate_all_to_rgb",
     "evaluate_cross_modal",
     "evaluate_llcm",
+    "evaluate_prcv",
     "evaluate_regdb",
     "evaluate_retrieval",
     "evaluate_sysu_mm01",

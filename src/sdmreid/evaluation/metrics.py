@@ -30,6 +30,10 @@ Semantics (the same as torchreid's ``eval_market1501`` and the AGW/SYSU-MM01 eva
 * **AP / mAP.** AP of one query is the mean over its positives of ``(i / rank_i)`` where
   ``rank_i`` is the rank of its ``i``-th positive (never de-duplicated); mAP is the mean over
   valid queries.
+* **AP@k / mAP@k** (with ``map_k=k``; the "mAP@100" of the PRCV 2025 challenge pipeline):
+  the AP formula restricted to the top ``k`` ranks, normalised by the positives found there:
+  ``AP@k = (1 / h) Σ_{i ≤ h} (i / rank_i)`` over the ``h`` positives with ``rank_i <= k``.
+  A valid query without a positive in its top ``k`` has ``AP@k = 0`` (it stays in the mean).
 * **INP / mINP** (Ye et al., "Deep Learning for Person Re-identification: A Survey and
   Outlook"): ``num_positives / rank_of_the_last_positive``, averaged over valid queries.
 
@@ -56,7 +60,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from sdmreid._validation import check_bool, check_has_data, int64_array
+from sdmreid._validation import check_bool, check_has_data, check_int, int64_array
 
 __all__ = [
     "IgnoreRule",
@@ -100,6 +104,8 @@ class RetrievalMetrics:
         num_skipped_queries: queries without a positive (not counted in any metric).
         ranks: the ranks reported by :meth:`as_dict`.
         dedup_cmc: whether the CMC was computed on identity-de-duplicated rankings.
+        mAP_at_k: mean AP@k over valid queries when ``map_k`` was given, else ``None``.
+        map_k: the cut-off ``k`` of :attr:`mAP_at_k` (``None``: not computed).
 
     Example:
         >>> import torch
@@ -120,6 +126,8 @@ class RetrievalMetrics:
     num_skipped_queries: int
     ranks: tuple[int, ...] = (1, 5, 10, 20)
     dedup_cmc: bool = False
+    mAP_at_k: float | None = None
+    map_k: int | None = None
 
     def rank(self, k: int) -> float:
         """CMC at rank ``k`` (1-based); ranks beyond the gallery size give the last value."""
@@ -151,10 +159,13 @@ class RetrievalMetrics:
 
     def as_dict(self, prefix: str = "", *, percent: bool = False) -> dict[str, float]:
         """Flat ``{name: value}`` for loggers: ``rank{k}`` for each of :attr:`ranks`, ``mAP``,
-        ``mINP`` and the two query counts. ``percent=True`` scales the rates by 100."""
+        ``mAP@{k}`` (when computed), ``mINP`` and the two query counts. ``percent=True`` scales
+        the rates by 100."""
         scale = 100.0 if check_bool("percent", percent) else 1.0
         out: dict[str, float] = {f"{prefix}rank{k}": scale * self.rank(k) for k in self.ranks}
         out[f"{prefix}mAP"] = scale * self.mAP
+        if self.mAP_at_k is not None:
+            out[f"{prefix}mAP@{self.map_k}"] = scale * self.mAP_at_k
         out[f"{prefix}mINP"] = scale * self.mINP
         out[f"{prefix}num_valid_queries"] = float(self.num_valid_queries)
         out[f"{prefix}num_skipped_queries"] = float(self.num_skipped_queries)
@@ -162,7 +173,10 @@ class RetrievalMetrics:
 
     def __str__(self) -> str:
         parts = [f"R{k}={100 * self.rank(k):.2f}" for k in self.ranks]
-        parts += [f"mAP={100 * self.mAP:.2f}", f"mINP={100 * self.mINP:.2f}"]
+        parts.append(f"mAP={100 * self.mAP:.2f}")
+        if self.mAP_at_k is not None:
+            parts.append(f"mAP@{self.map_k}={100 * self.mAP_at_k:.2f}")
+        parts.append(f"mINP={100 * self.mINP:.2f}")
         parts.append(f"valid={self.num_valid_queries} skipped={self.num_skipped_queries}")
         return " ".join(parts)
 
@@ -402,6 +416,7 @@ def evaluate_retrieval(
     chunk_size: int | None = None,
     dedup_cmc: bool = False,
     ignore: IgnoreRule | None = None,
+    map_k: int | None = None,
 ) -> RetrievalMetrics:
     """Rank the gallery for every query and compute CMC, mAP and mINP.
 
@@ -423,6 +438,8 @@ def evaluate_retrieval(
             elements per chunk. Rounded up to a multiple of 256. The result never depends on it.
         dedup_cmc: rank distinct identities for the CMC (official SYSU-MM01 rule); a bool.
         ignore: an extra :data:`IgnoreRule` (applied on top of the camera rule).
+        map_k: also compute the truncated mAP@k with this ``k`` (an integer >= 1; see the
+            module documentation); ``None`` (default) skips it.
 
     Returns:
         :class:`RetrievalMetrics`.
@@ -431,8 +448,10 @@ def evaluate_retrieval(
         ValueError: mismatched shapes/lengths, empty query or gallery, NaN/inf features, a
             tensor on the ``meta`` device, Python integers beyond int64 in the labels or
             cameras, an unknown ``metric``, bad ``ranks``/``chunk_size``, only one of the camera
-            arrays, an ``ignore`` rule returning the wrong shape, or no query with a positive.
-        TypeError: non-integer labels or cameras, or a non-bool ``dedup_cmc``.
+            arrays, an ``ignore`` rule returning the wrong shape, ``map_k < 1``, or no query
+            with a positive.
+        TypeError: non-integer labels or cameras, a non-bool ``dedup_cmc`` or a non-integer
+            ``map_k``.
 
     Example:
         >>> import torch
@@ -442,6 +461,8 @@ def evaluate_retrieval(
         >>> m = evaluate_retrieval(q, [7], g, [7, 3, 7], ranks=(1, 3))
         >>> m.rank1, m.cmc.tolist(), round(m.mAP, 4), round(m.mINP, 4)
         (0.0, [0.0, 1.0, 1.0], 0.5833, 0.6667)
+        >>> evaluate_retrieval(q, [7], g, [7, 3, 7], map_k=2).mAP_at_k  # only rank 2 counts
+        0.5
     """
     qf = _as_feats(query_feats, "query_feats")
     gf = _as_feats(gallery_feats, "gallery_feats")
@@ -478,6 +499,8 @@ def evaluate_retrieval(
     if ignore is not None and not callable(ignore):
         raise TypeError(f"ignore must be callable or None, got {type(ignore).__name__}")
     check_bool("dedup_cmc", dedup_cmc)
+    if map_k is not None:
+        map_k = check_int("map_k", map_k, 1)
 
     compute_dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
     qf = qf.to(compute_dtype)
@@ -503,6 +526,7 @@ def evaluate_retrieval(
     first_rank = torch.zeros(nq, dtype=torch.int64, device=device)  # 0 = skipped
     ap = torch.zeros(nq, dtype=torch.float64, device=device)
     inp = torch.zeros(nq, dtype=torch.float64, device=device)
+    ap_at_k = torch.zeros(nq, dtype=torch.float64, device=device)
 
     rows_max = min(chunk, nq)
     score_buf = torch.empty((rows_max, ng), dtype=compute_dtype, device=device)
@@ -554,6 +578,10 @@ def evaluate_retrieval(
         ap_c = precision.sum(1) / npos_f.clamp_min(1.0)
         last = pos_rank.gather(1, (npos - 1).clamp_min(0)[:, None])[:, 0]
         inp_c = npos_f / last.to(torch.float64)
+        if map_k is not None:  # AP over the positives within the top map_k ranks
+            top = in_row & (pos_rank <= map_k)
+            hits = top.sum(1).clamp_min(1).to(torch.float64)
+            ap_at_k[start:stop] = torch.where(valid_q, (precision * top).sum(1) / hits, 0.0)
         if g_codes is not None:
             ahead = before == 0  # negatives ranked before the first positive
             code = torch.where(ahead, g_codes[None, :], torch.full_like(before, num_ids))
@@ -577,6 +605,7 @@ def evaluate_retrieval(
     cmc = torch.cumsum(counts, 0).to(torch.float64) / n_valid
     m_ap = float(ap[valid].cpu().sum()) / n_valid
     m_inp = float(inp[valid].cpu().sum()) / n_valid
+    m_ap_at_k = None if map_k is None else float(ap_at_k[valid].cpu().sum()) / n_valid
     return RetrievalMetrics(
         cmc=cmc,
         mAP=m_ap,
@@ -585,4 +614,6 @@ def evaluate_retrieval(
         num_skipped_queries=nq - n_valid,
         ranks=ranks_t,
         dedup_cmc=dedup_cmc,
+        mAP_at_k=m_ap_at_k,
+        map_k=map_k,
     )

@@ -157,7 +157,8 @@ def _one_or_all(
 
 
 def mean_over_trials(trials: Sequence[RetrievalMetrics]) -> RetrievalMetrics:
-    """Average trial metrics: CMC curves (shorter ones padded with their last value), mAP, mINP.
+    """Average trial metrics: CMC curves (shorter ones padded with their last value), mAP, mINP,
+    and mAP@k when every trial has it with the same ``k``.
 
     Query counts are *summed* over the trials.
 
@@ -179,6 +180,10 @@ def mean_over_trials(trials: Sequence[RetrievalMetrics]) -> RetrievalMetrics:
             c = torch.cat([c, c[-1:].expand(length - c.numel())])
         curves.append(c)
     cmc = torch.stack(curves).mean(0)
+    # mAP@k is averaged only when every trial has it with the same k
+    map_ks = {t.map_k for t in trials}
+    at_k = [t.mAP_at_k for t in trials if t.mAP_at_k is not None]
+    map_k = map_ks.pop() if len(map_ks) == 1 and len(at_k) == len(trials) else None
     return RetrievalMetrics(
         cmc=cmc,
         mAP=float(np.mean([t.mAP for t in trials])),
@@ -187,6 +192,8 @@ def mean_over_trials(trials: Sequence[RetrievalMetrics]) -> RetrievalMetrics:
         num_skipped_queries=sum(t.num_skipped_queries for t in trials),
         ranks=trials[0].ranks,
         dedup_cmc=trials[0].dedup_cmc,
+        mAP_at_k=None if map_k is None else float(np.mean(at_k)),
+        map_k=map_k,
     )
 
 
