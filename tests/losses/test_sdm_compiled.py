@@ -131,7 +131,7 @@ def test_compile_failure_warns_once_and_runs_uncompiled(monkeypatch, fresh_compi
     def broken(*_args):
         raise RuntimeError("backend exploded\nmore detail")
 
-    sdm_module._compiled["default"] = broken
+    sdm_module._compiled[("_two_directions", "default")] = broken
     q, g = feats(5, 4, 1), feats(5, 4, 2)
     lab = torch.tensor([0, 1, 1, 2, 0])
     want = sdm_loss(q, g, lab).loss
@@ -147,7 +147,7 @@ def test_out_of_memory_is_raised_not_taken_for_a_compile_failure(fresh_compile_s
     def oom(*_args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    sdm_module._compiled["default"] = oom
+    sdm_module._compiled[("_two_directions", "default")] = oom
     q = feats(4, 3, 1)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         sdm_loss(q, q, torch.tensor([0, 0, 1, 1]), compiled=True)

@@ -1,7 +1,8 @@
 r"""Similarity distribution matching (SDM) loss, as in IRRA, for cross-modal ReID batches.
 
-SDM turns every similarity row into a softmax over the other side's items and pulls it, with a
-KL divergence, toward the uniform distribution over that row's same-identity items.
+SDM turns every similarity row into a softmax over the other side's items and pulls it toward the
+uniform distribution over that row's same-identity items. Two forms of "pulls toward" exist in
+practice, and both are options of the one formula below.
 
 For one direction with rows :math:`r_i` and columns :math:`c_j`:
 
@@ -9,22 +10,27 @@ For one direction with rows :math:`r_i` and columns :math:`c_j`:
 
     \log p_{ij} &= \operatorname{log\_softmax}_j\bigl(s \cdot \cos(r_i, c_j)\bigr), \qquad
     k_i = \#\{j : y^r_i = y^c_j\}, \qquad q_{ij} = [y^r_i = y^c_j] / k_i, \\
-    L_i &= \sum_j p_{ij}\,\bigl(\log p_{ij} - \log(q_{ij} + \varepsilon)\bigr), \qquad
-    \mathcal{L}_{\text{dir}} = \frac{1}{|V|} \sum_{i \in V} L_i, \quad V = \{i : k_i > 0\}.
+    L^{\text{kl}}_i &= \sum_j p_{ij}\,\bigl(\log p_{ij} - \log(q_{ij} + \varepsilon)\bigr),
+    \qquad L^{\text{ce}}_i = -\sum_j q_{ij} \log p_{ij}, \\
+    \mathcal{L}_{\text{dir}} &= \frac{1}{|V|} \sum_{i \in V} L_i, \quad V = \{i : k_i > 0\}.
 
-The loss is :math:`\mathcal{L} = \mathcal{L}_{q \to g} + \mathcal{L}_{g \to q}`: query → gallery
-has the ``B`` queries as rows and the ``N`` gallery items followed by the ``M`` (detached) memory
-items as columns; gallery → query is the same function on the transposed problem (memory items are
-never rows). On a square batch in which every row has a positive this is IRRA's ``compute_sdm``
-(``logit_scale`` = IRRA's ``1 / temperature``, ε = 1e-8). Rows without a positive (where IRRA
-divides by zero) are left out of their direction's mean and counted; a direction without any
-valid row contributes an exact ``0`` that stays attached to the graph.
+``objective="kl"`` (the default) is IRRA's KL divergence with ε = 1e-8; ``objective="ce"`` is the
+cross-entropy form of the PRCV 2025 seed pipeline. The loss is
+:math:`\mathcal{L} = \mathcal{L}_{q \to g} + \mathcal{L}_{g \to q}` (``directions="sum"``, IRRA)
+or half of it (``directions="mean"``, the seed pipeline): query → gallery has the ``B`` queries
+as rows and the ``N`` gallery items followed by the ``M`` (detached) memory items as columns;
+gallery → query is the same function on the transposed problem (memory items are never rows).
+On a square batch in which every row has a positive, ``kl``/``sum`` is IRRA's ``compute_sdm``
+(``logit_scale`` = IRRA's ``1 / temperature``). Rows without a positive (where IRRA divides by
+zero) are left out of their direction's mean and counted; a direction without any valid row
+contributes an exact ``0`` that stays attached to the graph.
 
 The code is that formula, differentiated by autograd: :func:`_direction` is one direction, and
 :func:`_two_directions` calls it on the logits block and on its transpose. ``chunk_size`` runs each
 direction over its own rows a chunk at a time and recomputes each chunk in the backward pass
 (:func:`torch.utils.checkpoint.checkpoint`); ``compiled`` runs :func:`_two_directions` under
-:func:`torch.compile`.
+:func:`torch.compile`. :mod:`sdmreid.losses.per_modality` builds per-query-modality SDM on the
+same :func:`_direction`.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +57,15 @@ from sdmreid.distributed import (
     is_dist,
 )
 
-__all__ = ["CompileMode", "MemoryLike", "SDMLoss", "SDMResult", "sdm_loss"]
+__all__ = [
+    "CompileMode",
+    "Directions",
+    "MemoryLike",
+    "Objective",
+    "SDMLoss",
+    "SDMResult",
+    "sdm_loss",
+]
 
 #: What ``memory`` accepts: ``None``, a ``MemoryView`` (``features, labels, modalities``) or a
 #: ``(features [M, d], labels [M])`` tuple; the first two items are read.
@@ -59,6 +73,12 @@ MemoryLike = tuple[Tensor, ...] | list[Tensor] | None
 #: ``compiled=``: ``False`` (eager), ``True`` (= ``"default"``) or a ``torch.compile`` mode.
 CompileMode = bool | Literal["default", "reduce-overhead"]
 _COMPILE_MODES = ("default", "reduce-overhead")
+#: ``objective=``: ``"kl"`` (IRRA's KL divergence) or ``"ce"`` (the seed pipeline's cross-entropy).
+Objective = Literal["kl", "ce"]
+#: ``directions=``: ``"sum"`` (IRRA: both directions added) or ``"mean"`` (their average).
+Directions = Literal["sum", "mean"]
+_OBJECTIVES = ("kl", "ce")
+_DIRECTIONS = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -126,21 +146,26 @@ class _Rows(NamedTuple):
     valid: Tensor  # [R] k_i > 0
 
 
-def _direction(logits: Tensor, positive: Tensor, epsilon: float) -> _Rows:
+def _direction(logits: Tensor, positive: Tensor, epsilon: float, objective: str = "kl") -> _Rows:
     """One direction: row ``i`` is a softmax over the columns of ``logits[i] = s · cos(r_i, ·)``.
 
-    ``positive[i, j]`` says that column ``j`` has row ``i``'s label. The KL term is IRRA's,
-    ``Σ_j p_j (log p_j − log(q_j + ε))``, with ``Σ_j p_j log(q_j + ε)`` read off the positive mass
-    (``q_j = 1/k`` on the ``k`` positives, 0 elsewhere), so no block-sized target is formed. (The
-    seed pipeline's cross-entropy form would be ``−Σ_pos log_p / k`` from the same ``log_p``.)
+    ``positive[i, j]`` says that column ``j`` has row ``i``'s label; ``q_ij = 1/k_i`` on those
+    ``k_i`` columns and 0 elsewhere. ``"kl"`` is IRRA's ``Σ_j p_j (log p_j − log(q_j + ε))``, with
+    ``Σ_j p_j log(q_j + ε)`` read off the positive mass, so no block-sized target is formed.
+    ``"ce"`` is the seed pipeline's ``−Σ_j q_j log p_j = −(1/k) Σ_pos log p_j`` (no ε).
+    Columns may be masked out by the caller with a very negative finite logit (``p = 0`` there).
     """
-    log_p = torch.log_softmax(logits, dim=1)  # subtracts the row maximum
+    log_p = torch.log_softmax(logits, dim=-1)  # subtracts the row maximum
     p = log_p.exp()
-    k = positive.sum(1)
-    mass = torch.where(positive, p, 0.0).sum(1)
-    log_q_pos = torch.log(k.clamp(min=1).to(p.dtype).reciprocal() + epsilon)
-    cross = mass * log_q_pos + (1 - mass) * math.log(epsilon)
-    return _Rows((p * log_p).sum(1) - cross, mass, k > 0)
+    k = positive.sum(-1)
+    mass = torch.where(positive, p, 0.0).sum(-1)
+    if objective == "ce":
+        loss = -torch.where(positive, log_p, 0.0).sum(-1) / k.clamp(min=1).to(p.dtype)
+    else:
+        log_q_pos = torch.log(k.clamp(min=1).to(p.dtype).reciprocal() + epsilon)
+        cross = mass * log_q_pos + (1 - mass) * math.log(epsilon)
+        loss = (p * log_p).sum(-1) - cross
+    return _Rows(loss, mass, k > 0)
 
 
 def _logits(
@@ -165,10 +190,11 @@ def _rows_vs(
     col_labels: Tensor,
     scale: Tensor,
     epsilon: float,
+    objective: str,
 ) -> _Rows:
     """:func:`_direction` of ``rows`` against ``columns``."""
     logits = _logits(rows, rows_inv, columns, scale)
-    return _direction(logits, row_labels[:, None] == col_labels[None, :], epsilon)
+    return _direction(logits, row_labels[:, None] == col_labels[None, :], epsilon, objective)
 
 
 def _chunked(
@@ -179,16 +205,22 @@ def _chunked(
     col_labels: Tensor,
     scale: Tensor,
     epsilon: float,
+    objective: str,
     chunk_size: int,
 ) -> _Rows:
     """:func:`_rows_vs`, ``chunk_size`` rows at a time, each chunk recomputed in backward."""
     split = [torch.split(x, chunk_size) for x in (rows, rows_inv, row_labels)]
     parts = [
-        checkpoint(_rows_vs, r, r_inv, r_lab, columns, col_labels, scale, epsilon,
+        checkpoint(_rows_vs, r, r_inv, r_lab, columns, col_labels, scale, epsilon, objective,
                    use_reentrant=False, preserve_rng_state=False)
         for r, r_inv, r_lab in zip(*split, strict=True)
     ]  # fmt: skip
     return _Rows(*(torch.cat(x) for x in zip(*parts, strict=True)))
+
+
+def _combine(l1: Tensor, l2: Tensor, directions: str) -> Tensor:
+    """The two directions' losses added (``"sum"``, IRRA) or averaged (``"mean"``)."""
+    return 0.5 * (l1 + l2) if directions == "mean" else l1 + l2
 
 
 def _valid_sums(r: _Rows) -> tuple[Tensor, Tensor, Tensor]:
@@ -229,6 +261,8 @@ def _two_directions(
     ml: Tensor,
     scale: Tensor,
     epsilon: float,
+    objective: str,
+    directions: str,
     chunk_size: int | None = None,
 ) -> _Out:
     """SDM of ``q`` against ``[g; m]`` in one process (the body that ``compiled`` compiles)."""
@@ -238,16 +272,16 @@ def _two_directions(
     if chunk_size is None:  # one block: query → gallery on it, gallery → query on its transpose
         logits = _logits(q, iq, [(g, ig), (m, im)], scale)
         positive = ql[:, None] == cl[None, :]
-        r1 = _direction(logits, positive, epsilon)
-        r2 = _direction(logits[:, :n].T, positive[:, :n].T, epsilon)
+        r1 = _direction(logits, positive, epsilon, objective)
+        r2 = _direction(logits[:, :n].T, positive[:, :n].T, epsilon, objective)
     else:
-        r1 = _chunked(q, iq, ql, [(g, ig), (m, im)], cl, scale, epsilon, chunk_size)
-        r2 = _chunked(g, ig, gl, [(q, iq)], ql, scale, epsilon, chunk_size)
+        r1 = _chunked(q, iq, ql, [(g, ig), (m, im)], cl, scale, epsilon, objective, chunk_size)
+        r2 = _chunked(g, ig, gl, [(q, iq)], ql, scale, epsilon, objective, chunk_size)
     (s1, mass1, n1), (s2, mass2, n2) = _valid_sums(r1), _valid_sums(r2)
     l1, l2 = s1 / n1.clamp(min=1), s2 / n2.clamp(min=1)
     mass1, mass2 = mass1 / n1.clamp(min=1), mass2 / n2.clamp(min=1)
     b = q.shape[0]
-    return _Out(l1 + l2, l1, l2, mass1, mass2, b - n1, n - n2, finite)
+    return _Out(_combine(l1, l2, directions), l1, l2, mass1, mass2, b - n1, n - n2, finite)
 
 
 def _gathered(
@@ -259,6 +293,8 @@ def _gathered(
     ml: Tensor,
     scale: Tensor,
     epsilon: float,
+    objective: str,
+    directions: str,
     chunk_size: int | None,
 ) -> _Out:
     """Global SDM under ``torch.distributed``: this rank's queries against every rank's gallery
@@ -274,11 +310,12 @@ def _gathered(
     (iq_all, ig_all), _ = _norms(scale, q_all, g_all)
     cl = torch.cat([gl_all, ml])
     if chunk_size is None:
-        r1 = _rows_vs(q, iq, ql, [(g_all, ig_all), (m, im)], cl, scale, epsilon)
-        r2 = _rows_vs(g, ig, gl, [(q_all, iq_all)], ql_all, scale, epsilon)
+        r1 = _rows_vs(q, iq, ql, [(g_all, ig_all), (m, im)], cl, scale, epsilon, objective)
+        r2 = _rows_vs(g, ig, gl, [(q_all, iq_all)], ql_all, scale, epsilon, objective)
     else:
-        r1 = _chunked(q, iq, ql, [(g_all, ig_all), (m, im)], cl, scale, epsilon, chunk_size)
-        r2 = _chunked(g, ig, gl, [(q_all, iq_all)], ql_all, scale, epsilon, chunk_size)
+        cols = [(g_all, ig_all), (m, im)]
+        r1 = _chunked(q, iq, ql, cols, cl, scale, epsilon, objective, chunk_size)
+        r2 = _chunked(g, ig, gl, [(q_all, iq_all)], ql_all, scale, epsilon, objective, chunk_size)
     (s1, mass1, n1), (s2, mass2, n2) = _valid_sums(r1), _valid_sums(r2)
     total = all_reduce_sum(torch.stack([n1, n2])).clamp(min=1)  # valid rows of every rank
     l1, l2 = s1 / total[0], s2 / total[1]  # this rank's share of each mean
@@ -286,8 +323,8 @@ def _gathered(
     value = all_reduce_sum(
         torch.stack([l1, l2, mass1 / total[0], mass2 / total[1], (~finite).to(l1.dtype)]).detach()
     )
-    local = world * (l1 + l2)
-    loss = local + (value[0] + value[1] - local).detach()
+    local = world * _combine(l1, l2, directions)
+    loss = local + (_combine(value[0], value[1], directions) - local).detach()
     missing1, missing2 = q.shape[0] - n1, g.shape[0] - n2
     return _Out(loss, value[0], value[1], value[2], value[3], missing1, missing2, value[4] == 0)
 
@@ -297,39 +334,44 @@ def _gathered(
 # ----------------------------------------------------------------------------------------------
 
 _compile_lock = threading.Lock()
-_compiled: dict[str, Callable[..., _Out]] = {}
-_compile_failed: set[str] = set()
+# one compiled callable per (body, mode): sdm_loss's body and per-modality SDM's body
+_compiled: dict[tuple[str, str], Callable[..., Any]] = {}
+_compile_failed: set[tuple[str, str]] = set()
+_OutT = TypeVar("_OutT", bound=tuple[Tensor, ...])
 
 
-def _run_compiled(mode: str, *args: Any) -> _Out:
-    """:func:`_two_directions` under ``torch.compile(mode=mode)``, compiled on first
-    use. If compilation fails, one ``RuntimeWarning`` says why and this and later calls of that
-    mode run eagerly (running out of device memory is raised as is)."""
-    if mode not in _compile_failed:
+def _run_compiled(
+    body: Callable[..., _OutT], mode: str, *args: Any, caller: str = "sdm_loss"
+) -> _OutT:
+    """``body`` (e.g. :func:`_two_directions`) under ``torch.compile(mode=mode)``, compiled
+    on first use. If compilation fails, one ``RuntimeWarning`` says why and this and later calls
+    of that body and mode run eagerly (running out of device memory is raised as is)."""
+    key = (body.__name__, mode)
+    if key not in _compile_failed:
         with _compile_lock:
-            if mode not in _compiled:
+            if key not in _compiled:
                 # Default shape handling: the first sizes get a static graph (the fastest at a
                 # fixed batch composition); once a size changes, one dynamic-shape graph serves
                 # every later size, so varying batches compile twice, not once per size.
-                _compiled[mode] = torch.compile(_two_directions, mode=mode)
+                _compiled[key] = torch.compile(body, mode=mode)
         try:
-            out = _compiled[mode](*args)
+            out: _OutT = _compiled[key](*args)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
-            _compile_failed.add(mode)
+            _compile_failed.add(key)
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             warnings.warn(
-                f"sdm_loss(compiled={mode!r}): torch.compile failed ({type(exc).__name__}: "
+                f"{caller}(compiled={mode!r}): torch.compile failed ({type(exc).__name__}: "
                 f"{first_line}); running the same computation uncompiled",
                 RuntimeWarning,
                 stacklevel=3,
             )
         else:
             if mode == "reduce-overhead":  # a CUDA graph's outputs are reused by its next replay
-                return _Out(out.loss, *(x.clone() for x in out[1:]))
+                return type(out)(out[0], *(x.clone() for x in out[1:]))
             return out
-    return _two_directions(*args)
+    return body(*args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,8 +456,30 @@ def _check_scale_fits(scale: float | Tensor, dtype: torch.dtype) -> None:
         )
 
 
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` must be one of the strings ``choices`` (``TypeError`` for another type)."""
+    spelled = " or ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {spelled} (a str), got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be {spelled}, got {value!r}")
+    return value
+
+
+def _check_form(objective: object, directions: object) -> None:
+    """``objective`` and ``directions`` name one of the loss forms."""
+    _check_choice("objective", objective, _OBJECTIVES)
+    _check_choice("directions", directions, _DIRECTIONS)
+
+
 def _check_options(
-    epsilon: object, chunk_size: object, on_nonfinite: object, compiled: object, gather: object
+    epsilon: object,
+    chunk_size: object,
+    on_nonfinite: object,
+    compiled: object,
+    gather: object,
+    objective: object = "kl",
+    directions: object = "sum",
 ) -> str | None:
     """Validate the options; return the compile mode (``None``: eager)."""
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
@@ -425,6 +489,7 @@ def _check_options(
     if not 0.0 < epsilon < 1.0:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
     check_bool("gather", gather)
+    _check_form(objective, directions)
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -508,6 +573,8 @@ def _checked(
     on_nonfinite: object,
     compiled: object,
     gather: object,
+    objective: object = "kl",
+    directions: object = "sum",
 ) -> _Checked:
     """Validate every argument of :func:`sdm_loss` (raising before any computation)."""
     q = _check_features(query, "query")
@@ -528,7 +595,9 @@ def _checked(
     else:
         gl = _check_labels(gallery_labels, "gallery_labels", n, dev)
     scale = _check_scale(logit_scale)
-    mode = _check_options(epsilon, chunk_size, on_nonfinite, compiled, gather)
+    mode = _check_options(
+        epsilon, chunk_size, on_nonfinite, compiled, gather, objective, directions
+    )
     mem = _memory(memory, d, dev)
     cdt = torch.float64 if torch.float64 in (q.dtype, g.dtype) else torch.float32
     _check_scale_fits(scale, cdt)
@@ -605,19 +674,32 @@ def sdm_loss(
     gather: bool = False,
     on_nonfinite: Literal["raise", "ignore"] = "raise",
     compiled: CompileMode = False,
+    objective: Objective = "kl",
+    directions: Directions = "sum",
 ) -> SDMResult:
     r"""SDM loss between a query side and a gallery side (plus optional memory columns).
 
     .. math::
 
-        \mathcal{L} = \frac{1}{|V_q|}\sum_{i \in V_q} \mathrm{KL}\bigl(p^{q\to g}_i \,\|\,
-        q^{q\to g}_i\bigr) + \frac{1}{|V_g|}\sum_{j \in V_g} \mathrm{KL}\bigl(
-        p^{g\to q}_j \,\|\, q^{g\to q}_j\bigr)
+        \mathcal{L} = c \Bigl(\frac{1}{|V_q|}\sum_{i \in V_q} L\bigl(p^{q\to g}_i,
+        q^{q\to g}_i\bigr) + \frac{1}{|V_g|}\sum_{j \in V_g} L\bigl(
+        p^{g\to q}_j, q^{g\to q}_j\bigr)\Bigr)
 
-    with :math:`p_i = \operatorname{softmax}(s\cdot\cos(\text{row}_i, \text{columns}))`, IRRA's
-    :math:`\mathrm{KL}(p\|q) = \sum_j p_j(\log p_j - \log(q_j + \varepsilon))`, :math:`q_i` the
-    uniform distribution over row ``i``'s same-label columns and :math:`V` the rows that have one.
-    Computed in float32 (float64 for float64 inputs) with autocast disabled.
+    with :math:`p_i = \operatorname{softmax}(s\cdot\cos(\text{row}_i, \text{columns}))`,
+    :math:`q_i` the uniform distribution over row ``i``'s same-label columns, :math:`V` the rows
+    that have one, :math:`L` IRRA's :math:`\mathrm{KL}(p\|q) = \sum_j p_j(\log p_j - \log(q_j +
+    \varepsilon))` (``objective="kl"``) or the cross-entropy :math:`-\sum_j q_j \log p_j`
+    (``objective="ce"``), and :math:`c = 1` (``directions="sum"``) or :math:`1/2`
+    (``directions="mean"``). Computed in float32 (float64 for float64 inputs) with autocast
+    disabled.
+
+    Typical magnitudes, which is what a weight or a threshold on this loss is tuned against: the
+    KL form is about :math:`-\log\varepsilon \approx 18.4` times the softmax mass on negative
+    columns (so close to 18.4 per direction at the start of training), the cross-entropy form
+    about :math:`\ln(\#\text{columns})` at the start. The seed pipeline's weights (0.1/0.3/0.5)
+    and thresholds (SDM 1.6–2.2 normal, warn above 1.5, roll back above 5) assume
+    ``objective="ce", directions="mean"``; on its 16-row square batch at scale 5 the default
+    ``"kl"``/``"sum"`` value is about 10× larger.
 
     Args:
         query: ``[B, d]`` features (any float dtype; normalised inside).
@@ -634,7 +716,7 @@ def sdm_loss(
             (finite, > 0 and representable in the compute dtype: at most about 3.4e38 for
             float32); a device tensor by ``on_nonfinite="raise"``'s read.
         epsilon: IRRA's ε inside ``log(q + ε)``; must lie in ``(0, 1)`` (it smooths a target
-            whose entries lie in ``[0, 1]``).
+            whose entries lie in ``[0, 1]``). Checked but unused by ``objective="ce"``.
         chunk_size: run each direction over ``chunk_size`` of its rows at a time, recomputing
             each chunk in the backward pass: peak extra memory ``O(chunk_size · (N + M))``
             instead of ``O(B · (N + M))``, same value and gradients. It costs time (the two
@@ -664,6 +746,11 @@ def sdm_loss(
             gradients up to rounding. Each new input signature compiles on its first call; if
             compilation fails, one ``RuntimeWarning`` says why and the eager path runs. Not with
             ``chunk_size``; with ``gather`` under a process group the eager path runs.
+        objective: ``"kl"`` (IRRA's KL divergence, the default) or ``"ce"`` (the seed
+            pipeline's cross-entropy :math:`-\sum_j q_j \log p_j`).
+        directions: ``"sum"`` (IRRA: the two directions added, the default) or ``"mean"`` (the
+            seed pipeline: averaged). ``loss_query_to_gallery`` and ``loss_gallery_to_query``
+            are each direction's mean either way.
 
     Returns:
         An :class:`SDMResult`; ``result.loss`` is the scalar to optimise.
@@ -672,11 +759,12 @@ def sdm_loss(
         ValueError: non-2-D or empty features, mismatched dimensions or devices, label length
             mismatch, non-integer labels or Python integers beyond int64, a tensor on the
             ``meta`` device, NaN/Inf features (``on_nonfinite="raise"``), bad
-            ``logit_scale``/``epsilon``/``chunk_size``/``on_nonfinite``/``compiled``; under
+            ``logit_scale``/``epsilon``/``chunk_size``/``on_nonfinite``/``compiled``/
+            ``objective``/``directions``; under
             ``gather=True`` any of these on any rank, or ranks that disagree on the feature
             dimension or compute dtype (raised on every rank).
-        TypeError: arguments of the wrong type (``gather`` not a bool, ``on_nonfinite`` not a
-            str, ...).
+        TypeError: arguments of the wrong type (``gather`` not a bool, ``on_nonfinite``,
+            ``objective`` or ``directions`` not a str, ...).
 
     Example:
         >>> import torch
@@ -689,19 +777,25 @@ def sdm_loss(
         >>> res.loss.backward()
         >>> int(res.rows), int(res.rows_without_positive), img.grad.shape
         (8, 0, torch.Size([4, 16]))
+
+        The seed pipeline's form on the same batch: cross-entropy, directions averaged.
+
+        >>> ce = sdm_loss(img, txt, pids, logit_scale=50.0, objective="ce", directions="mean")
+        >>> bool(ce.loss < res.loss)
+        True
     """
     args = (query, gallery, query_labels, gallery_labels, memory, logit_scale, epsilon,
-            chunk_size, on_nonfinite, compiled, gather)  # fmt: skip
+            chunk_size, on_nonfinite, compiled, gather, objective, directions)  # fmt: skip
     distributed = check_bool("gather", gather) and is_dist()
     c = _checked_on_every_rank(*args) if distributed else _checked(*args)
     dev = c.q.device
     b, n = c.q.shape[0], c.g.shape[0]
     with _no_autocast(dev):
-        body = (c.q, c.g, c.m, c.ql, c.gl, c.ml, c.scale, float(epsilon))
+        body = (c.q, c.g, c.m, c.ql, c.gl, c.ml, c.scale, float(epsilon), objective, directions)
         if distributed:
             out = _gathered(*body, chunk_size)
         elif c.mode is not None:
-            out = _run_compiled(c.mode, *body)
+            out = _run_compiled(_two_directions, c.mode, *body)
         else:
             out = _two_directions(*body, chunk_size)
     if on_nonfinite == "raise" and not distributed:  # (checked across ranks before the gather)
@@ -759,6 +853,8 @@ class SDMLoss(nn.Module):
         gather: see :func:`sdm_loss` (global SDM across ``torch.distributed`` ranks).
         on_nonfinite: see :func:`sdm_loss` (``"raise"`` or ``"ignore"``).
         compiled: see :func:`sdm_loss` (``False``, ``True``, ``"default"``, ``"reduce-overhead"``).
+        objective: see :func:`sdm_loss` (``"kl"``, IRRA's, or ``"ce"``, the seed pipeline's).
+        directions: see :func:`sdm_loss` (``"sum"``, IRRA's, or ``"mean"``, the seed pipeline's).
 
     ``forward`` and :meth:`detailed` also accept ``logit_scale=`` to override the stored one per
     call (e.g. a learnable scale that lives in the model, as in IRRA). Use :meth:`detailed` for
@@ -791,6 +887,8 @@ class SDMLoss(nn.Module):
         *,
         on_nonfinite: Literal["raise", "ignore"] = "raise",
         compiled: CompileMode = False,
+        objective: Objective = "kl",
+        directions: Directions = "sum",
     ) -> None:
         super().__init__()
         checked = _check_scale(logit_scale)
@@ -798,12 +896,14 @@ class SDMLoss(nn.Module):
             self.register_buffer("logit_scale", checked.detach().clone())
         else:
             self.logit_scale = logit_scale if isinstance(logit_scale, nn.Parameter) else checked
-        _check_options(epsilon, chunk_size, on_nonfinite, compiled, gather)
+        _check_options(epsilon, chunk_size, on_nonfinite, compiled, gather, objective, directions)
         self.epsilon = float(epsilon)
         self.chunk_size = chunk_size
         self.gather = gather
         self.on_nonfinite: Literal["raise", "ignore"] = on_nonfinite
         self.compiled: CompileMode = compiled
+        self.objective: Objective = objective
+        self.directions: Directions = directions
 
     def _load_from_state_dict(
         self,
@@ -860,6 +960,8 @@ class SDMLoss(nn.Module):
             gather=self.gather,
             on_nonfinite=self.on_nonfinite,
             compiled=self.compiled,
+            objective=self.objective,
+            directions=self.directions,
         )
 
     def forward(
@@ -885,6 +987,7 @@ class SDMLoss(nn.Module):
         )
         return (
             f"logit_scale={scale}, epsilon={self.epsilon:g}, chunk_size={self.chunk_size}, "
-            f"gather={self.gather}, on_nonfinite={self.on_nonfinite!r}"
+            f"gather={self.gather}, on_nonfinite={self.on_nonfinite!r}, "
+            f"objective={self.objective!r}, directions={self.directions!r}"
             + (f", compiled={self.compiled!r}" if self.compiled else "")
         )
