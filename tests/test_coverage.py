@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sdmreid.coverage import PairCoverageMeter
+from sdmreid.modality import Modality
 
 
 def roundtrip(obj: Any) -> Any:
@@ -361,3 +364,383 @@ def test_a_meta_count_is_refused_and_changes_nothing() -> None:
     with pytest.raises(ValueError, match="rows is on meta"):
         m.update(rows=torch.tensor(3, device="meta"), rows_without_positive=0)
     assert m.state_dict() == state
+
+
+# --- per query modality ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeQueryResult:
+    """The query-side counts of one modality's SDM call (an ``SDMResult`` has these)."""
+
+    query_rows: Any
+    query_rows_without_positive: Any
+
+
+@dataclass(frozen=True)
+class FakePerModalityResult:
+    """A per-modality SDM result: aggregate counts, one result per query modality."""
+
+    rows: Any
+    rows_without_positive: Any
+    per_modality: Mapping[Any, FakeQueryResult]
+
+
+PerModality = dict[int, tuple[int, int]]
+#: One step: aggregate counts, and the query modalities' counts (``None``: a plain result).
+Step = tuple[tuple[int, int], PerModality | None]
+
+QUERY_CODES = [int(m) for m in Modality]  # RGB too: any modality may be a query
+
+
+def ref_per_modality(window_steps: list[Step], seen: set[int]) -> dict[str, float]:
+    """Brute force: per reported modality, 1 - Σ without / Σ query rows over the window's steps."""
+    out: dict[str, float] = {}
+    for code in sorted(seen):
+        rows = sum(per[code][0] for _, per in window_steps if per is not None and code in per)
+        without = sum(per[code][1] for _, per in window_steps if per is not None and code in per)
+        out[Modality(code).name] = math.nan if rows == 0 else 1.0 - without / rows
+    return out
+
+
+def seen_in(steps: list[Step]) -> set[int]:
+    return {code for _, per in steps if per is not None for code in per}
+
+
+def same_dict(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+
+
+@st.composite
+def steps_with_modalities(draw: st.DrawFn, max_rows: int = 60) -> Step:
+    counts = draw(count_pairs())
+    if draw(st.booleans()) and draw(st.booleans()):
+        return counts, None  # a plain result now and then
+    codes = draw(st.lists(st.sampled_from(QUERY_CODES), unique=True, max_size=5))
+    return counts, {c: draw(count_pairs(max_rows)) for c in codes}
+
+
+KEY_FORMS = [
+    lambda c: Modality(c),
+    lambda c: int(c),
+    lambda c: Modality(c).name.lower(),
+    lambda c: Modality(c).name,
+]
+
+
+def as_result(step: Step, tensors: bool, key_form: int = 0) -> Any:
+    (rows, without), per = step
+
+    def count(x: int) -> Any:
+        return torch.tensor(x) if tensors else x
+
+    if per is None:
+        return SimpleNamespace(rows=count(rows), rows_without_positive=count(without))
+    return FakePerModalityResult(
+        rows=count(rows),
+        rows_without_positive=count(without),
+        per_modality={
+            KEY_FORMS[key_form](c): FakeQueryResult(count(r), count(w)) for c, (r, w) in per.items()
+        },
+    )
+
+
+def line_of(values: Mapping[str, float]) -> str:
+    shown = [f"{k}={'nan' if math.isnan(v) else f'{v:.3f}'}" for k, v in values.items()]
+    return " ".join(["[dbg] pair_coverage_mavg_by_modality", *shown])
+
+
+@given(
+    window=st.integers(1, 8),
+    steps=st.lists(
+        st.tuples(steps_with_modalities(), st.booleans(), st.integers(0, 3)), max_size=25
+    ),
+)
+def test_per_modality_window_matches_brute_force(
+    window: int, steps: list[tuple[Step, bool, int]]
+) -> None:
+    m = PairCoverageMeter(window=window)
+    seen: list[Step] = []
+    assert m.compute_per_modality() == {}
+    assert m.per_modality_log_line() == "[dbg] pair_coverage_mavg_by_modality"
+    for step, tensors, key_form in steps:
+        m.update(as_result(step, tensors, key_form))
+        seen.append(step)
+        expected = ref_per_modality(seen[-window:], seen_in(seen))
+        got = m.compute_per_modality()
+        assert same_dict(got, expected), (got, expected)
+        assert m.per_modality_log_line() == line_of(expected)
+        # the aggregate line is the seed's, from the aggregate counts only
+        assert same(value(m), ref_coverage([c for c, _ in seen], window))
+        assert m.query_modalities == tuple(Modality(c) for c in sorted(seen_in(seen)))
+    assert m.num_updates == len(steps)  # one update per step, however many modalities
+
+
+def test_one_update_per_step_whatever_the_number_of_modalities() -> None:
+    # The window counts steps: 4 query modalities per step still fill only one slot per step.
+    m = PairCoverageMeter(window=2)
+    per = {mod: FakeQueryResult(10, 1) for mod in ("nir", "sketch", "cpencil", "text")}
+    m.update(FakePerModalityResult(rows=50, rows_without_positive=10, per_modality=per))
+    per = {mod: FakeQueryResult(10, 3) for mod in ("nir", "sketch", "cpencil", "text")}
+    for _ in range(2):
+        m.update(FakePerModalityResult(rows=50, rows_without_positive=0, per_modality=per))
+    assert m.num_updates == 3
+    assert value(m) == 1.0  # the first step left the window
+    assert m.compute_per_modality() == {"NIR": 0.7, "SKETCH": 0.7, "CPENCIL": 0.7, "TEXT": 0.7}
+    assert m.per_modality_log_line() == (
+        "[dbg] pair_coverage_mavg_by_modality NIR=0.700 SKETCH=0.700 CPENCIL=0.700 TEXT=0.700"
+    )
+
+
+def test_a_modality_without_rows_in_the_window_is_nan_not_zero() -> None:
+    m = PairCoverageMeter(window=2)
+    m.update(
+        FakePerModalityResult(5, 0, {"nir": FakeQueryResult(4, 1), "text": FakeQueryResult(0, 0)})
+    )
+    values = m.compute_per_modality()
+    assert values["NIR"] == 0.75 and math.isnan(values["TEXT"])
+    m.update(FakePerModalityResult(5, 0, {"sketch": FakeQueryResult(2, 0)}))
+    m.update(rows=3, rows_without_positive=0)  # keyword counts: the aggregate only
+    values = m.compute_per_modality()
+    assert list(values) == ["NIR", "SKETCH", "TEXT"]  # still reported, in code order
+    assert math.isnan(values["NIR"]) and values["SKETCH"] == 1.0 and math.isnan(values["TEXT"])
+    assert m.per_modality_log_line() == (
+        "[dbg] pair_coverage_mavg_by_modality NIR=nan SKETCH=1.000 TEXT=nan"
+    )
+    m.reset()
+    assert m.compute_per_modality() == {} and m.query_modalities == ()
+
+
+def test_update_takes_a_per_modality_result_of_sdm_results() -> None:
+    # Each entry is a real SDMResult of one query modality against the same RGB gallery.
+    sdm = pytest.importorskip("sdmreid.losses")
+    g = torch.Generator().manual_seed(0)
+    gallery_labels = [0, 1, 2, 3]
+    queries = {Modality.NIR: [0, 1, 5], Modality.TEXT: [2, 7, 8, 9]}
+    per = {
+        mod: sdm.sdm_loss(
+            torch.randn(len(labels), 8, generator=g),
+            torch.randn(4, 8, generator=g),
+            torch.tensor(labels),
+            torch.tensor(gallery_labels),
+        )
+        for mod, labels in queries.items()
+    }
+    rows = torch.tensor(sum(len(v) for v in queries.values()) + 4)
+    m = PairCoverageMeter()
+    m.update(FakePerModalityResult(rows, torch.tensor(0), per))
+    expected = {
+        mod.name: 1 - sum(y not in gallery_labels for y in labels) / len(labels)
+        for mod, labels in queries.items()
+    }
+    assert m.compute_per_modality() == expected == {"NIR": 1 - 1 / 3, "TEXT": 1 - 3 / 4}
+
+
+@pytest.mark.parametrize(
+    ("per_modality", "exc", "match"),
+    [
+        ([("nir", FakeQueryResult(1, 0))], TypeError, "per_modality must be a mapping"),
+        ({"nir": SimpleNamespace(query_rows=3)}, TypeError, r"per_modality\[NIR\] must have"),
+        ({"depth": FakeQueryResult(1, 0)}, ValueError, "unknown modality 'depth'"),
+        ({True: FakeQueryResult(1, 0)}, TypeError, "bool"),
+        ({"nir": FakeQueryResult(1, 0), 1: FakeQueryResult(1, 0)}, ValueError, "NIR twice"),
+        (
+            {"text": FakeQueryResult(2, 3)},
+            ValueError,
+            r"result.per_modality\[TEXT\].query_rows_without_positive must be <= "
+            r"result.per_modality\[TEXT\].query_rows",
+        ),
+        (
+            {"sk": FakeQueryResult(-1, 0)},
+            ValueError,
+            r"per_modality\[SKETCH\].query_rows must be >= 0",
+        ),
+        (
+            {"sk": FakeQueryResult(torch.tensor(2), torch.tensor(3))},
+            ValueError,
+            r"per_modality\[SKETCH\].query_rows_without_positive must be <=",
+        ),
+        ({"cp": FakeQueryResult(2.0, 0)}, TypeError, r"per_modality\[CPENCIL\].query_rows"),
+        ({"cp": FakeQueryResult(torch.tensor([2, 3]), 0)}, ValueError, "0-dim"),
+    ],
+)
+def test_invalid_per_modality_results_are_refused_and_change_nothing(
+    per_modality: Any, exc: type, match: str
+) -> None:
+    m = PairCoverageMeter(window=3)
+    m.update(FakePerModalityResult(10, 1, {"nir": FakeQueryResult(4, 1)}))
+    before = m.state_dict()
+    with pytest.raises(exc, match=match):
+        m.update(FakePerModalityResult(torch.tensor(10), 0, per_modality))
+    with pytest.raises(exc, match=match):
+        m.update(FakePerModalityResult(10, 0, per_modality))
+    assert m.state_dict() == before and m.num_updates == 1
+    assert m.compute_per_modality() == {"NIR": 0.75}
+
+
+@given(
+    st.integers(1, 8),
+    st.integers(1, 8),
+    st.lists(steps_with_modalities(), max_size=15),
+    st.lists(steps_with_modalities(), max_size=8),
+)
+def test_per_modality_state_round_trip(
+    window: int, new_window: int, before: list[Step], after: list[Step]
+) -> None:
+    a = PairCoverageMeter(window=window)
+    for step in before:
+        a.update(as_result(step, tensors=False))
+    state = roundtrip(a.state_dict())
+    assert set(state["modality_rows"]) == {Modality(c).name for c in seen_in(before)}
+    b = PairCoverageMeter(window=new_window)
+    b.load_state_dict(state)
+    kept = before[len(before) - min(len(before), window, new_window) :]
+    assert same_dict(b.compute_per_modality(), ref_per_modality(kept, seen_in(before)))
+    for step in after:
+        b.update(as_result(step, tensors=True))
+    expected = ref_per_modality((kept + after)[-new_window:], seen_in(before + after))
+    assert same_dict(b.compute_per_modality(), expected)
+    assert same(value(b), ref_coverage([c for c, _ in kept + after], new_window))
+
+
+def test_a_state_saved_before_per_modality_counts_still_loads() -> None:
+    a = PairCoverageMeter(window=3)
+    a.update(FakePerModalityResult(10, 2, {"nir": FakeQueryResult(4, 1)}))
+    old = {k: v for k, v in a.state_dict().items() if not k.startswith("modality_")}
+    b = PairCoverageMeter(window=3)
+    b.load_state_dict(old)
+    assert value(b) == 0.8 and b.compute_per_modality() == {} and b.num_updates == 1
+
+
+MODALITY_BAD_STATES = [
+    {"modality_rows": {"NIR": [1]}},  # without its partner key
+    {"modality_rows": {"NIR": [1]}, "modality_rows_without_positive": {"NIR": [2]}},
+    {"modality_rows": {"NIR": [1]}, "modality_rows_without_positive": {"TEXT": [0]}},
+    {"modality_rows": {"DEPTH": [1]}, "modality_rows_without_positive": {"DEPTH": [0]}},
+    {"modality_rows": {"nir": [1]}, "modality_rows_without_positive": {"nir": [0]}},
+    {"modality_rows": {"NIR": [1, 1]}, "modality_rows_without_positive": {"NIR": [0, 0]}},
+    {"modality_rows": {"NIR": [1.0]}, "modality_rows_without_positive": {"NIR": [0]}},
+    {"modality_rows": {"NIR": [-1]}, "modality_rows_without_positive": {"NIR": [0]}},
+    {"modality_rows": [[1]], "modality_rows_without_positive": [[0]]},
+    {"modality_rows": {"NIR": 1}, "modality_rows_without_positive": {"NIR": 0}},
+]
+
+
+@pytest.mark.parametrize("bad", MODALITY_BAD_STATES)
+def test_a_refused_per_modality_state_changes_nothing(bad: dict[str, Any]) -> None:
+    m = PairCoverageMeter(window=5)
+    m.update(FakePerModalityResult(10, 1, {"text": FakeQueryResult(4, 1)}))
+    state = m.state_dict()
+    source = {"rows": [3], "rows_without_positive": [1], "num_updates": 1, **bad}
+    with pytest.raises(ValueError, match="state"):
+        m.load_state_dict(source)
+    assert m.state_dict() == state and m.compute_per_modality() == {"TEXT": 0.75}
+
+
+def test_per_modality_gather_without_a_process_group_reads_the_local_window() -> None:
+    m = PairCoverageMeter(window=2)
+    for w in (0, 1, 3):
+        m.update(FakePerModalityResult(10, w, {"cp": FakeQueryResult(10, w)}))
+    assert m.compute_per_modality(gather=True) == m.compute_per_modality() == {"CPENCIL": 0.8}
+    assert m.per_modality_log_line(gather=True) == (
+        "[dbg] pair_coverage_mavg_by_modality CPENCIL=0.800"
+    )
+
+
+@pytest.mark.parametrize("bad", ["no", 0, 1, None])
+def test_per_modality_reads_refuse_a_non_bool_gather(bad: object) -> None:
+    m = PairCoverageMeter()
+    m.update(FakePerModalityResult(10, 1, {"nir": FakeQueryResult(4, 1)}))
+    for read in (m.compute_per_modality, m.per_modality_log_line):
+        with pytest.raises(TypeError, match="gather must be a bool"):
+            read(gather=bad)  # type: ignore[arg-type]
+
+
+# A 2-process (gloo) gathered reading per modality: one meter over both ranks' windows.
+DDP_WINDOW = 3
+
+
+def ddp_steps(rank: int) -> list[Step]:
+    """Reproducible steps of one rank; rank 1 alone ever sees TEXT queries."""
+    rng = np.random.default_rng(100 + rank)
+    out: list[Step] = []
+    for _ in range(7):
+        codes = [1, 2, 3] + ([4] if rank == 1 else [])
+        per: PerModality = {}
+        for c in codes:
+            if rng.random() < 0.7:
+                r = int(rng.integers(0, 9))
+                per[c] = (r, int(rng.integers(0, r + 1)))
+        out.append(((20, int(rng.integers(0, 21))), per))
+    return out
+
+
+def _ddp_worker(rank: int) -> dict[str, object]:
+    meter = PairCoverageMeter(window=DDP_WINDOW)
+    gathered, local, lines = [], [], []
+    for i, step in enumerate(ddp_steps(rank)):
+        meter.update(as_result(step, tensors=bool(i % 2)))
+        gathered.append(meter.compute_per_modality(gather=True))
+        local.append(meter.compute_per_modality())
+        lines.append(meter.per_modality_log_line(gather=True))
+    return {"gathered": gathered, "local": local, "lines": lines}
+
+
+@pytest.mark.ddp
+def test_per_modality_gather_sums_both_ranks_windows() -> None:
+    from tests.distributed.launch import run_on_ranks
+
+    results = run_on_ranks(_ddp_worker, 2)
+    steps = [ddp_steps(r) for r in range(2)]
+    for i in range(len(steps[0])):
+        union = [s for r in range(2) for s in steps[r][: i + 1][-DDP_WINDOW:]]
+        expected = ref_per_modality(union, seen_in(steps[0][: i + 1] + steps[1][: i + 1]))
+        for rank, res in enumerate(results):
+            assert same_dict(res["gathered"][i], expected), (rank, i)
+            assert res["lines"][i] == line_of(expected)
+            mine = steps[rank][: i + 1]
+            assert same_dict(res["local"][i], ref_per_modality(mine[-DDP_WINDOW:], seen_in(mine)))
+    assert "TEXT" in results[0]["gathered"][-1]  # a modality seen on rank 1 only
+
+
+@pytest.mark.gpu
+def test_per_modality_cuda_updates_without_a_host_sync() -> None:
+    dev = torch.device("cuda")
+    m = PairCoverageMeter(window=2)
+    steps: list[Step] = [((9, 1), {1: (4, 1), 4: (5, 0)}), ((6, 2), {1: (3, 3)}), ((4, 0), None)]
+    results = [as_result(s, tensors=True) for s in steps]
+    on_dev = [
+        FakePerModalityResult(
+            r.rows.to(dev),
+            r.rows_without_positive.to(dev),
+            {
+                k: FakeQueryResult(v.query_rows.to(dev), v.query_rows_without_positive.to(dev))
+                for k, v in r.per_modality.items()
+            },
+        )
+        if isinstance(r, FakePerModalityResult)
+        else SimpleNamespace(
+            rows=r.rows.to(dev), rows_without_positive=r.rows_without_positive.to(dev)
+        )
+        for r in results
+    ]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for r in on_dev:
+            m.update(r)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert m.device.type == "cuda"
+    assert same_dict(m.compute_per_modality(), ref_per_modality(steps[-2:], seen_in(steps)))
+    bad = PairCoverageMeter()
+    bad.update(
+        FakePerModalityResult(
+            torch.tensor(3, device=dev),
+            torch.tensor(0, device=dev),
+            {"nir": FakeQueryResult(torch.tensor(1, device=dev), torch.tensor(2, device=dev))},
+        )
+    )
+    for read in (bad.compute, bad.compute_per_modality, bad.per_modality_log_line):
+        with pytest.raises(ValueError, match="rows_without_positive > rows"):
+            read()
