@@ -233,6 +233,34 @@ def test_a_single_modality_applies_to_every_row(single):
     assert mem.view().labels.tolist() == [1, 2, 3, 7, 8]
 
 
+@pytest.mark.parametrize(
+    "rgb",
+    [
+        Modality.RGB,
+        0,
+        "rgb",
+        "VIS",
+        np.int64(0),
+        torch.tensor(0),
+        torch.tensor(0, dtype=torch.int8),
+    ],
+)
+def test_a_single_rgb_modality_is_broadcast_to_the_batch(rgb):
+    # The seed's call: a batch of RGB gallery embeddings stored as RGB, one modality for all rows.
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(4, DIM, generator=g)
+    mem = CrossBatchMemory(DIM, max_steps=3)
+    assert mem.enqueue(feats, [3, 1, 4, 1], modalities=rgb) == 4
+    assert mem.enqueue(feats[:2], [5, 9], modalities=rgb, keep=Modality.RGB) == 2
+    assert mem.enqueue(feats, [2, 6, 5, 3], modalities=rgb, keep={"nir", "sketch"}) == 0
+    view = mem.view()
+    assert view.modalities.tolist() == [int(Modality.RGB)] * 6
+    assert view.modalities.dtype == torch.int64
+    assert view.labels.tolist() == [3, 1, 4, 1, 5, 9]
+    assert torch.equal(view.features, torch.cat([feats, feats[:2]]))
+    assert mem.steps_seen == 3
+
+
 def test_a_single_unknown_modality_is_refused():
     mem = CrossBatchMemory(DIM)
     with pytest.raises(ValueError, match="unknown modality"):
