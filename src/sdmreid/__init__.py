@@ -4,7 +4,8 @@ The public API (each name is documented where it is defined):
 
 * :class:`Modality`, :func:`parse_modality` — the modality vocabulary (:mod:`sdmreid.modality`).
 * :func:`sdm_loss`, :class:`SDMLoss`, :class:`SDMResult` — similarity distribution matching
-  (:mod:`sdmreid.losses`).
+  (:mod:`sdmreid.losses`); :func:`sdm_per_modality`, :class:`PerModalitySDMResult` — SDM per
+  query modality against the anchor modality.
 * :class:`CrossBatchMemory`, :class:`MemoryView` — a queue of recent RGB embeddings
   (:mod:`sdmreid.memory`).
 * :class:`ModalAwarePKSampler`, :class:`ModalAwarePKSampler_Strict`, :func:`coverage_report`,
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from sdmreid.coverage import PairCoverageMeter
 from sdmreid.health import Action, Finding, HealthMonitor, RunSettings, Severity
-from sdmreid.losses import SDMLoss, SDMResult, sdm_loss
+from sdmreid.losses import PerModalitySDMResult, SDMLoss, SDMResult, sdm_loss, sdm_per_modality
 from sdmreid.memory import CrossBatchMemory, MemoryView
 from sdmreid.modality import Modality, parse_modality
 from sdmreid.samplers import (
@@ -46,6 +47,7 @@ __all__ = [
     "ModalAwarePKSampler_Strict",
     "Modality",
     "PairCoverageMeter",
+    "PerModalitySDMResult",
     "RunSettings",
     "SDMLoss",
     "SDMResult",
@@ -55,4 +57,5 @@ __all__ = [
     "coverage_report",
     "parse_modality",
     "sdm_loss",
+    "sdm_per_modality",
 ]
