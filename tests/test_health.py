@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -81,7 +83,10 @@ def test_healthy_step_curve_is_silent(eps: list[float]) -> None:
         epoch = 1 + step // 100
         cov = 0.92 + 0.05 * eps[step]
         norm = 7.0 * (1.0 + 0.002 * step) * (1.0 + 0.1 * eps[(step * 7) % 400])
-        assert mon.update_step(epoch, step, coverage=cov, classifier_weight_norm=norm) == []
+        loss = 1.0 + 3.0 * 0.995**step + 0.05 * eps[(step * 3) % 400]
+        assert (
+            mon.update_step(epoch, step, coverage=cov, classifier_weight_norm=norm, loss=loss) == []
+        )
 
 
 def test_ce_near_chance_fires_and_rolls_back() -> None:
@@ -241,6 +246,8 @@ def test_findings_are_typed_frozen_and_serialisable() -> None:
         "coverage_below_target",
         "overfitting",
         "head_weight_norm_growth",
+        "loss_spike",
+        "frequent_loss_spikes",
     }
     assert all(RULES[r].severity == f.severity for r in ["ce_near_chance"])
 
@@ -253,17 +260,23 @@ def test_state_round_trip_resumes_identically(split: int, eps: list[float]) -> N
         for s in range(lo, hi):
             epoch = 1 + s // 50
             out += mon.update_step(
-                epoch, s, coverage=0.75 + 0.1 * eps[s], classifier_weight_norm=5 + s * 0.2
+                epoch,
+                s,
+                coverage=0.75 + 0.1 * eps[s],
+                classifier_weight_norm=5 + s * 0.2,
+                loss=3.0 + 0.3 * eps[s] + (5.0 if s % 37 == 36 else 0.0),
             )
             if s % 50 == 49:
                 out += mon.update_epoch(epoch, train_ce=2.6 + 0.2 * eps[s], sdm_on=epoch > 1)
         return out
 
-    ref = HealthMonitor(NUM_CLASSES, coverage_window=20)
+    kw: dict[str, Any] = {"coverage_window": 20, "spike_window": 30, "spike_min_readings": 10}
+    ref = HealthMonitor(NUM_CLASSES, **kw)
     full = feed(ref, 0, 300)
-    a = HealthMonitor(NUM_CLASSES, coverage_window=20)
+    assert any(f.rule == "loss_spike" for f in full)
+    a = HealthMonitor(NUM_CLASSES, **kw)
     first = feed(a, 0, split)
-    b = HealthMonitor(NUM_CLASSES, coverage_window=20)
+    b = HealthMonitor(NUM_CLASSES, **kw)
     b.load_state_dict(roundtrip(a.state_dict()))
     second = feed(b, split, 300)
     assert first + second == full
@@ -557,7 +570,9 @@ def test_a_refused_load_state_dict_leaves_the_monitor_unchanged(steps: int, bad:
 def _monitor_with_history() -> HealthMonitor:
     mon = HealthMonitor(NUM_CLASSES, coverage_window=3)
     for s in range(12):
-        mon.update_step(1 + s // 6, s, coverage=0.5, classifier_weight_norm=1.0 + s)
+        mon.update_step(
+            1 + s // 6, s, coverage=0.5, classifier_weight_norm=1.0 + s, loss=2.0 + 0.01 * s
+        )
         if s % 6 == 5:
             mon.update_epoch(1 + s // 6, train_ce=5.9, sdm_on=True, train_score=0.9, val_score=0.5)
     assert mon.compute()  # the history includes findings
@@ -577,6 +592,10 @@ MONITOR_BAD_VALUES: dict[str, list[object]] = {
     "norm_base": [-1.0, math.nan, "1.0"],
     "fired": [[["coverage_floor", "1"]], [[3, 1]], "x"],
     "findings": [[{"rule": "x"}], "x", [None]],
+    "loss_window": [["1.0"], [math.nan], [math.inf], "x", [True], None],
+    "spike_epoch": [0, "1", 1.0, True],
+    "spike_checked": [-1, "1", True, None],
+    "spike_count": [-1, "1", 10**6, None],
 }
 
 
@@ -609,3 +628,265 @@ def test_a_meta_reading_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="coverage is on meta"):
         mon.update_step(1, 0, coverage=torch.tensor(0.5, device="meta"))
     assert mon.state_dict() == HealthMonitor(NUM_CLASSES).state_dict()
+
+
+# --- loss spikes ----------------------------------------------------------------------------------
+
+
+def ref_spikes(
+    losses: list[float], window: int, min_readings: int, mads: float, floor: float, rise: float
+) -> list[tuple[bool, bool, float]]:
+    """NumPy reference: per reading, (checked, spike, threshold) from the finite readings before
+    it (threshold nan while fewer than ``min_readings``)."""
+    history: list[float] = []
+    out: list[tuple[bool, bool, float]] = []
+    for x in losses:
+        threshold = math.nan
+        if len(history) >= min_readings:
+            w = np.asarray(history[-window:], dtype=np.float64)
+            med = np.median(w)
+            mad = np.median(np.abs(w - med))
+            threshold = float(med + max(mads * 1.4826 * max(mad, floor), rise * abs(med)))
+        if not np.isfinite(x):
+            out.append((True, True, threshold))
+            continue
+        checked = not math.isnan(threshold)
+        out.append((checked, checked and bool(x > threshold), threshold))
+        history.append(x)
+    return out
+
+
+spike_losses = st.lists(
+    st.one_of(
+        st.floats(-5.0, 20.0, allow_nan=False, allow_infinity=False),
+        st.floats(0.9, 1.1),  # clusters, so that spikes happen
+        st.sampled_from([math.nan, math.inf, -math.inf, 50.0]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@given(
+    losses=spike_losses,
+    epoch_steps=st.lists(st.booleans(), min_size=60, max_size=60),
+    window=st.integers(2, 25),
+    data=st.data(),
+    mads=st.floats(0.5, 8.0),
+    floor=st.floats(0.0, 0.2),
+    rise=st.floats(0.0, 0.3),
+    rate=st.sampled_from([0.0, 0.2, 0.5, 0.9]),
+)
+def test_loss_spikes_match_numpy_reference(
+    losses: list[float],
+    epoch_steps: list[bool],
+    window: int,
+    data: st.DataObject,
+    mads: float,
+    floor: float,
+    rise: float,
+    rate: float,
+) -> None:
+    min_readings = data.draw(st.integers(2, window))
+    mon = HealthMonitor(
+        NUM_CLASSES,
+        spike_window=window,
+        spike_min_readings=min_readings,
+        spike_mads=mads,
+        spike_floor=floor,
+        spike_min_rise=rise,
+        spike_rate=rate,
+    )
+    sched = SDMWeightScheduler(warmup_epochs=0)
+    flags = ref_spikes(losses, window, min_readings, mads, floor, rise)
+    epochs = [1 + sum(epoch_steps[: i + 1]) for i in range(len(losses))]
+    expected_steps: list[tuple[int, int]] = []  # (epoch, step) of each expected loss_spike
+    expected_rollbacks: list[int] = []
+    for i, x in enumerate(losses):
+        e = epochs[i]
+        threshold = mon.spike_threshold()
+        assert (math.isnan(threshold) and math.isnan(flags[i][2])) or threshold == pytest.approx(
+            flags[i][2], rel=1e-12, abs=1e-12
+        )
+        found = mon.update_step(e, i, loss=x)
+        if flags[i][1] and all(ep != e for ep, _ in expected_steps):
+            expected_steps.append((e, i))  # fires at the epoch's first spike
+        assert [(f.epoch, f.step) for f in found] == [p for p in expected_steps if p[1] == i]
+        last_of_epoch = i + 1 == len(losses) or epochs[i + 1] != e
+        if last_of_epoch:
+            mine = [flags[j] for j in range(len(losses)) if epochs[j] == e]
+            checked = sum(c for c, _, _ in mine)
+            spikes = sum(sp for _, sp, _ in mine)
+            fired = mon.update_epoch(e, train_ce=1.0, sdm_on=True, scheduler=sched)
+            frequent = checked > 0 and spikes / checked > rate
+            assert [f.rule for f in fired] == (["frequent_loss_spikes"] if frequent else [])
+            if frequent:
+                expected_rollbacks.append(e)
+    assert [rb.epoch for rb in sched.rollbacks] == expected_rollbacks
+
+
+@given(
+    window=st.integers(2, 40),
+    data=st.data(),
+    mads=st.floats(3.0, 10.0),
+    floor=st.floats(0.0, 0.2),
+    rise=st.floats(0.0, 0.3),
+    kind=st.sampled_from(["constant", "falling", "linear"]),
+    start=st.floats(-50.0, 50.0),
+    slope=st.floats(0.0, 10.0),
+    n=st.integers(1, 120),
+)
+def test_no_false_spike_on_a_constant_falling_or_linear_loss(
+    window: int,
+    data: st.DataObject,
+    mads: float,
+    floor: float,
+    rise: float,
+    kind: str,
+    start: float,
+    slope: float,
+    n: int,
+) -> None:
+    if kind == "constant":
+        losses = [start] * n
+    elif kind == "falling":  # any non-increasing sequence
+        steps = data.draw(st.lists(st.floats(0.0, 5.0), min_size=n, max_size=n))
+        losses = list(itertools.accumulate(steps, lambda acc, d: acc - d, initial=start))[1:]
+    else:  # a steady rise is not a spike
+        losses = [start + slope * i for i in range(n)]
+    mon = HealthMonitor(
+        NUM_CLASSES,
+        spike_window=window,
+        spike_min_readings=data.draw(st.integers(2, window)),
+        spike_mads=mads,
+        spike_floor=floor,
+        spike_min_rise=rise,
+    )
+    for i, x in enumerate(losses):
+        assert mon.update_step(1, i, loss=x) == [], (i, x)
+    assert mon.update_epoch(1, train_ce=1.0, sdm_on=True) == []
+
+
+def test_loss_spike_rule_in_numbers() -> None:
+    mon = HealthMonitor(NUM_CLASSES)  # the seed's: 100 readings, from 20 on, 6 MADs
+    for s in range(20):
+        assert mon.update_step(1, s, loss=2.0 + (0.1 if s % 2 else -0.1)) == []
+    # median 2.0, MAD 0.1 → threshold 2.0 + 6 · 1.4826 · 0.1 = 2.88956
+    assert mon.spike_threshold() == pytest.approx(2.0 + 6 * 1.4826 * 0.1)
+    below = HealthMonitor(NUM_CLASSES)
+    below.load_state_dict(mon.state_dict())
+    assert below.update_step(1, 20, loss=2.88) == []
+    (spike,) = mon.update_step(1, 20, loss=2.9)
+    assert (spike.rule, spike.severity, spike.action, spike.step) == (
+        "loss_spike",
+        Severity.WARNING,
+        Action.WATCH,
+        20,
+    )
+    assert "2.9 > 2.89" in spike.message
+    assert mon.update_step(1, 21, loss=9.0) == []  # once per epoch
+    (bad,) = mon.update_step(2, 22, loss=math.nan)
+    assert bad.rule == "loss_spike" and "step loss is nan" in bad.message
+    assert len(mon.state_dict()["loss_window"]) == 22  # the NaN stays out of the window
+
+
+def test_frequent_loss_spikes_roll_sdm_back_once_per_epoch() -> None:
+    sched = SDMWeightScheduler()
+    mon = HealthMonitor(NUM_CLASSES, spike_min_readings=5)
+    for s in range(5):
+        mon.update_step(1, s, loss=4.0)
+    assert mon.update_epoch(1, train_ce=4.0, sdm_on=sched.use_sdm(1), scheduler=sched) == []
+    for s in range(5, 11):  # 4 of 6 readings spike in epoch 2
+        mon.update_step(2, s, loss=50.0 if s % 3 else 4.0)
+    (found,) = mon.update_epoch(2, train_ce=3.0, sdm_on=sched.use_sdm(2), scheduler=sched)
+    assert (found.rule, found.severity, found.action, found.step) == (
+        "frequent_loss_spikes",
+        Severity.CRITICAL,
+        Action.ROLLBACK_SDM,
+        None,
+    )
+    assert "4 of 6" in found.message
+    assert [rb.epoch for rb in sched.rollbacks] == [2]
+    # CE back at chance and frequent spikes in one epoch: both reported, one rollback
+    for s in range(11, 15):
+        mon.update_step(3, s, loss=500.0)
+    found = mon.update_epoch(3, train_ce=5.9, sdm_on=True, scheduler=sched)
+    assert [f.rule for f in found] == ["ce_near_chance", "frequent_loss_spikes"]
+    assert [rb.epoch for rb in sched.rollbacks] == [2, 3]
+
+
+def test_frequent_loss_spikes_need_sdm_on_and_more_than_the_rate() -> None:
+    mon = HealthMonitor(NUM_CLASSES, spike_min_readings=2)
+    for s, x in enumerate([1.0, 1.0, 9.0, 1.0]):  # 1 of 2 checked readings: 50 %, not more
+        mon.update_step(1, s, loss=x)
+    assert mon.update_epoch(1, train_ce=1.0, sdm_on=True) == []
+    for s, x in enumerate([9.0, 9.0, 1.0], start=4):
+        mon.update_step(2, s, loss=x)
+    sched = SDMWeightScheduler()
+    assert mon.update_epoch(2, train_ce=1.0, sdm_on=False, scheduler=sched) == []
+    assert sched.rollbacks == ()  # SDM off (e.g. warm-up): nothing to soften
+
+
+def test_loss_readings_are_read_together_and_refused_by_name() -> None:
+    mon = HealthMonitor(NUM_CLASSES, coverage_window=1, spike_min_readings=2)
+    got = mon.update_step(
+        1, 0, coverage=torch.tensor(0.5), classifier_weight_norm=3.0, loss=torch.tensor(2.0)
+    )
+    assert [f.rule for f in got] == ["coverage_floor"]
+    before = mon.state_dict()
+    for bad, exc, match in [
+        ("2.0", TypeError, "loss must be a float"),
+        (True, TypeError, "loss must be a float"),
+        (torch.ones(2), TypeError, "loss must be a float or a one-element tensor"),
+        (torch.tensor(1 + 1j), TypeError, "loss must be a float or a one-element tensor"),
+        (torch.tensor(1.0, device="meta"), ValueError, "loss is on meta"),
+    ]:
+        with pytest.raises(exc, match=match):
+            mon.update_step(1, 1, coverage=0.9, loss=bad)  # type: ignore[arg-type]
+    assert mon.state_dict() == before  # a refused reading changes nothing
+
+
+def test_a_state_saved_before_the_spike_rule_still_loads() -> None:
+    source = _monitor_with_history()
+    old = {k: v for k, v in source.state_dict().items() if not k.startswith(("loss_", "spike_"))}
+    target = HealthMonitor(NUM_CLASSES, coverage_window=3)
+    target.load_state_dict(old)
+    state = target.state_dict()
+    assert state["loss_window"] == [] and state["spike_epoch"] is None
+    assert target.compute() == source.compute()
+    partial = {**old, "loss_window": [1.0]}
+    with pytest.raises(ValueError, match="state"):
+        target.load_state_dict(partial)
+    assert target.state_dict() == state
+
+
+def test_a_longer_saved_loss_window_keeps_its_last_readings() -> None:
+    a = HealthMonitor(NUM_CLASSES, spike_window=10, spike_min_readings=2)
+    for s in range(10):
+        a.update_step(1, s, loss=float(s))
+    b = HealthMonitor(NUM_CLASSES, spike_window=4, spike_min_readings=2)
+    b.load_state_dict(roundtrip(a.state_dict()))
+    assert b.state_dict()["loss_window"] == [6.0, 7.0, 8.0, 9.0]
+    assert b.spike_threshold() == pytest.approx(7.5 + 6 * 1.4826 * 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"spike_window": 1}, ValueError, "spike_window"),
+        ({"spike_window": 10.0}, TypeError, "spike_window"),
+        ({"spike_min_readings": 1}, ValueError, "spike_min_readings"),
+        ({"spike_window": 5, "spike_min_readings": 6}, ValueError, "spike_min_readings must be <="),
+        ({"spike_mads": 0.0}, ValueError, "spike_mads"),
+        ({"spike_mads": -1.0}, ValueError, "spike_mads"),
+        ({"spike_mads": math.nan}, ValueError, "spike_mads"),
+        ({"spike_floor": -0.1}, ValueError, "spike_floor"),
+        ({"spike_min_rise": math.inf}, ValueError, "spike_min_rise"),
+        ({"spike_rate": 1.0}, ValueError, "spike_rate"),
+        ({"spike_rate": -0.1}, ValueError, "spike_rate"),
+        ({"spike_rate": "0.5"}, TypeError, "spike_rate"),
+    ],
+)
+def test_spike_options_are_validated(kwargs: dict[str, Any], exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        HealthMonitor(NUM_CLASSES, **kwargs)

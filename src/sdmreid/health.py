@@ -1,11 +1,11 @@
 """Training health: the recipe's health rules as code, with advice relative to the run.
 
 :class:`HealthMonitor` is fed explicit observations — step readings (pair coverage, classifier
-weight norm) with :meth:`~HealthMonitor.update_step`, epoch summaries (CE, SDM on/off, train and
-validation scores) with :meth:`~HealthMonitor.update_epoch` — and returns the typed, frozen
-:class:`Finding` s of the rules they fire. :meth:`~HealthMonitor.compute` returns every finding so
-far and :meth:`~HealthMonitor.reset` forgets, as for a torchmetrics metric. Each rule is a
-:class:`Rule` in :data:`RULES` (data); the checks live in the monitor (code).
+weight norm, training loss) with :meth:`~HealthMonitor.update_step`, epoch summaries (CE, SDM
+on/off, train and validation scores) with :meth:`~HealthMonitor.update_epoch` — and returns the
+typed, frozen :class:`Finding` s of the rules they fire. :meth:`~HealthMonitor.compute` returns
+every finding so far and :meth:`~HealthMonitor.reset` forgets, as for a torchmetrics metric. Each
+rule is a :class:`Rule` in :data:`RULES` (data); the checks live in the monitor (code).
 
 ============================= ======== ===================================================
 rule id                       severity trigger (defaults) → action
@@ -23,7 +23,25 @@ rule id                       severity trigger (defaults) → action
                                        label smoothing, lower the head LR, raise weight decay
 ``head_weight_norm_growth``   warning  classifier weight norm ≥ 3× its value at the epoch's
                                        start → ``drop_head_lr``
+``loss_spike``                warning  step loss > median + 6·1.4826·MAD of the last 100
+                                       loss readings (at least 0.15·|median| above it), or
+                                       not finite → ``watch``
+``frequent_loss_spikes``      critical SDM on and more than 50 % of the epoch's checked
+                                       loss readings were spikes → ``rollback_sdm``
 ============================= ======== ===================================================
+
+Loss spikes (the seed pipeline's rule)
+    A reading is checked once ``spike_min_readings`` (20) finite readings came before it. The
+    reference is the last ``spike_window`` (100) finite readings *before* it (a spike does not
+    raise its own threshold); the MAD is ``median(|x - median|)``, floored at ``spike_floor``
+    (0.05, so a flat loss does not make every wiggle a spike) and scaled by 1.4826 (the normal
+    distribution's standard deviation per MAD), so ``spike_mads=6`` means six "standard
+    deviations". The threshold is also at least ``spike_min_rise`` (15 %) of ``|median|`` above
+    the median. A non-finite loss is a spike and stays out of the window. The seed counts
+    spikes and, when more than half of the readings spiked, falls back to a softer SDM (a higher
+    temperature); here that is ``frequent_loss_spikes``, whose ``rollback_sdm`` lowers the SDM
+    stage (weight, and the logit scale with a scheduler's ``logit_scales``). It fires only with
+    SDM on: a rollback during warm-up would keep SDM off.
 
 Advice is relative to the run
     Suggested settings start from the run's own values, given as :class:`RunSettings`: weight
@@ -34,8 +52,10 @@ Advice is relative to the run
 
 Callers pass the epoch (from 1) and the *global* step explicitly; the monitor keeps only the
 history its rules need (epoch-level curves, the start step of a low-coverage streak, the weight
-norm at the epoch's start), all of it in ``state_dict()``. Each rule fires at most once per epoch
-(a persistent condition fires again in the next epoch). At one step reading,
+norm at the epoch's start, the recent loss readings and the epoch's spike count), all of it in
+``state_dict()``. The readings of one :meth:`~HealthMonitor.update_step` call are read on the
+host together, one transfer per device for the tensors among them. Each rule fires at most once
+per epoch (a persistent condition fires again in the next epoch). At one step reading,
 ``coverage_below_target`` is not reported once ``coverage_floor`` has fired in the same epoch.
 """
 
@@ -45,6 +65,8 @@ import enum
 import itertools
 import math
 import numbers
+import statistics
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -55,6 +77,9 @@ import torch
 from sdmreid._validation import check_has_data, check_int
 
 _T = TypeVar("_T")
+
+# State keys of the loss-spike rule (absent from states saved before it).
+_SPIKE_KEYS = ("loss_window", "spike_epoch", "spike_checked", "spike_count")
 
 __all__ = [
     "RULES",
@@ -68,18 +93,37 @@ __all__ = [
 ]
 
 
+def _read_floats(values: Mapping[str, object]) -> dict[str, float]:
+    """Each reading as a Python float; the tensors among them are read in one transfer per device.
+
+    Types are checked first (a refused reading reads nothing from the device).
+    """
+    out: dict[str, float] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+        if isinstance(value, torch.Tensor):
+            check_has_data(value, name)
+            if value.numel() != 1 or value.is_complex():
+                raise TypeError(f"{name} must be a float or a one-element tensor, got {value!r}")
+            tensors[name] = value
+        else:
+            out[name] = float(value)
+    by_device: dict[torch.device, list[str]] = {}
+    for name, t in tensors.items():
+        by_device.setdefault(t.device, []).append(name)
+    for names in by_device.values():
+        read = torch.stack([tensors[n].detach().reshape(()).to(torch.float64) for n in names])
+        out.update(zip(names, read.tolist(), strict=True))
+    return out
+
+
 def _check_float(
     name: str, value: object, lo: float = -math.inf, hi: float = math.inf, allow_nan: bool = False
 ) -> float:
     """``value`` as a finite float in ``[lo, hi]`` (or nan when ``allow_nan``)."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if isinstance(value, torch.Tensor):
-        check_has_data(value, name)
-    try:
-        v = float(value)
-    except (TypeError, ValueError, RuntimeError):  # e.g. a tensor of several elements
-        raise TypeError(f"{name} must be a float or a one-element tensor, got {value!r}") from None
+    v = _read_floats({name: value})[name]
     if math.isnan(v):
         if allow_nan:
             return v
@@ -165,6 +209,19 @@ RULES: Mapping[str, Rule] = MappingProxyType(
                 Severity.WARNING,
                 Action.DROP_HEAD_LR,
                 "classifier weight norm grew several-fold within an epoch: lower the head LR",
+            ),
+            Rule(
+                "loss_spike",
+                Severity.WARNING,
+                Action.WATCH,
+                "a step loss far above the recent losses (median + c·MAD) or not finite",
+            ),
+            Rule(
+                "frequent_loss_spikes",
+                Severity.CRITICAL,
+                Action.ROLLBACK_SDM,
+                "most of an epoch's loss readings were spikes with SDM on: roll SDM back one "
+                "stage (a softer SDM, as the seed's fallback temperature)",
             ),
         )
     }
@@ -374,6 +431,16 @@ class HealthMonitor:
             (``> 0``; no suggestion when the sum would reach 1).
         head_lr_factor: ``overfitting`` and ``head_weight_norm_growth`` suggest the run's head
             LR times this (in ``(0, 1)``).
+        spike_window: Number of recent finite loss readings a reading is compared with.
+        spike_min_readings: Finite readings needed before a reading is checked (in
+            ``[2, spike_window]``).
+        spike_mads: ``c`` in ``median + c·1.4826·MAD`` (``> 0``): how many normal-consistent
+            MADs above the median a spike is.
+        spike_floor: Floor of the raw MAD (``>= 0``), so a flat loss tolerates small wiggles.
+        spike_min_rise: A spike is also at least this fraction of ``|median|`` above the median
+            (``>= 0``).
+        spike_rate: ``frequent_loss_spikes`` fires when more than this fraction of an epoch's
+            checked loss readings were spikes (in ``[0, 1)``).
 
     Raises:
         ValueError: A threshold or factor out of its range.
@@ -407,6 +474,12 @@ class HealthMonitor:
         weight_decay_factor: float = 2.0,
         label_smoothing_step: float = 0.05,
         head_lr_factor: float = 1 / 3,
+        spike_window: int = 100,
+        spike_min_readings: int = 20,
+        spike_mads: float = 6.0,
+        spike_floor: float = 0.05,
+        spike_min_rise: float = 0.15,
+        spike_rate: float = 0.5,
     ) -> None:
         self.num_classes = check_int("num_classes", num_classes, 2)
         if settings is not None and not isinstance(settings, RunSettings):
@@ -439,6 +512,21 @@ class HealthMonitor:
         ):
             if value in (0.0, 1.0):
                 raise ValueError(f"{name} must not be {value:g}: the advice would change nothing")
+        self.spike_window = check_int("spike_window", spike_window, 2)
+        self.spike_min_readings = check_int("spike_min_readings", spike_min_readings, 2)
+        if self.spike_min_readings > self.spike_window:
+            raise ValueError(
+                f"spike_min_readings must be <= spike_window, got {spike_min_readings} > "
+                f"{spike_window} (the rule would never check a reading)"
+            )
+        self.spike_mads = _check_float("spike_mads", spike_mads, 0.0)
+        if self.spike_mads == 0.0:
+            raise ValueError("spike_mads must be > 0, got 0.0")
+        self.spike_floor = _check_float("spike_floor", spike_floor, 0.0)
+        self.spike_min_rise = _check_float("spike_min_rise", spike_min_rise, 0.0)
+        self.spike_rate = _check_float("spike_rate", spike_rate, 0.0, 1.0)
+        if self.spike_rate == 1.0:
+            raise ValueError("spike_rate must be < 1, got 1.0 (the rule could never fire)")
         self.reset()
 
     @property
@@ -461,6 +549,11 @@ class HealthMonitor:
         self._norm_epoch: int | None = None
         self._norm_base: float | None = None
         self._last_norm: float | None = None
+        # loss readings: the recent finite ones, and the spike count of one epoch
+        self._loss_window: deque[float] = deque(maxlen=self.spike_window)
+        self._spike_epoch: int | None = None
+        self._spike_checked = 0
+        self._spike_count = 0
         # findings
         self._fired: set[tuple[str, int]] = set()
         self._findings: list[Finding] = []
@@ -529,8 +622,13 @@ class HealthMonitor:
         *,
         coverage: float | torch.Tensor | None = None,
         classifier_weight_norm: float | torch.Tensor | None = None,
+        loss: float | torch.Tensor | None = None,
     ) -> list[Finding]:
-        """Check the step-level rules (coverage, head weight norm) on one reading.
+        """Check the step-level rules (coverage, head weight norm, loss spikes) on one reading.
+
+        The given readings are read on the host together: Python floats as they are, tensors in
+        one transfer per device. Pass ``loss`` at every step for the spike rule to see every
+        step (the window counts readings, not steps), or at the steps the trainer already reads.
 
         Args:
             epoch: Current epoch (from 1).
@@ -539,6 +637,8 @@ class HealthMonitor:
                 skipped (they neither extend nor break a low-coverage streak).
             classifier_weight_norm: Norm of the classifier weight (e.g.
                 ``head.weight.norm()``).
+            loss: The step's training loss (e.g. ``loss.detach()``); a non-finite loss is a
+                spike.
 
         Returns:
             The findings this reading fired (:meth:`compute` returns all of them).
@@ -547,6 +647,11 @@ class HealthMonitor:
             >>> mon = HealthMonitor(num_classes=10, coverage_window=3)
             >>> [mon.update_step(1, s, coverage=0.5) != [] for s in range(3)]
             [False, False, True]
+            >>> mon = HealthMonitor(num_classes=10, spike_min_readings=5)
+            >>> [mon.update_step(1, s, loss=2.0 - 0.01 * s) for s in range(5)]
+            [[], [], [], [], []]
+            >>> [f.rule for f in mon.update_step(1, 5, loss=4.0)]
+            ['loss_spike']
         """
         e = check_int("epoch", epoch, 1)
         s = check_int("step", step, 0)
@@ -557,11 +662,25 @@ class HealthMonitor:
             )
         if self._last_step_epoch is not None and e < self._last_step_epoch:
             raise ValueError(f"epoch must not decrease: got {e} after {self._last_step_epoch}")
-        cov = None if coverage is None else _check_float("coverage", coverage, 0.0, 1.0, True)
+        given = {
+            name: value
+            for name, value in (
+                ("coverage", coverage),
+                ("classifier_weight_norm", classifier_weight_norm),
+                ("loss", loss),
+            )
+            if value is not None
+        }
+        read = _read_floats(given)
+        cov = (
+            None
+            if coverage is None
+            else _check_float("coverage", read["coverage"], 0.0, 1.0, allow_nan=True)
+        )
         norm = (
             None
             if classifier_weight_norm is None
-            else _check_float("classifier_weight_norm", classifier_weight_norm, 0.0)
+            else _check_float("classifier_weight_norm", read["classifier_weight_norm"], 0.0)
         )
         self._last_step, self._last_step_epoch = s, e
         out: list[Finding] = []
@@ -569,6 +688,8 @@ class HealthMonitor:
             self._check_coverage(out, e, s, cov)
         if norm is not None:
             self._check_norm(out, e, s, norm)
+        if loss is not None:
+            self._check_loss(out, e, s, read["loss"])
         return out
 
     def _check_coverage(self, out: list[Finding], e: int, s: int, cov: float) -> None:
@@ -632,6 +753,61 @@ class HealthMonitor:
                 suggested,
             )
 
+    def spike_threshold(self) -> float:
+        """The loss above which the next reading is a spike (``nan`` until it would be checked).
+
+        ``median + max(spike_mads·1.4826·max(MAD, spike_floor), spike_min_rise·|median|)`` over
+        the last ``spike_window`` finite readings.
+
+        Example:
+            >>> mon = HealthMonitor(num_classes=10, spike_min_readings=3)
+            >>> for s, x in enumerate([1.0, 1.2, 1.1]):
+            ...     _ = mon.update_step(1, s, loss=x)
+            >>> round(mon.spike_threshold(), 4)  # 1.1 + 6 · 1.4826 · 0.1
+            1.9896
+        """
+        window = list(self._loss_window)
+        if len(window) < self.spike_min_readings:
+            return math.nan
+        median = statistics.median(window)
+        mad = statistics.median([abs(x - median) for x in window])
+        spread = self.spike_mads * 1.4826 * max(mad, self.spike_floor)
+        return median + max(spread, self.spike_min_rise * abs(median))
+
+    def _check_loss(self, out: list[Finding], e: int, s: int, loss: float) -> None:
+        # A spike is judged against the run's own recent losses, robustly: the median and MAD
+        # ignore the odd outlier that a mean and standard deviation would follow.
+        if self._spike_epoch != e:
+            self._spike_epoch, self._spike_checked, self._spike_count = e, 0, 0
+        if not math.isfinite(loss):
+            self._spike_checked += 1
+            self._spike_count += 1
+            self._emit(
+                out,
+                "loss_spike",
+                e,
+                s,
+                f"step loss is {loss}; skip the step and watch for more (frequent spikes roll "
+                "SDM back)",
+            )
+            return
+        threshold = self.spike_threshold()
+        if not math.isnan(threshold):
+            self._spike_checked += 1
+            if loss > threshold:
+                self._spike_count += 1
+                self._emit(
+                    out,
+                    "loss_spike",
+                    e,
+                    s,
+                    f"step loss {loss:.4g} > {threshold:.4g} (median + max({self.spike_mads:g}"
+                    f"·1.4826·MAD, {self.spike_min_rise:g}·|median|) of the last "
+                    f"{len(self._loss_window)} readings); watch for more (frequent spikes roll "
+                    "SDM back)",
+                )
+        self._loss_window.append(loss)
+
     # -- epoch level ------------------------------------------------------------------------------
     def update_epoch(
         self,
@@ -651,9 +827,10 @@ class HealthMonitor:
             sdm_on: Whether SDM was on in this epoch (``scheduler.use_sdm(epoch)``).
             train_score: Optional train metric, higher is better (e.g. top-1 in ``[0, 1]``).
             val_score: Optional validation metric on the same scale (give both or neither).
-            scheduler: If given, a ``ce_near_chance`` finding is applied at once with
-                ``scheduler.rollback(epoch)`` (the stage in force at ``epoch`` drops by one for
-                ``epoch`` and every later epoch).
+            scheduler: If given, a ``ce_near_chance`` or ``frequent_loss_spikes`` finding is
+                applied at once with ``scheduler.rollback(epoch)`` (the stage in force at
+                ``epoch`` drops by one for ``epoch`` and later epochs); at most one rollback
+                per epoch, however many of them fire.
 
         Returns:
             The findings this epoch fired (:meth:`compute` returns all of them).
@@ -674,7 +851,8 @@ class HealthMonitor:
         self._sdm_on.append(sdm_on)
         self._gap.append(gap)
         out: list[Finding] = []
-        self._check_chance(out, e, ce, sdm_on, scheduler)
+        rolled_back = self._check_chance(out, e, ce, sdm_on, scheduler)
+        self._check_spike_rate(out, e, sdm_on, None if rolled_back else scheduler)
         self._check_recovery(out, e)
         self._check_gap(out, e, gap)
         return out
@@ -686,7 +864,8 @@ class HealthMonitor:
         ce: float,
         sdm_on: bool,
         scheduler: SupportsRollback | None,
-    ) -> None:
+    ) -> bool:
+        """Returns whether it rolled the scheduler back."""
         # CE back at chance with SDM on means SDM's gradient has overwhelmed the identity loss
         # (typically: many rows without a positive). It counts when CE came back (an earlier
         # epoch was below the limit) or is not falling: a CE still leaving chance when a short
@@ -696,7 +875,7 @@ class HealthMonitor:
         came_back = any(c < limit for c in earlier)
         not_falling = not earlier or ce >= earlier[-1]
         if not (sdm_on and ce >= limit and (came_back or not_falling)):
-            return
+            return False
         fired = len(out)
         self._emit(
             out,
@@ -706,6 +885,31 @@ class HealthMonitor:
             f"CE {ce:.3f} is within {100 * self.chance_tolerance:.0f} % of chance "
             f"ln({self.num_classes})={self.chance_ce:.3f} with SDM on; roll the SDM weight "
             "back one stage and check that the sampler really builds pairs",
+        )
+        if scheduler is not None and len(out) > fired:
+            scheduler.rollback(e)
+            return True
+        return False
+
+    def _check_spike_rate(
+        self, out: list[Finding], e: int, sdm_on: bool, scheduler: SupportsRollback | None
+    ) -> None:
+        # The seed falls back to a softer SDM when most steps spike; a loss that spikes now and
+        # then is noise. Only with SDM on: rolling back during warm-up would keep SDM off.
+        checked, spikes = self._spike_checked, self._spike_count
+        if not sdm_on or self._spike_epoch != e or checked == 0:
+            return
+        if spikes / checked <= self.spike_rate:
+            return
+        fired = len(out)
+        self._emit(
+            out,
+            "frequent_loss_spikes",
+            e,
+            None,
+            f"{spikes} of {checked} loss readings in epoch {e} were spikes "
+            f"({spikes / checked:.0%} > {self.spike_rate:.0%}) with SDM on; roll SDM back one "
+            "stage (a softer SDM) and consider a lower learning rate",
         )
         if scheduler is not None and len(out) > fired:
             scheduler.rollback(e)
@@ -767,6 +971,10 @@ class HealthMonitor:
             "last_norm": self._last_norm,
             "fired": sorted([r, e] for r, e in self._fired),
             "findings": [f.to_dict() for f in self._findings],
+            "loss_window": list(self._loss_window),
+            "spike_epoch": self._spike_epoch,
+            "spike_checked": self._spike_checked,
+            "spike_count": self._spike_count,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -775,7 +983,9 @@ class HealthMonitor:
         Thresholds and settings stay as constructed.
 
         Every value must have the type :meth:`state_dict` writes (no coercion of ``"3"`` or
-        ``1.0`` to an int, or of ``1`` to a bool), and no key may be missing or unknown.
+        ``1.0`` to an int, or of ``1`` to a bool), and no key may be missing or unknown, except
+        that a state saved before the loss-spike rule (without all four of its keys) loads with
+        no loss history. A longer saved loss window keeps its last ``spike_window`` readings.
 
         Raises:
             ValueError: ``state`` is not a :meth:`state_dict` of a monitor.
@@ -785,6 +995,8 @@ class HealthMonitor:
             if not isinstance(state, Mapping):
                 raise TypeError(f"got {type(state).__name__}, not a mapping")
             keys = set(self.state_dict())
+            if not set(_SPIKE_KEYS) & set(state):  # saved before the loss-spike rule
+                keys -= set(_SPIKE_KEYS)
             if set(state) != keys:
                 missing, unknown = sorted(keys - set(state)), sorted(set(state) - keys)
                 raise ValueError(f"missing keys {missing}, unknown keys {unknown}")
@@ -807,6 +1019,7 @@ class HealthMonitor:
                 _optional(state["norm_base"], lambda x: _state_float(x, 0.0)),
                 _optional(state["last_norm"], lambda x: _state_float(x, 0.0)),
             )
+            spikes = self._spike_state(state)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"state must come from HealthMonitor.state_dict(): {exc}") from None
         self.reset()
@@ -821,3 +1034,19 @@ class HealthMonitor:
             self._norm_base,
             self._last_norm,
         ) = step_state
+        window, self._spike_epoch, self._spike_checked, self._spike_count = spikes
+        self._loss_window.extend(window)  # a longer saved window keeps its last readings
+
+    @staticmethod
+    def _spike_state(state: Mapping[str, Any]) -> tuple[list[float], int | None, int, int]:
+        if "loss_window" not in state:
+            return [], None, 0, 0
+        window = _state_list(state, "loss_window", _state_float)
+        epoch = _optional(state["spike_epoch"], lambda x: _state_int(x, 1))
+        checked = _state_int(state["spike_checked"], 0)
+        count = _state_int(state["spike_count"], 0)
+        if count > checked:
+            raise ValueError(f"'spike_count' {count} > 'spike_checked' {checked}")
+        if epoch is None and checked:
+            raise ValueError("'spike_checked' counts readings of no epoch ('spike_epoch' None)")
+        return window, epoch, checked, count
