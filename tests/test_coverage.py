@@ -536,6 +536,39 @@ def test_update_takes_a_per_modality_result_of_sdm_results() -> None:
     assert m.compute_per_modality() == expected == {"NIR": 1 - 1 / 3, "TEXT": 1 - 3 / 4}
 
 
+@pytest.mark.parametrize("mode", ["per_modality", "pooled"])
+def test_update_takes_sdm_per_modality_as_one_step(mode: str) -> None:
+    losses = pytest.importorskip("sdmreid.losses")
+    if not hasattr(losses, "sdm_per_modality"):
+        pytest.skip("sdm_per_modality is not available")
+    g = torch.Generator().manual_seed(1)
+    labels = [0, 1, 2, 3, 0, 1, 7, 2, 8, 9, 3, 3]
+    mods = [0, 0, 0, 0, 1, 1, 1, 2, 2, 4, 4, 4]  # RGB anchors; no CPENCIL rows in this batch
+    queries = ["nir", "sketch", "cpencil", "text"]
+    result = losses.sdm_per_modality(
+        torch.randn(len(labels), 8, generator=g),
+        torch.tensor(labels),
+        torch.tensor(mods),
+        query_modalities=queries,
+        mode=mode,
+    )
+    m = PairCoverageMeter()
+    m.update(result)
+    assert m.num_updates == 1
+    # brute force: a query row of modality q has a positive when an RGB row shares its label
+    rgb = {y for y, c in zip(labels, mods, strict=True) if c == 0}
+    expected: dict[str, float] = {}
+    for q in queries:
+        code = int(Modality[q.upper()])
+        rows = [y for y, c in zip(labels, mods, strict=True) if c == code]
+        expected[Modality(code).name] = (
+            math.nan if not rows else 1 - sum(y not in rgb for y in rows) / len(rows)
+        )
+    assert same_dict(m.compute_per_modality(), expected)
+    assert expected["NIR"] == 1 - 1 / 3 and math.isnan(expected["CPENCIL"])
+    assert value(m) == 1 - int(result.rows_without_positive) / int(result.rows)
+
+
 @pytest.mark.parametrize(
     ("per_modality", "exc", "match"),
     [
