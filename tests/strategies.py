@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
+import torch
 from hypothesis import strategies as st
 
 from sdmreid.modality import MODALITY_ALIASES, Modality
@@ -77,6 +78,79 @@ def label_modality_layouts(
     lab = np.asarray(labels, dtype=np.int64)[list(perm)]
     mod = np.asarray(mods, dtype=np.int64)[list(perm)]
     return lab, mod
+
+
+#: Non-empty subsets of the non-RGB modality codes.
+_non_rgb_sets = st.sets(st.integers(1, len(Modality) - 1), min_size=1)
+
+
+@st.composite
+def label_modality_set_layouts(
+    draw: st.DrawFn, min_ids: int = 1, max_ids: int = 12, max_per_id: int = 12
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 ``[n]``, modality sets bool ``[n, 5]``), single and multi-modality items mixed.
+
+    Identity kinds: one modality per item (any mix), RGB-only, non-RGB sets only, every item
+    carrying RGB and a non-RGB modality (a pair on its own), exactly one such item among RGB-only
+    or non-RGB-only items, and arbitrary non-empty sets. Items are in shuffled order.
+    """
+    n_ids = draw(st.integers(min_ids, max_ids))
+    ids = draw(st.lists(st.integers(0, 10_000), min_size=n_ids, max_size=n_ids, unique=True))
+    labels: list[int] = []
+    sets: list[set[int]] = []
+    for pid in ids:
+        n = draw(st.integers(1, max_per_id))
+        kind = draw(
+            st.sampled_from(["single", "rgb_only", "non_rgb_only", "both", "one_both", "any"])
+        )
+        if kind == "single":
+            items = [{m} for m in draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))]
+        elif kind == "rgb_only":
+            items = [{0}] * n
+        elif kind == "non_rgb_only":
+            items = draw(st.lists(_non_rgb_sets, min_size=n, max_size=n))
+        elif kind == "both":
+            items = [{0, *x} for x in draw(st.lists(_non_rgb_sets, min_size=n, max_size=n))]
+        elif kind == "one_both":
+            rest = draw(st.sampled_from([[{0}] * (n - 1), [{1}] * (n - 1)]))
+            items = [{0, *draw(_non_rgb_sets)}, *rest]
+        else:
+            items = draw(st.lists(st.sets(st.integers(0, 4), min_size=1), min_size=n, max_size=n))
+        labels += [pid] * n
+        sets += items
+    perm = draw(st.permutations(range(len(labels))))
+    mask = np.zeros((len(labels), len(Modality)), dtype=np.bool_)
+    for row, i in enumerate(perm):
+        mask[row, sorted(sets[i])] = True
+    return np.asarray(labels, dtype=np.int64)[list(perm)], mask
+
+
+@st.composite
+def modality_set_forms(draw: st.DrawFn, mask: np.ndarray) -> object:
+    """The same modality sets (a ``[n, 5]`` bool array) in another accepted input form.
+
+    A bool array or tensor, or per-item collections (tuple, list, set) whose elements are drawn
+    from member / code / alias forms; an item carrying one modality may also be that bare value.
+    """
+    form = draw(st.sampled_from(["array", "tensor", "collections"]))
+    if form == "array":
+        return mask.copy()
+    if form == "tensor":
+        return torch.from_numpy(mask.copy())
+    names = {m: [m, int(m), *(a for a, v in MODALITY_ALIASES.items() if v == m)] for m in Modality}
+    items: list[object] = []
+    for row in mask:
+        members = [draw(st.sampled_from(names[Modality(int(c))])) for c in np.flatnonzero(row)]
+        container = draw(st.sampled_from(["tuple", "list", "set", "bare"]))
+        if container == "bare" and len(members) == 1:
+            items.append(members[0])
+        elif container == "set":
+            items.append(set(members))
+        elif container == "list":
+            items.append(list(members))
+        else:
+            items.append(tuple(members))
+    return items
 
 
 # --- component state (load_state_dict) ------------------------------------------------------------

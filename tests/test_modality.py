@@ -13,6 +13,7 @@ from sdmreid import Modality, parse_modality
 from sdmreid.modality import (
     MODALITY_ALIASES,
     as_modality_array,
+    as_modality_sets,
     as_modality_tensor,
     is_non_rgb,
     is_rgb,
@@ -141,3 +142,118 @@ def test_py_typed_is_shipped() -> None:
     from importlib.resources import files
 
     assert files("sdmreid").joinpath("py.typed").is_file()
+
+
+# --- modality sets: several modalities per item -----------------------------------------------
+
+
+def expected_code(value: object) -> int:
+    """The code a single modality value names, from the contract table (not the parser)."""
+    return EXPECTED[value.lower()] if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+
+
+@st.composite
+def per_item_collections(draw: st.DrawFn) -> tuple[list[object], np.ndarray]:
+    """Per-item collections (tuple / list / set / bare value) and the mask they name."""
+    items: list[object] = []
+    rows: list[list[bool]] = []
+    for _ in range(draw(st.integers(0, 12))):
+        codes = draw(st.lists(st.integers(0, 4), min_size=1, max_size=5, unique=True))
+        forms = [
+            draw(st.sampled_from([Modality(c), c, *(a for a, v in EXPECTED.items() if v == c)]))
+            for c in codes
+        ]
+        container = draw(st.sampled_from([tuple, list, set, "bare"]))
+        if container == "bare":
+            items.append(forms[0] if len(forms) == 1 else tuple(forms))
+        else:
+            items.append(container(forms))  # type: ignore[operator]
+        rows.append([m in codes for m in range(5)])
+    return items, np.asarray(rows, dtype=bool).reshape(-1, 5)
+
+
+@given(per_item_collections())
+def test_sets_from_per_item_collections(case: tuple[list[object], np.ndarray]) -> None:
+    items, expected = case
+    got = as_modality_sets(items)
+    assert got.dtype == np.bool_ and got.shape == (len(items), 5)
+    np.testing.assert_array_equal(got, expected)
+    objects = np.empty(len(items), dtype=object)
+    objects[:] = items
+    np.testing.assert_array_equal(as_modality_sets(objects), expected)
+    for single in items:  # every item on its own, as a one-item dataset
+        row = as_modality_sets([single])
+        codes = single if isinstance(single, (tuple, list, set)) else [single]
+        assert sorted(np.flatnonzero(row[0]).tolist()) == sorted(map(expected_code, codes))
+
+
+@given(st.lists(modality_like, max_size=30))
+def test_one_modality_per_item_is_one_hot(values: list[object]) -> None:
+    expected = np.zeros((len(values), 5), dtype=bool)
+    for i, v in enumerate(values):
+        expected[i, expected_code(v)] = True
+    np.testing.assert_array_equal(as_modality_sets(values), expected)
+    codes = [expected_code(v) for v in values]
+    np.testing.assert_array_equal(as_modality_sets(np.asarray(codes, dtype=np.int16)), expected)
+    np.testing.assert_array_equal(
+        as_modality_sets(torch.tensor(codes, dtype=torch.int64)), expected
+    )
+
+
+@given(st.lists(st.integers(1, 31), max_size=30))
+def test_bitmasks(bits: list[int]) -> None:
+    expected = np.asarray([[(b >> m) & 1 == 1 for m in range(5)] for b in bits], dtype=bool)
+    np.testing.assert_array_equal(as_modality_sets(bits, bitmask=True), expected.reshape(-1, 5))
+    np.testing.assert_array_equal(
+        as_modality_sets(torch.tensor(bits, dtype=torch.int64), bitmask=True),
+        expected.reshape(-1, 5),
+    )
+
+
+def test_bool_masks_are_copied() -> None:
+    mask = np.array([[True, False, False, False, True], [False, True, True, False, False]])
+    got = as_modality_sets(mask)
+    np.testing.assert_array_equal(got, mask)
+    got[0, 0] = False
+    assert mask[0, 0]  # the caller's array is not aliased
+    np.testing.assert_array_equal(as_modality_sets(torch.from_numpy(mask)), mask)
+
+
+@pytest.mark.parametrize(
+    ("values", "kwargs", "exc", "match"),
+    [
+        ([("rgb", "depth")], {}, ValueError, r"modalities\[0\]: unknown modality 'depth'"),
+        (["rgb", "depth"], {}, ValueError, "modalities: unknown modality 'depth'"),
+        ([("rgb",), ()], {}, ValueError, r"modalities\[1\] is an empty modality set"),
+        ([set()], {"name": "mods"}, ValueError, r"mods\[0\] is an empty modality set"),
+        (np.zeros((2, 5), dtype=bool), {}, ValueError, r"modalities\[0\] has no modality"),
+        (np.ones((2, 4), dtype=bool), {}, ValueError, "modalities must have 5 columns"),
+        (np.eye(5, dtype=np.int64), {}, ValueError, "modalities: a 2-D array must be a"),
+        (np.eye(5, dtype=np.float32), {}, ValueError, "modalities: a 2-D array must be a"),
+        (torch.eye(5, dtype=torch.int64), {}, ValueError, "modalities: a 2-D array must be a"),
+        (np.ones((2, 2, 5), dtype=bool), {}, ValueError, "modalities must be 1-D"),
+        ([[1, 0, 0, 0, 1]], {}, ValueError, r"modalities\[0\] names a modality more than once"),
+        ([("rgb", "visible")], {}, ValueError, "more than once"),
+        ([("rgb", True)], {}, TypeError, r"modalities\[0\]: modality must be"),
+        ([1.5], {}, TypeError, r"modalities\[0\] must be a modality or a collection"),
+        ([0, 7], {}, ValueError, "unknown modality code 7"),
+        ([0, 3], {"bitmask": True}, ValueError, r"modalities\[0\] is an empty modality set"),
+        ([1, 32], {"bitmask": True}, ValueError, r"modalities\[1\] is bitmask 32"),
+        ([-1], {"bitmask": True}, ValueError, r"modalities\[0\] is bitmask -1"),
+        ([1, True], {"bitmask": True}, TypeError, "bitmasks must be integers"),
+        (["rgb"], {"bitmask": True}, TypeError, "bitmasks must be integers"),
+        (np.ones((2, 5), dtype=bool), {"bitmask": True}, ValueError, "one integer per item"),
+        ([1], {"bitmask": 1}, TypeError, "bitmask must be a bool"),
+        (torch.tensor([1], device="meta"), {}, ValueError, "modalities is on meta"),
+    ],
+)
+def test_bad_modality_sets_name_the_argument(
+    values: object, kwargs: dict[str, object], exc: type, match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        as_modality_sets(values, **kwargs)  # type: ignore[arg-type]
+
+
+def test_as_modality_sets_is_exported() -> None:
+    assert sdmreid.as_modality_sets is as_modality_sets
+    assert "as_modality_sets" in sdmreid.__all__

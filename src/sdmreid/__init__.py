@@ -2,7 +2,8 @@
 
 The public API (each name is documented where it is defined):
 
-* :class:`Modality`, :func:`parse_modality` — the modality vocabulary (:mod:`sdmreid.modality`).
+* :class:`Modality`, :func:`parse_modality`, :func:`as_modality_sets` — the modality vocabulary
+  (:mod:`sdmreid.modality`).
 * :func:`sdm_loss`, :class:`SDMLoss`, :class:`SDMResult` — similarity distribution matching
   (:mod:`sdmreid.losses`); :func:`sdm_per_modality`, :class:`PerModalitySDMResult` — SDM per
   query modality against the anchor modality.
@@ -24,7 +25,7 @@ from sdmreid.coverage import PairCoverageMeter
 from sdmreid.health import Action, Finding, HealthMonitor, RunSettings, Severity
 from sdmreid.losses import PerModalitySDMResult, SDMLoss, SDMResult, sdm_loss, sdm_per_modality
 from sdmreid.memory import CrossBatchMemory, MemoryView
-from sdmreid.modality import Modality, parse_modality
+from sdmreid.modality import Modality, as_modality_sets, parse_modality
 from sdmreid.samplers import (
     CoverageReport,
     ModalAwarePKSampler,
@@ -54,6 +55,7 @@ __all__ = [
     "SDMWeightScheduler",
     "Severity",
     "__version__",
+    "as_modality_sets",
     "coverage_report",
     "parse_modality",
     "sdm_loss",

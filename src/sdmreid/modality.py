@@ -21,25 +21,31 @@ Accepted forms of one modality:
   ======== =========================================
 
 "Non-RGB" means any modality other than :attr:`Modality.RGB`.
+
+An item may also carry *several* modalities (a training sample with an RGB image, its caption and
+the identity's NIR view): :func:`as_modality_sets` reads one modality *set* per item into a
+``[n, len(Modality)]`` bool array (column ``i`` is ``Modality(i)``), the form the samplers and
+:func:`sdmreid.samplers.coverage_report` work with.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Union, overload
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from sdmreid._validation import check_has_data
+from sdmreid._validation import check_bool, check_has_data, int64_array
 
 __all__ = [
     "MODALITY_ALIASES",
     "Modality",
     "ModalityLike",
     "as_modality_array",
+    "as_modality_sets",
     "as_modality_tensor",
     "is_non_rgb",
     "is_rgb",
@@ -333,3 +339,236 @@ def is_non_rgb(values: Iterable[object] | npt.ArrayLike | torch.Tensor) -> Any:
     if isinstance(values, torch.Tensor):
         return as_modality_tensor(values) != int(Modality.RGB)
     return as_modality_array(values) != int(Modality.RGB)
+
+
+# ----------------------------------------------------------------------------------------------
+# modality sets: several modalities per item
+# ----------------------------------------------------------------------------------------------
+
+_COLUMNS = ", ".join(f"{i}={m.name}" for i, m in enumerate(Modality))
+_FORMS = (
+    "one modality per item (a 1-D sequence, array or tensor), per-item collections such as "
+    "[('rgb', 'text'), {'nir'}], a [n, 5] bool array or tensor, or bitmasks with bitmask=True"
+)
+
+
+def _bits_to_sets(bits: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """``[n]`` bitmasks (bit ``i`` = ``Modality(i)``) → ``[n, 5]`` bool array."""
+    columns = np.arange(_NUM_MODALITIES, dtype=np.int64)
+    out: npt.NDArray[np.bool_] = ((bits[:, None] >> columns) & 1).astype(np.bool_)
+    return out
+
+
+def _check_sets(sets: npt.NDArray[Any], name: str) -> npt.NDArray[np.bool_]:
+    """Validate a 2-D mask: bool dtype, one column per modality, no empty row."""
+    if sets.dtype != np.bool_:
+        raise ValueError(
+            f"{name}: a 2-D array must be a [n, {_NUM_MODALITIES}] bool mask (column i is "
+            f"Modality(i): {_COLUMNS}), got dtype {sets.dtype} (0/1 integers could be flags or "
+            f"codes); pass {_FORMS}"
+        )
+    if sets.shape[1] != _NUM_MODALITIES:
+        raise ValueError(
+            f"{name} must have {_NUM_MODALITIES} columns, one per modality ({_COLUMNS}), "
+            f"got shape {tuple(sets.shape)}"
+        )
+    empty = ~sets.any(axis=1)
+    if empty.any():
+        raise ValueError(
+            f"{name}[{int(np.argmax(empty))}] has no modality (an all-False row): every item "
+            "needs at least one"
+        )
+    return np.array(sets, dtype=np.bool_, copy=True)
+
+
+def _check_bitmasks(values: object, name: str) -> npt.NDArray[np.bool_]:
+    if isinstance(values, torch.Tensor):
+        check_has_data(values, name)
+        if values.dtype == torch.bool or values.dtype.is_floating_point or values.dtype.is_complex:
+            raise TypeError(f"{name} bitmasks must be integers, got dtype {values.dtype}")
+        arr: npt.NDArray[Any] = values.detach().to("cpu", torch.int64).numpy()
+    else:
+        if isinstance(values, (list, tuple)) and any(
+            isinstance(v, (bool, np.bool_)) for v in values
+        ):
+            raise TypeError(f"{name} bitmasks must be integers, got a bool")
+        arr = int64_array(values, name)
+        if arr.size == 0 and arr.ndim == 1:
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} bitmasks must be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} bitmasks must be 1-D (one per item), got shape {arr.shape}")
+    bits = arr.astype(np.int64, copy=False)
+    if bits.size:
+        top = 2**_NUM_MODALITIES - 1
+        bad = (bits < 1) | (bits > top)
+        if bad.any():
+            i = int(np.argmax(bad))
+            what = "an empty modality set (bitmask 0)" if bits[i] == 0 else f"bitmask {bits[i]}"
+            raise ValueError(
+                f"{name}[{i}] is {what}: bitmasks must be in 1..{top} (bit i is Modality(i): "
+                f"{_COLUMNS})"
+            )
+    return _bits_to_sets(bits)
+
+
+def _is_single(value: object) -> bool:
+    """Whether ``value`` names one modality (rather than holding a collection of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0
+    return isinstance(value, (str, int, np.integer))
+
+
+def _named(error: ValueError | TypeError, name: str) -> ValueError | TypeError:
+    """``error`` with ``name`` in front of its message, unless the message starts with it."""
+    message = str(error)
+    if message.startswith(name):
+        return error
+    return type(error)(f"{name}: {message}")
+
+
+def _item_bits(item: object, name: str) -> int:
+    """Bitmask of one item's modalities (a single modality or a collection of them)."""
+    try:
+        return _parse_item_bits(item, name)
+    except (ValueError, TypeError) as error:
+        raise _named(error, name) from None
+
+
+def _parse_item_bits(item: object, name: str) -> int:
+    if _is_single(item):
+        return 1 << int(parse_modality(item))
+    if not isinstance(item, (list, tuple, set, frozenset, np.ndarray, torch.Tensor)):
+        raise TypeError(
+            f"{name} must be a modality or a collection of modalities (list, tuple, set, "
+            f"array), got {type(item).__name__} {item!r}"
+        )
+    codes = as_modality_array(item, name=name)
+    if codes.size == 0:
+        raise ValueError(f"{name} is an empty modality set: every item needs at least one")
+    if np.unique(codes).size != codes.size:
+        raise ValueError(
+            f"{name} names a modality more than once ({codes.tolist()} as codes); a 0/1 row "
+            f"would read as the codes 0 and 1, so pass 0/1 flags as a [n, {_NUM_MODALITIES}] "
+            "bool array"
+        )
+    return int(np.bitwise_or.reduce(np.left_shift(1, codes)))
+
+
+def _cache_key(item: object) -> object | None:
+    """A hashable key that tells ``1``, ``True`` and ``"1"`` apart, or ``None`` (do not cache)."""
+
+    def scalar(v: object) -> bool:
+        return isinstance(v, (str, int, np.integer))
+
+    if scalar(item):
+        return (type(item), item)
+    if isinstance(item, (list, tuple)) and all(map(scalar, item)):
+        return (type(item), tuple((type(v), v) for v in item))
+    if isinstance(item, (set, frozenset)) and all(map(scalar, item)):
+        return (type(item), frozenset((type(v), v) for v in item))
+    return None
+
+
+def _per_item_sets(items: Sequence[object], name: str) -> npt.NDArray[np.bool_]:
+    """Per-item modalities (single ones or collections), each distinct item parsed once."""
+    bits = np.empty(len(items), dtype=np.int64)
+    table: dict[object, int] = {}
+    for i, item in enumerate(items):
+        key = _cache_key(item)
+        code = table.get(key) if key is not None else None
+        if code is None:
+            code = _item_bits(item, f"{name}[{i}]")
+            if key is not None:
+                table[key] = code
+        bits[i] = code
+    return _bits_to_sets(bits)
+
+
+def as_modality_sets(
+    values: Iterable[object] | npt.ArrayLike | torch.Tensor,
+    *,
+    bitmask: bool = False,
+    name: str = "modalities",
+) -> npt.NDArray[np.bool_]:
+    """Read the modality *set* of every item into an ``[n, len(Modality)]`` bool array.
+
+    Column ``i`` of the result is :class:`Modality` ``i``: ``out[j, Modality.TEXT]`` says whether
+    item ``j`` carries a caption. Accepted forms of ``values``:
+
+    * a ``[n, 5]`` **bool** array or tensor (the primary form, returned as a copy);
+    * **one modality per item**, any form :func:`as_modality_array` accepts (a 1-D integer
+      array or tensor keeps meaning one code per item);
+    * a sequence of **per-item collections** (list, tuple, set, array) of modalities in any form
+      :func:`parse_modality` accepts, e.g. ``[("rgb", "text"), {"nir"}, Modality.SKETCH]``;
+      single modalities and collections may be mixed;
+    * ``bitmask=True``: one integer per item, bit ``i`` set when the item carries
+      ``Modality(i)`` (``1..31``).
+
+    Args:
+        values: the items' modalities, in one of the forms above.
+        bitmask: read a 1-D integer ``values`` as bitmasks instead of modality codes.
+        name: the argument name used in error messages.
+
+    Returns:
+        A new ``[n, 5]`` bool array; every row has at least one ``True``.
+
+    Raises:
+        ValueError: an unknown modality, an item with no modality (empty collection, all-False
+            row, bitmask 0), a collection naming a modality twice, a 2-D array that is not
+            bool or does not have 5 columns, a bitmask outside ``1..31``, or more than 2
+            dimensions.
+        TypeError: an element of a type that cannot name a modality (``bool``, ``float``, ...),
+            or ``bitmask`` is not a bool.
+
+    Example:
+        >>> from sdmreid.modality import as_modality_sets
+        >>> as_modality_sets([("rgb", "caption"), "ir", {0, 2}]).astype(int)
+        array([[1, 0, 0, 0, 1],
+               [0, 1, 0, 0, 0],
+               [1, 0, 1, 0, 0]])
+        >>> as_modality_sets([0, 4]).astype(int)  # one code per item
+        array([[1, 0, 0, 0, 0],
+               [0, 0, 0, 0, 1]])
+        >>> as_modality_sets([17, 2], bitmask=True).astype(int)  # 17 = RGB | TEXT
+        array([[1, 0, 0, 0, 1],
+               [0, 1, 0, 0, 0]])
+        >>> as_modality_sets([("rgb", "text"), ()])
+        Traceback (most recent call last):
+        ...
+        ValueError: modalities[1] is an empty modality set: every item needs at least one
+    """
+    check_bool("bitmask", bitmask)
+    if bitmask:
+        if (isinstance(values, (np.ndarray, torch.Tensor)) and values.ndim == 2) or isinstance(
+            values, (str, Modality)
+        ):
+            raise ValueError(f"{name}: bitmask=True expects one integer per item (1-D)")
+        return _check_bitmasks(values, name)
+    if isinstance(values, torch.Tensor):
+        check_has_data(values, name)
+        if values.ndim == 2:
+            return _check_sets(values.detach().cpu().numpy(), name)
+    elif isinstance(values, np.ndarray):
+        if values.ndim == 2:
+            return _check_sets(values, name)
+        if values.ndim == 1 and values.dtype == object:
+            return _per_item_sets(values.tolist(), name)
+    elif not isinstance(values, (str, int, np.integer)):
+        items = values if isinstance(values, (list, tuple)) else list(values)  # type: ignore[arg-type]
+        if not all(map(_is_single, items)):
+            return _per_item_sets(items, name)
+        values = items
+    if isinstance(values, (np.ndarray, torch.Tensor)) and values.ndim > 2:
+        raise ValueError(
+            f"{name} must be 1-D (one entry per item) or a [n, {_NUM_MODALITIES}] bool array, "
+            f"got shape {tuple(values.shape)}"
+        )
+    try:
+        codes = as_modality_array(values, name=name)
+    except (ValueError, TypeError) as error:
+        raise _named(error, name) from None
+    out = np.zeros((codes.shape[0], _NUM_MODALITIES), dtype=np.bool_)
+    out[np.arange(codes.shape[0]), codes] = True
+    return out

@@ -1,7 +1,8 @@
 """Hypothesis property suite of the P×K samplers (the guarantees of DESIGN §4 and the docs).
 
 Every check is computed from the batches with plain Python / NumPy (tests/samplers/reference.py),
-never from the sampler's internals.
+never from the sampler's internals. Layouts have one modality per item or, mixed, items carrying
+several modalities (given to the samplers in any accepted form).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,11 +22,30 @@ from sdmreid.samplers import ModalAwarePKSampler, ModalAwarePKSampler_Strict, co
 from tests.samplers.reference import (
     brute_coverage,
     index_counts,
+    item_sets,
     layout_stats,
     oversampling_draws,
     split_chunks,
 )
-from tests.strategies import label_modality_layouts
+from tests.strategies import (
+    label_modality_layouts,
+    label_modality_set_layouts,
+    modality_set_forms,
+)
+
+
+@st.composite
+def layouts(draw: st.DrawFn, max_ids: int = 12, max_per_id: int = 12) -> tuple[Any, Any, Any]:
+    """(labels, modalities as given to the samplers, modalities for the references).
+
+    Either one modality code per item, or modality sets (single and multi-modality items mixed)
+    in a random accepted form; the references read the codes or the ``[n, 5]`` bool array.
+    """
+    if draw(st.booleans()):
+        labels, mods = draw(label_modality_layouts(max_ids=max_ids, max_per_id=max_per_id))
+        return labels, mods, mods
+    labels, mask = draw(label_modality_set_layouts(max_ids=max_ids, max_per_id=max_per_id))
+    return labels, draw(modality_set_forms(mask)), mask
 
 
 @st.composite
@@ -33,12 +54,13 @@ def sampler_cases(draw: st.DrawFn, max_ids: int = 12, max_per_id: int = 12) -> d
 
     K stays where the samplers accept it: its draws with replacement do not outnumber the samples.
     """
-    labels, mods = draw(label_modality_layouts(max_ids=max_ids, max_per_id=max_per_id))
+    labels, mods, ref = draw(layouts(max_ids=max_ids, max_per_id=max_per_id))
     n_ids = len(set(labels.tolist()))
     k_max = max(k for k in range(1, 6) if oversampling_draws(labels.tolist(), k) <= len(labels))
     return {
         "labels": labels,
         "mods": mods,
+        "ref": ref,
         "P": draw(st.integers(1, n_ids)),
         "K": draw(st.integers(1, k_max)),
         "seed": draw(st.integers(0, 2**16)),
@@ -47,6 +69,16 @@ def sampler_cases(draw: st.DrawFn, max_ids: int = 12, max_per_id: int = 12) -> d
         "strict": draw(st.booleans()),
         "fallback_ratio": draw(st.sampled_from([0.0, 0.3, 0.5, 1.0])),
     }
+
+
+def strong_labels(stats: dict[int, dict[str, int]], k: int) -> set[int]:
+    """Identities whose every chunk must hold a pair in the strict sampler.
+
+    K >= 2: pairable ones (an item carrying RGB and one carrying non-RGB, maybe the same item);
+    K == 1: those whose every item carries both.
+    """
+    key = "pairable" if k >= 2 else "all_both"
+    return {lab for lab, s in stats.items() if s[key]}
 
 
 def make(case: dict[str, Any], rank: int = 0, replicas: int | None = None, **kw: Any) -> Any:
@@ -83,17 +115,24 @@ def streams(case: dict[str, Any], replicas: int | None = None) -> list[list[list
 
 
 def max_repeats(case: dict[str, Any]) -> dict[int, int]:
-    """How often each dataset index may occur in one epoch (all ranks together)."""
+    """How often each dataset index may occur in one epoch (all ranks together).
+
+    A paired identity's side with fewer items than chunks (items carrying RGB, or items carrying
+    a non-RGB modality) is reused so each chunk gets one; everything else is used at most once.
+    """
     k = case["K"]
-    stats = layout_stats(case["labels"], case["mods"], k)
+    stats = layout_stats(case["labels"], case["ref"], k)
     allowed: dict[int, int] = {}
-    for i, (lab, m) in enumerate(zip(case["labels"].tolist(), case["mods"].tolist(), strict=True)):
+    sets = item_sets(case["ref"])
+    for i, (lab, m) in enumerate(zip(case["labels"].tolist(), sets, strict=True)):
         st_ = stats[lab]
         if st_["n"] < k:
             allowed[i] = k - st_["n"] + 1
         elif case["strict"] and k >= 2 and st_["pairable"]:
-            own = st_["rgb"] if m == 0 else st_["non"]
-            allowed[i] = st_["chunks"] if own < st_["chunks"] else 1
+            short = (0 in m and st_["rgb"] < st_["chunks"]) or (
+                bool(m - {0}) and st_["non"] < st_["chunks"]
+            )
+            allowed[i] = st_["chunks"] if short else 1
         else:
             allowed[i] = 1
     return allowed
@@ -128,12 +167,13 @@ def test_batches_are_exact_pk_and_ranks_are_disjoint(case: dict[str, Any]) -> No
 @given(sampler_cases())
 def test_strict_pairs_and_fallback_cap(case: dict[str, Any]) -> None:
     case = {**case, "strict": True}
-    labels, mods, p, k, r = case["labels"], case["mods"], case["P"], case["K"], case["replicas"]
+    labels, p, k, r = case["labels"], case["P"], case["K"], case["replicas"]
+    sets = item_sets(case["ref"])
     n_ids = len(set(labels.tolist()))
     if p * r > n_ids:
         r = 1  # the cap is stated for the shared-step layout; strided replicas checked elsewhere
-    stats = layout_stats(labels, mods, k)
-    strong = {lab for lab, s in stats.items() if s["pairable"] and k >= 2}
+    stats = layout_stats(labels, case["ref"], k)
+    strong = strong_labels(stats, k)
     cap = math.ceil(case["fallback_ratio"] * p)
     all_streams = streams(case, replicas=r)
     n_steps = len(all_streams[0])
@@ -149,8 +189,9 @@ def test_strict_pairs_and_fallback_cap(case: dict[str, Any]) -> None:
             n_fallback = 0
             for lab, idx in chunks.items():
                 if lab in strong:
-                    m = mods[idx]
-                    assert (m == 0).any() and (m != 0).any(), "pairable identity without a pair"
+                    # an item carrying RGB and one carrying a non-RGB modality (maybe the same)
+                    assert any(0 in sets[i] for i in idx), "pairable identity without RGB"
+                    assert any(sets[i] - {0} for i in idx), "pairable identity without non-RGB"
                 else:
                     n_fallback += 1
             if strong:
@@ -160,8 +201,8 @@ def test_strict_pairs_and_fallback_cap(case: dict[str, Any]) -> None:
 @given(sampler_cases())
 def test_epoch_visits_every_sample_about_once(case: dict[str, Any]) -> None:
     case = {**case, "replicas": 1}
-    labels, mods, p, k = case["labels"], case["mods"], case["P"], case["K"]
-    stats = layout_stats(labels, mods, k)
+    labels, p, k = case["labels"], case["P"], case["K"]
+    stats = layout_stats(labels, case["ref"], k)
     (stream,) = streams(case)
     nb = len(stream)
     app: Counter[int] = Counter()
@@ -181,6 +222,7 @@ def test_epoch_visits_every_sample_about_once(case: dict[str, Any]) -> None:
         if s["n"] < k:
             assert len(distinct[lab]) == s["n"]  # all samples, plus draws with replacement
         elif strong:
+            # only the side with fewer items than chunks repeats, once per chunk beyond it
             assert len(distinct[lab]) == k * a - max(0, a - min(s["rgb"], s["non"]))
         else:
             assert len(distinct[lab]) == k * a  # every used sample exactly once
@@ -208,30 +250,65 @@ def test_deterministic_and_resumable(case: dict[str, Any], data: st.DataObject) 
 
 @given(sampler_cases(max_ids=10, max_per_id=10))
 def test_strict_full_coverage_when_every_identity_pairable(case: dict[str, Any]) -> None:
-    labels, mods, k = case["labels"], case["mods"], case["K"]
-    stats = layout_stats(labels, mods, k)
+    labels, k = case["labels"], case["K"]
+    stats = layout_stats(labels, case["ref"], k)
     case = {**case, "strict": True}
     stream = list(make(case))
-    if k >= 2 and all(s["pairable"] for s in stats.values()) and stream:
-        assert coverage_report(stream, labels, mods).coverage == 1.0
+    if len(strong_labels(stats, k)) == len(stats) and stream:
+        assert coverage_report(stream, labels, case["mods"]).coverage == 1.0
 
 
-@given(
-    label_modality_layouts(max_ids=6, max_per_id=6),
-    st.data(),
-)
-def test_coverage_report_matches_bruteforce(
-    layout: tuple[np.ndarray, np.ndarray], data: Any
-) -> None:
-    labels, mods = layout
+@given(layouts(max_ids=6, max_per_id=6), st.data())
+def test_coverage_report_matches_bruteforce(layout: tuple[Any, Any, Any], data: Any) -> None:
+    labels, mods, ref = layout
     n = len(labels)
     batches = data.draw(
         st.lists(st.lists(st.integers(0, n - 1), min_size=0, max_size=10), max_size=5)
     )
     rep = coverage_report(batches, labels, mods)
-    rows, missing = brute_coverage(batches, labels.tolist(), mods.tolist())
+    rows, missing = brute_coverage(batches, labels.tolist(), ref)
     assert (rep.rows, rep.rows_without_positive) == (rows, missing)
     if rows:
         assert rep.coverage == 1 - missing / rows
     else:
         assert math.isnan(rep.coverage)
+
+
+@given(sampler_cases(), st.data())
+def test_every_form_of_the_same_sets_gives_the_same_batches(
+    case: dict[str, Any], data: st.DataObject
+) -> None:
+    """Codes, bool arrays/tensors and per-item collections naming the same sets are one input."""
+    ref = np.asarray(case["ref"])
+    mask = ref if ref.ndim == 2 else np.eye(5, dtype=np.bool_)[ref]
+    other = data.draw(modality_set_forms(mask))
+    first = make(case)
+    second = make({**case, "mods": other})
+    assert first.batches().tolist() == second.batches().tolist()
+    assert first.state_dict() == second.state_dict()
+    a, b = first.coverage_report(), second.coverage_report()
+    assert (a.rows, a.rows_without_positive) == (b.rows, b.rows_without_positive)
+
+
+@given(label_modality_set_layouts(min_ids=2, max_ids=8, max_per_id=6), st.data())
+def test_strict_state_is_refused_when_the_modality_sets_change(
+    layout: tuple[np.ndarray, np.ndarray], data: st.DataObject
+) -> None:
+    labels, mask = layout
+    changed = mask.copy()
+    i = data.draw(st.integers(0, len(labels) - 1))
+    new_row = data.draw(
+        st.sets(st.integers(0, 4), min_size=1).filter(
+            lambda s: s != set(np.flatnonzero(mask[i]).tolist())
+        )
+    )
+    changed[i] = False
+    changed[i, sorted(new_row)] = True
+    saved = ModalAwarePKSampler_Strict(labels, mask, 1, 1).state_dict()
+    target = ModalAwarePKSampler_Strict(labels, changed, 1, 1)
+    before = target.state_dict()
+    assert saved["modality_digest"] != before["modality_digest"]
+    with pytest.raises(ValueError, match="modality_digest"):
+        target.load_state_dict(saved)
+    assert target.state_dict() == before
+    ModalAwarePKSampler_Strict(labels, mask.copy(), 1, 1).load_state_dict(saved)  # same sets

@@ -11,7 +11,7 @@ from hypothesis import given
 
 from sdmreid.samplers import as_label_array, build_identity_index
 from sdmreid.samplers.identity_index import stable_argsort_small
-from tests.strategies import label_modality_layouts
+from tests.strategies import label_modality_layouts, label_modality_set_layouts
 
 
 @given(label_modality_layouts(max_ids=15, max_per_id=15))
@@ -30,6 +30,32 @@ def test_index_matches_dict_of_lists(layout: tuple[np.ndarray, np.ndarray]) -> N
         assert bool(idx.pairable[i]) == (bool(rgb) and bool(non))
     assert [idx.identities[j] for j in idx.sample_identity] == labels.tolist()
     assert idx.sample_is_rgb.tolist() == (mods == 0).tolist()
+
+
+@given(label_modality_set_layouts(max_ids=15, max_per_id=15))
+def test_index_of_modality_sets_matches_dict_of_lists(
+    layout: tuple[np.ndarray, np.ndarray],
+) -> None:
+    labels, mask = layout
+    # per label: items carrying RGB only, RGB and a non-RGB modality, no RGB
+    ref: dict[int, tuple[list[int], list[int], list[int]]] = defaultdict(lambda: ([], [], []))
+    for i, (lab, row) in enumerate(zip(labels.tolist(), mask.tolist(), strict=True)):
+        rgb, non = row[0], any(row[1:])
+        ref[lab][0 if rgb and not non else 1 if rgb else 2].append(i)
+    idx = build_identity_index(labels, mask)
+    assert idx.identities.tolist() == sorted(ref)
+    for i, lab in enumerate(sorted(ref)):
+        rgb_only, both, no_rgb = ref[lab]
+        block = idx.order[idx.starts[i] : idx.starts[i] + idx.counts[i]].tolist()
+        assert block == rgb_only + both + no_rgb
+        assert idx.rgb_counts[i] == len(rgb_only) + len(both)
+        assert idx.both_counts[i] == len(both)
+        assert idx.non_rgb_counts[i] == len(both) + len(no_rgb)
+        assert bool(idx.pairable[i]) == (bool(rgb_only or both) and bool(both or no_rgb))
+    assert idx.sample_is_rgb.tolist() == mask[:, 0].tolist()
+    assert idx.sample_is_non_rgb.tolist() == mask[:, 1:].any(axis=1).tolist()
+    assert idx.sample_modalities.tolist() == mask.tolist()
+    assert not idx.sample_modalities.flags.writeable
 
 
 def test_index_accepts_tensors_strings_and_sparse_labels() -> None:
@@ -51,6 +77,10 @@ def test_index_accepts_tensors_strings_and_sparse_labels() -> None:
         (torch.ones(2), [0, 0], TypeError, "labels"),
         ([[0, 1]], [0, 0], ValueError, "1-D"),
         ([0, 1], ["rgb", "depth"], ValueError, "unknown modality"),
+        ([0, 1], [("rgb", "text"), ("depth",)], ValueError, r"modalities\[1\]: unknown"),
+        ([0, 1], [("rgb", "text"), set()], ValueError, r"modalities\[1\] is an empty"),
+        ([0, 1], np.ones((2, 6), dtype=bool), ValueError, "5 columns"),
+        ([0, 1], np.ones((2, 5), dtype=np.int8), ValueError, "bool mask"),
     ],
 )
 def test_index_rejects_bad_input(labels: object, mods: object, exc: type, match: str) -> None:

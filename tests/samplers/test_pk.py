@@ -15,10 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
+import sdmreid
 import sdmreid.samplers.pk as pk_module
+from sdmreid.modality import as_modality_sets
 from sdmreid.samplers import (
     ModalAwarePKSampler,
     ModalAwarePKSampler_Strict,
+    build_identity_index,
     coverage_report,
 )
 from tests.samplers.reference import brute_coverage, oversampling_draws, split_chunks
@@ -242,7 +245,14 @@ def test_state_dict_is_small_and_plain() -> None:
         "rank": 0,
         "sample_count": 30,
         "max_fallback": 1,
+        "modality_digest": state["modality_digest"],
     }
+    assert 0 <= state["modality_digest"] < 2**63  # fits int64 and JSON
+    same = ModalAwarePKSampler_Strict(LABELS, np.eye(5, dtype=bool)[MODS], 2, 2)
+    assert same.state_dict() == state  # codes and their one-hot sets are the same modalities
+    other = MODS.copy()
+    other[0] = 2  # a different non-RGB modality: same batches, but other modalities
+    assert ModalAwarePKSampler_Strict(LABELS, other, 2, 2).state_dict() != state
 
 
 @pytest.mark.parametrize("cls", [ModalAwarePKSampler, ModalAwarePKSampler_Strict])
@@ -275,6 +285,7 @@ SAMPLER_BAD_VALUES = {
     "num_replicas": st.sampled_from([2, None]),
     "rank": st.sampled_from([1, -1]),
     "sample_count": st.sampled_from([29, 31, 30.0]),
+    "modality_digest": st.sampled_from([1, -1, 2.0, "0"]),
 }
 
 
@@ -412,3 +423,166 @@ def test_a_refused_next_batch_does_not_keep_the_new_epoch(cls: type) -> None:
     with pytest.raises(ValueError, match="next_batch"):
         s.load_state_dict({"epoch": 5, "next_batch": 10**6})
     assert s.state_dict()["epoch"] == 2 and s.state_dict()["next_batch"] == 0
+
+
+# --- items carrying several modalities ------------------------------------------------------------
+
+
+def prcv_like(seed: int = 0, n_ids: int = 60) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """PRCV-style training items: every item an identity sample carrying an RGB image and its
+    caption, plus that identity's NIR / sketch / colour-pencil views where it has them."""
+    rng = np.random.default_rng(seed)
+    labels: list[int] = []
+    items: list[tuple[str, ...]] = []
+    for pid in range(n_ids):
+        views = [v for v in ("nir", "sk", "cp") if rng.random() < 0.7]
+        for _ in range(int(rng.integers(3, 9))):
+            labels.append(pid)
+            items.append(("rgb", "text", *views))
+    perm = rng.permutation(len(labels))
+    return np.asarray(labels)[perm], [items[i] for i in perm]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_prcv_like_items_are_covered_when_given_as_sets(k: int) -> None:
+    labels, items = prcv_like()
+    s = ModalAwarePKSampler_Strict(labels, items, 8, k, seed=0)
+    batches = list(s)
+    assert batches
+    # The port passed these items as plain RGB: no SDM row can have a positive then.
+    as_rgb = coverage_report(batches, labels, ["rgb"] * len(labels))
+    assert as_rgb.coverage == 0.0
+    rep = coverage_report(batches, labels, items)
+    # one row per modality an item carries; each item covers all its own rows
+    assert rep.rows == sum(len(items[i]) for b in batches for i in b)
+    assert (rep.rows, rep.rows_without_positive) == brute_coverage(
+        batches, labels.tolist(), np.asarray([[m in it for m in MOD_NAMES] for it in items])
+    )
+    assert rep.coverage == 1.0
+    assert s.coverage_report() == rep
+
+
+MOD_NAMES = ("rgb", "nir", "sk", "cp", "text")  # column m is Modality(m), written out here
+
+
+def test_coverage_report_counts_rows_as_pooled_sdm_does() -> None:
+    """One embedding row per (item, modality): coverage_report's counts are sdm_loss's."""
+    labels = np.array([0, 0, 1, 1, 2, 3, 3])
+    sets = [("rgb", "text"), ("nir",), ("rgb",), ("rgb",), ("sk", "cp"), ("text",), ("rgb",)]
+    batches = [[0, 1, 2, 3], [4, 5, 6], [0, 4]]
+    rows = without = 0
+    for batch in batches:
+        q_lab = [labels[i] for i in batch for m in sets[i] if m != "rgb"]
+        g_lab = [labels[i] for i in batch for m in sets[i] if m == "rgb"]
+        g = torch.nn.functional.normalize(torch.randn(len(g_lab), 8, dtype=torch.float64), dim=1)
+        q = torch.nn.functional.normalize(torch.randn(len(q_lab), 8, dtype=torch.float64), dim=1)
+        r = sdmreid.sdm_loss(q, g, torch.tensor(q_lab), torch.tensor(g_lab))
+        rows += int(r.rows)
+        without += int(r.rows_without_positive)
+    rep = coverage_report(batches, labels, sets)
+    # by hand: batch 0 has 5 rows, items 2 and 3 (RGB) unpaired; batch 1 has 4, the sketch and
+    # colour-pencil rows of item 4 unpaired; batch 2 has 4, item 4 again unpaired
+    assert (rep.rows, rep.rows_without_positive) == (rows, without) == (13, 6)
+
+
+def test_mixed_single_and_multi_modality_items() -> None:
+    # identity 0: RGB-only items plus one item carrying RGB and a caption (its only non-RGB);
+    # identity 1: single-modality RGB and NIR items; identity 2: RGB only; identity 3: NIR only.
+    labels = np.array([0] * 6 + [1] * 6 + [2] * 4 + [3] * 4)
+    mods: list[object] = ["rgb"] * 5 + [("rgb", "caption")]
+    mods += ["rgb", "rgb", "rgb", "ir", "ir", "ir"] + ["rgb"] * 4 + ["ir"] * 4
+    s = ModalAwarePKSampler_Strict(labels, mods, 2, 3, fallback_ratio=0.5, seed=1)
+    assert s.index.pairable.tolist() == [True, True, False, False]
+    assert s.index.both_counts.tolist() == [1, 0, 0, 0]
+    for epoch in (1, 2, 3):
+        s.set_epoch(epoch)
+        batches = list(s)
+        for batch in batches:
+            chunks = split_chunks(batch, labels)
+            assert sum(lab in (2, 3) for lab in chunks) <= 1  # the fallback cap ⌈0.5·2⌉
+            if 0 in chunks:  # two chunks of 3: the caption item is reused in each
+                assert 5 in chunks[0]
+            if 1 in chunks:
+                got = [mods[i] for i in chunks[1]]
+                assert "rgb" in got and "ir" in got
+        rep = coverage_report(batches, labels, mods)
+        assert (rep.rows, rep.rows_without_positive) == brute_coverage(
+            batches,
+            labels.tolist(),
+            np.asarray([[m in _names(x) for m in MOD_NAMES] for x in mods]),
+        )
+
+
+def _names(item: object) -> set[str]:
+    aliases = {"ir": "nir", "caption": "text"}
+    names = item if isinstance(item, tuple) else (item,)
+    return {aliases.get(str(n), str(n)) for n in names}
+
+
+def test_k1_items_carrying_both_are_covered_identities() -> None:
+    # Identities 0-3: every item carries RGB and a caption; 4-7: RGB only. With K = 1 a chunk
+    # is one item, so only the first four identities are pairs, and the cap applies to the rest.
+    labels = np.repeat(np.arange(8), 3)
+    sets = np.zeros((24, 5), dtype=bool)
+    sets[:, 0] = True
+    sets[:12, 4] = True
+    s = ModalAwarePKSampler_Strict(labels, sets, 4, 1, fallback_ratio=0.25, seed=0)
+    batches = list(s)
+    # ⌈0.25·4⌉ = 1 RGB-only identity per batch: the 12 one-item pairs fill 4 batches with 3
+    # each. With this seed those 4 batches use up one RGB-only identity, so the 8 chunks left
+    # belong to 3 identities, fewer than P: no further batch.
+    assert len(batches) == 4
+    assert [sum(lab >= 4 for lab in labels[b]) for b in batches] == [1, 1, 1, 1]
+    # 12 items with 2 rows each, 4 RGB-only items with 1: only the 4 RGB-only rows miss
+    assert s.coverage_report().coverage == 1 - 4 / 28
+    plain = ModalAwarePKSampler(labels, sets, 4, 1, seed=0)
+    assert s.coverage_report().coverage >= plain.coverage_report().coverage
+
+
+@pytest.mark.parametrize(
+    ("mods", "exc", "match"),
+    [
+        ([("rgb", "depth")] * 4, ValueError, r"modalities\[0\]: unknown modality 'depth'"),
+        (["rgb", "rgb", (), "ir"], ValueError, r"modalities\[2\] is an empty modality set"),
+        (np.zeros((4, 5), dtype=bool), ValueError, r"modalities\[0\] has no modality"),
+        (np.ones((4, 4), dtype=bool), ValueError, "modalities must have 5 columns"),
+        (np.eye(5, dtype=np.int64)[[0, 1, 0, 1]], ValueError, "modalities: a 2-D array"),
+        (torch.eye(5)[[0, 1, 0, 1]], ValueError, "modalities: a 2-D array"),
+        ([[1, 0, 0, 0, 1]] * 4, ValueError, r"modalities\[0\] names a modality more than once"),
+        (np.ones((3, 5), dtype=bool), ValueError, "same length"),
+    ],
+    ids=[
+        "unknown",
+        "empty set",
+        "all-False row",
+        "4 columns",
+        "int 2-D",
+        "float 2-D",
+        "0/1 rows",
+        "length",
+    ],
+)
+def test_bad_modality_sets_are_refused_by_name(mods: object, exc: type, match: str) -> None:
+    labels = [0, 0, 1, 1]
+    for make in (
+        lambda: ModalAwarePKSampler_Strict(labels, mods, 1, 2),  # type: ignore[arg-type]
+        lambda: ModalAwarePKSampler(labels, mods, 1, 2),  # type: ignore[arg-type]
+        lambda: coverage_report([[0, 1]], labels, mods),  # type: ignore[arg-type]
+        lambda: build_identity_index(labels, mods),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(exc, match=match):
+            make()
+
+
+def test_bitmasks_go_through_as_modality_sets() -> None:
+    labels = [0, 0, 1, 1]
+    masks = [0b10001, 0b00001, 0b00010, 0b00001]  # RGB+TEXT, RGB, NIR, RGB
+    sets = as_modality_sets(masks, bitmask=True)
+    expected = [("rgb", "text"), "rgb", "nir", "rgb"]
+    a = ModalAwarePKSampler_Strict(labels, sets, 2, 2, seed=3)
+    b = ModalAwarePKSampler_Strict(labels, expected, 2, 2, seed=3)
+    assert a.batches().tolist() == b.batches().tolist()
+    assert a.state_dict() == b.state_dict()
+    # a plain 1-D integer array keeps meaning one modality code per item
+    with pytest.raises(ValueError, match="unknown modality code 17"):
+        ModalAwarePKSampler_Strict(labels, masks, 2, 2)

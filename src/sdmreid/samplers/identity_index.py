@@ -5,11 +5,17 @@ item, in dataset order) into an :class:`IdentityIndex` with a single stable sort
 no Python loop over samples). The samplers in :mod:`sdmreid.samplers.pk` share it: they never
 look at dataset items, only at these arrays.
 
+An item may carry several modalities (:func:`sdmreid.modality.as_modality_sets`). What the
+samplers need of it is whether it *carries RGB* and whether it *carries a non-RGB modality*; an
+item that carries both (an RGB image with its caption, say) is a cross-modal pair on its own.
+
 Layout of :attr:`IdentityIndex.order`: the dataset indices grouped by identity (identities in
-ascending label order), and inside each identity the RGB samples first, then the non-RGB ones,
-each group in ascending dataset-index order. Identity ``i`` occupies
-``order[starts[i] : starts[i] + counts[i]]``, its RGB samples the first ``rgb_counts[i]`` of
-those.
+ascending label order), and inside each identity three blocks, each in ascending dataset-index
+order: the items carrying RGB only, the items carrying RGB and a non-RGB modality, the items
+carrying no RGB. Identity ``i`` occupies ``order[starts[i] : starts[i] + counts[i]]``; the
+``rgb_counts[i]`` items carrying RGB come first, the ``non_rgb_counts[i]`` items carrying a
+non-RGB modality last, and the ``both_counts[i]`` items carrying both are where they overlap.
+With one modality per item there are no items carrying both: RGB first, then the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy.typing as npt
 import torch
 
 from sdmreid._validation import check_has_data, int64_array
-from sdmreid.modality import Modality, as_modality_array
+from sdmreid.modality import Modality, as_modality_sets
 
 __all__ = ["IdentityIndex", "as_label_array", "build_identity_index", "stable_argsort_small"]
 
@@ -137,12 +143,17 @@ class IdentityIndex:
 
     Attributes:
         identities: the distinct labels, ascending; identity ``i`` is ``identities[i]``.
-        order: ``[N]`` dataset indices grouped by identity, RGB first inside each identity.
+        order: ``[N]`` dataset indices grouped by identity: inside each identity the items
+            carrying RGB only, then those carrying RGB and a non-RGB modality, then the rest.
         starts: ``[I]`` offset of each identity's block in ``order``.
         counts: ``[I]`` samples per identity (all ``>= 1``).
-        rgb_counts: ``[I]`` RGB samples per identity.
+        rgb_counts: ``[I]`` samples per identity that carry RGB (the first of its block).
+        both_counts: ``[I]`` samples per identity that carry RGB and a non-RGB modality.
         sample_identity: ``[N]`` identity number (``0..I-1``) of each dataset index.
-        sample_is_rgb: ``[N]`` whether each dataset index is an RGB sample.
+        sample_is_rgb: ``[N]`` whether each dataset index carries RGB.
+        sample_is_non_rgb: ``[N]`` whether each dataset index carries a non-RGB modality.
+        sample_modalities: ``[N, 5]`` bool, the modality set of each dataset index (column ``m``
+            is ``Modality(m)``); all RGB when built without modalities.
         has_modalities: ``False`` when built without modalities (every sample then counts as
             RGB and no identity is pairable).
 
@@ -155,6 +166,9 @@ class IdentityIndex:
         [1, 2, 3, 0]
         >>> idx.pairable.tolist()
         [False, True]
+        >>> both = build_identity_index([0, 1], [("rgb", "text"), "rgb"])  # item 0 pairs alone
+        >>> both.pairable.tolist(), both.both_counts.tolist()
+        ([True, False], [1, 0])
     """
 
     identities: npt.NDArray[Any]
@@ -162,8 +176,11 @@ class IdentityIndex:
     starts: IntArray
     counts: IntArray
     rgb_counts: IntArray
+    both_counts: IntArray
     sample_identity: IntArray
     sample_is_rgb: BoolArray
+    sample_is_non_rgb: BoolArray
+    sample_modalities: BoolArray
     has_modalities: bool
 
     @property
@@ -178,13 +195,16 @@ class IdentityIndex:
 
     @property
     def non_rgb_counts(self) -> IntArray:
-        """``[I]`` non-RGB samples per identity."""
-        return self.counts - self.rgb_counts
+        """``[I]`` samples per identity that carry a non-RGB modality (the last of its block)."""
+        return self.counts - self.rgb_counts + self.both_counts
 
     @property
     def pairable(self) -> BoolArray:
-        """``[I]`` identities with at least one RGB and at least one non-RGB sample."""
-        return (self.rgb_counts > 0) & (self.rgb_counts < self.counts)
+        """``[I]`` identities with a sample carrying RGB and one carrying a non-RGB modality.
+
+        The two may be one sample that carries both.
+        """
+        return (self.rgb_counts > 0) & (self.non_rgb_counts > 0)
 
     @property
     def position_identity(self) -> IntArray:
@@ -201,11 +221,14 @@ def build_identity_index(
     Args:
         labels: one identity label per dataset item (integers or strings; sequence, NumPy array
             or tensor).
-        modalities: one modality per dataset item, in any form
-            :func:`sdmreid.modality.as_modality_array` accepts, or ``None`` (all treated as RGB).
+        modalities: the modality, or the modality set, of each dataset item, in any form
+            :func:`sdmreid.modality.as_modality_sets` accepts (one modality per item, a
+            ``[N, 5]`` bool array, per-item collections such as ``("rgb", "text")``), or
+            ``None`` (all treated as RGB).
 
     Raises:
-        ValueError: empty ``labels``, or ``labels``/``modalities`` lengths differ.
+        ValueError: empty ``labels``, ``labels``/``modalities`` lengths differ, an unknown
+            modality or an item without one.
         TypeError: labels of a non-integer, non-string type.
 
     Example:
@@ -218,25 +241,29 @@ def build_identity_index(
     if n == 0:
         raise ValueError("labels must not be empty")
     if modalities is None:
-        is_rgb = np.ones(n, dtype=np.bool_)
+        sets = np.zeros((n, len(Modality)), dtype=np.bool_)
+        sets[:, Modality.RGB] = True
         has_mod = False
     else:
-        mod = as_modality_array(modalities, name="modalities")
-        if mod.shape[0] != n:
+        sets = as_modality_sets(modalities, name="modalities")
+        if sets.shape[0] != n:
             raise ValueError(
-                f"labels and modalities must have the same length, got {n} and {mod.shape[0]}"
+                f"labels and modalities must have the same length, got {n} and {sets.shape[0]}"
             )
-        is_rgb = mod == int(Modality.RGB)
         has_mod = True
+    is_rgb = sets[:, Modality.RGB].copy()
+    is_non: BoolArray = np.asarray(sets[:, Modality.RGB + 1 :].any(axis=1))
     identities, inverse = _dense_inverse(lab)
     n_ids = int(identities.shape[0])
-    key = inverse * 2 + (~is_rgb)
+    # block inside the identity: 0 = RGB only, 1 = RGB and non-RGB, 2 = no RGB
+    key = inverse * 3 + np.where(is_rgb, is_non.astype(np.int64), 2)
     order = stable_argsort_small(key)
     counts = np.bincount(inverse, minlength=n_ids).astype(np.int64)
     rgb_counts = np.bincount(inverse[is_rgb], minlength=n_ids).astype(np.int64)
+    both_counts = np.bincount(inverse[is_rgb & is_non], minlength=n_ids).astype(np.int64)
     starts = np.zeros(n_ids, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    for arr in (order, starts, counts, rgb_counts, inverse, is_rgb):
+    for arr in (order, starts, counts, rgb_counts, both_counts, inverse, is_rgb, is_non, sets):
         arr.setflags(write=False)
     return IdentityIndex(
         identities=identities,
@@ -244,7 +271,10 @@ def build_identity_index(
         starts=starts,
         counts=counts,
         rgb_counts=rgb_counts,
+        both_counts=both_counts,
         sample_identity=inverse,
         sample_is_rgb=is_rgb,
+        sample_is_non_rgb=is_non,
+        sample_modalities=sets,
         has_modalities=has_mod,
     )

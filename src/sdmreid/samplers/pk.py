@@ -31,27 +31,37 @@ Epoch semantics (both samplers)
 
 :class:`ModalAwarePKSampler_Strict` additionally
 ------------------------------------------------
-* An identity is **pairable** when it has at least one RGB and one non-RGB sample. With
-  ``K >= 2`` *every* chunk of a pairable identity is a **strong pair**: it holds at least one RGB
-  and at least one non-RGB index. When one modality of the identity has fewer samples than the
-  identity has chunks, that minority modality is reused (drawn with replacement) so that each
-  chunk still gets one (``c_i - m_i`` repeats, ``m_i`` the minority count); all other samples are
-  used at most once, so ``n_i - c_i·K + max(0, c_i - m_i)`` samples of the identity are skipped
-  that epoch. The remaining slots get the two modalities in proportion. Because the pair is
-  built into every chunk, no identity is ever retried, so there is no retry budget to set.
-* Identities that cannot form a strong pair (RGB-only, non-RGB-only, or any identity when
-  ``K == 1``) are **fallback** identities. Every batch holds at most
-  ``max(F, P - ⌊p / R⌋)`` fallback identities, where ``F = ⌈fallback_ratio·P⌉``, ``R`` the number
-  of replicas and ``p`` the number of pairable identities that still appear in this batch or a
-  later one of the epoch. While at least ``(P - F)·R`` pairable identities remain this is the
-  plain cap ``F``; as pairable identities run out the cap relaxes so their remaining chunks can
-  still be placed, and once none remain the batches are plain P×K. The fallback chunks are spread
-  evenly over the batches (pairable chunks first in the layout, fallback chunks filling the last
-  layout rows), so coverage does not dip at any point of the epoch.
+* Items may carry several modalities (``modalities`` as per-item sets, see
+  :func:`sdmreid.modality.as_modality_sets`). What counts is whether an item *carries RGB* and
+  whether it *carries a non-RGB modality*; an item carrying both is a cross-modal pair on its
+  own. With one modality per item, "carrying RGB" is "being an RGB sample".
+* An identity is **pairable** when it has an item carrying RGB and an item carrying a non-RGB
+  modality (possibly the same item). With ``K >= 2`` *every* chunk of a pairable identity is a
+  **strong pair**: it holds at least one index carrying RGB and at least one carrying a non-RGB
+  modality (possibly the same index). The identity's samples form an RGB side (carrying RGB)
+  and a non-RGB side (carrying non-RGB); items carrying both go to whichever side needs them to
+  reach one per chunk, chosen afresh each epoch among them. When a side still has fewer samples
+  than the identity has chunks, it is reused (drawn with replacement) so that each chunk gets one
+  (``c_i - m_i`` repeats, ``m_i`` that side's count, i.e. the count of items carrying RGB or of
+  items carrying non-RGB); all other samples are used at most once, so
+  ``n_i - c_i·K + max(0, c_i - m_i)`` samples of the identity are skipped that epoch. The
+  remaining slots get the two sides in proportion. Because the pair is built into every chunk,
+  no identity is ever retried, so there is no retry budget to set.
+* With ``K == 1`` a chunk is one item: an identity's chunks are all pairs only when every one of
+  its items carries both RGB and a non-RGB modality; those identities count as pairable there.
+* Identities that cannot form a strong pair (RGB-only, non-RGB-only, or with ``K == 1`` any
+  identity with an item carrying one side only) are **fallback** identities. Every batch holds
+  at most ``max(F, P - ⌊p / R⌋)`` fallback identities, where ``F = ⌈fallback_ratio·P⌉``, ``R``
+  the number of replicas and ``p`` the number of pairable identities that still appear in this
+  batch or a later one of the epoch. While at least ``(P - F)·R`` pairable identities remain this
+  is the plain cap ``F``; as pairable identities run out the cap relaxes so their remaining
+  chunks can still be placed, and once none remain the batches are plain P×K. The fallback
+  chunks are spread evenly over the batches (pairable chunks first in the layout, fallback
+  chunks filling the last layout rows), so coverage does not dip at any point of the epoch.
 * The layout is built in phases: each phase places as many batches as the cap allows, and the
   chunks it could not place (surplus of large identities, fallback chunks over the cap) go to the
-  next phase with a recomputed cap; phases are emitted in order. Without pairable identities, or
-  with ``K == 1``, the strict sampler has the plain sampler's layout (but still its own chunks).
+  next phase with a recomputed cap; phases are emitted in order. Without pairable identities
+  the strict sampler has the plain sampler's layout (but still its own chunks).
 
 Replicas (``num_replicas = R``, ``rank``)
 -----------------------------------------
@@ -70,11 +80,14 @@ batches this sampler's iterator has yielded in the current epoch; a ``DataLoader
 prefetches ahead of the training step, so a trainer should overwrite ``next_batch`` with the
 number of steps it actually completed before saving. :meth:`load_state_dict` makes the next
 iteration start at exactly that batch of that epoch; later iterations start at batch 0. It checks
-the whole state before changing anything, so a refused state leaves the sampler as it was.
+the whole state before changing anything, so a refused state leaves the sampler as it was. The
+strict sampler's state also holds ``modality_digest``, a digest of the items' modality sets: its
+batches depend on them, so a state saved for other modalities is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -86,7 +99,7 @@ import torch
 
 from sdmreid._validation import check_int
 from sdmreid.distributed import get_rank, get_world_size, is_dist
-from sdmreid.modality import Modality, as_modality_array
+from sdmreid.modality import Modality, as_modality_sets
 from sdmreid.samplers.identity_index import (
     IdentityIndex,
     as_label_array,
@@ -115,11 +128,12 @@ class CoverageReport:
     """Cross-modal SDM row coverage of a set of batches.
 
     Attributes:
-        rows: SDM rows: every non-RGB sample (query→gallery direction) and every RGB sample
-            (gallery→query direction) of every batch, i.e. the total number of batch entries.
-        rows_without_positive: rows whose batch holds no same-identity sample of the other side
-            (a non-RGB row needs a same-identity RGB sample, an RGB row a same-identity non-RGB
-            sample).
+        rows: SDM rows: one per modality each batch entry carries — a non-RGB row (query→gallery
+            direction) for each non-RGB modality and an RGB row (gallery→query direction) if it
+            carries RGB. With one modality per item, the number of batch entries.
+        rows_without_positive: rows whose batch holds no same-identity row of the other side (a
+            non-RGB row needs a same-identity item carrying RGB, an RGB row one carrying a
+            non-RGB modality; the item itself counts).
         coverage: ``1 - rows_without_positive / rows``; ``nan`` when ``rows == 0``.
     """
 
@@ -136,16 +150,20 @@ def coverage_report(
     """Fraction of the batches' non-RGB↔RGB SDM rows that have a positive in their batch.
 
     Same definition as ``sdm_loss``'s ``rows``/``rows_without_positive`` (without memory) and
-    :class:`PairCoverageMeter`: each non-RGB sample is a query row needing a same-identity RGB
-    sample in its batch; each RGB sample is a gallery row needing a same-identity non-RGB one.
+    :class:`PairCoverageMeter`, with one embedding row per modality an item carries: each
+    non-RGB row is a query needing a same-identity RGB row in its batch; each RGB row is a
+    gallery item needing a same-identity non-RGB row. An item that carries RGB and a non-RGB
+    modality (an image with its caption) therefore covers itself.
 
     Args:
         batches: iterable of batches of dataset indices (batches may differ in size).
         labels: the dataset's labels (indexed by the dataset indices in ``batches``).
-        modalities: the dataset's modalities, any accepted form.
+        modalities: the dataset's modality, or modality set, per item: any form
+            :func:`sdmreid.modality.as_modality_sets` accepts.
 
     Raises:
-        ValueError: lengths differ, or an index is out of range.
+        ValueError: lengths differ, an index is out of range, an unknown modality or an item
+            without one.
 
     Example:
         >>> from sdmreid.samplers import coverage_report
@@ -153,17 +171,19 @@ def coverage_report(
         >>> r = coverage_report([[0, 1, 2, 3]], labels, mods)
         >>> r.rows, r.rows_without_positive, r.coverage
         (4, 2, 0.5)
+        >>> sets = [("rgb", "text"), ("rgb", "text", "sk")]  # every item is a pair on its own
+        >>> coverage_report([[0], [1]], [0, 1], sets)
+        CoverageReport(rows=5, rows_without_positive=0, coverage=1.0)
     """
     lab = as_label_array(labels)
-    mod = as_modality_array(modalities, name="modalities")
-    if lab.shape[0] != mod.shape[0]:
+    sets = as_modality_sets(modalities, name="modalities")
+    if lab.shape[0] != sets.shape[0]:
         raise ValueError(
             f"labels and modalities must have the same length, got {lab.shape[0]} and "
-            f"{mod.shape[0]}"
+            f"{sets.shape[0]}"
         )
     _, inverse = np.unique(lab, return_inverse=True) if lab.size else (lab, lab)
     ident = np.asarray(inverse, dtype=np.int64).reshape(-1)
-    is_rgb = mod == int(Modality.RGB)
     if isinstance(batches, np.ndarray):
         arr = batches.astype(np.int64, copy=False)
         if arr.ndim != 2:
@@ -183,12 +203,13 @@ def coverage_report(
     key = batch_of * n_ids + ident[flat]
     _, group = np.unique(key, return_inverse=True)
     group = group.reshape(-1)
-    r = is_rgb[flat]
-    rgb_in_group = np.bincount(group, weights=r.astype(np.float64)) > 0
-    non_in_group = np.bincount(group, weights=(~r).astype(np.float64)) > 0
-    has_pos = np.where(r, non_in_group[group], rgb_in_group[group])
-    rows = int(flat.size)
-    missing = int(rows - int(has_pos.sum()))
+    carries = sets[flat]
+    rgb = carries[:, Modality.RGB]
+    non_rgb = carries[:, Modality.RGB + 1 :].sum(axis=1)  # non-RGB rows of each entry
+    rgb_in_group = np.bincount(group, weights=rgb.astype(np.float64)) > 0
+    non_in_group = np.bincount(group, weights=non_rgb.astype(np.float64)) > 0
+    rows = int(rgb.sum() + non_rgb.sum())
+    missing = int((rgb & ~non_in_group[group]).sum() + non_rgb[~rgb_in_group[group]].sum())
     return CoverageReport(rows, missing, 1.0 - missing / rows)
 
 
@@ -222,24 +243,35 @@ class _ChunkPlan:
 
     Identity ``i`` gets ``c_i = max(1, n_i // k)`` chunks, rows ``base[i] .. base[i] + c_i - 1``
     of the chunk matrix. Each epoch shuffles the samples inside fixed groups of positions of
-    ``index.order`` (the identity; for the strict sampler the identity's RGB block and its
-    non-RGB block separately) and scatters position ``t`` to a fixed cell ``dest[t]``:
+    ``index.order`` (the identity; for the strict sampler each of the identity's three blocks —
+    RGB only, RGB and non-RGB, no RGB — separately) and scatters position ``t`` to a fixed cell
+    ``dest[t]``:
 
     * plain identities: the ``q``-th position of the identity goes to cell ``q`` (row-major) if
       ``q < c_i·k``, i.e. the first ``c_i·k`` shuffled samples are used;
-    * strong identities (``strong[i]``): the ``j``-th RGB position to slot 0 of chunk ``j`` and the
-      ``j``-th non-RGB position to slot 1 (``j < c_i``); the remaining RGB and non-RGB positions
-      are merged by their fractional rank inside their block (a proportional interleave, so the
-      extra slots get the two modalities in proportion) and fill slots ``2..k-1`` of chunks
-      ``0, 1, …`` in turn; what does not fit is skipped;
-    * cells left empty (``n_i < k``; a strong identity's minority modality with fewer than
-      ``c_i`` samples) are static and get draws with replacement from the identity (slot 0/1 of
-      a strong identity: from its RGB/non-RGB samples).
+    * paired identities (``strong[i]`` and ``k >= 2``): the identity's positions are cut into an
+      RGB side (the first ``s_i``, all carrying RGB) and a non-RGB side (the rest, all carrying
+      a non-RGB modality). The items carrying both sit where the sides meet, so the cut
+      ``s_i = clip(c_i, rgb_only_i, rgb_i)`` can give either side as many of them as it needs
+      to reach ``c_i``; with one modality per item ``s_i`` is the RGB count. The ``j``-th RGB
+      side position goes to slot 0 of chunk ``j`` and the ``j``-th non-RGB side position to
+      slot 1 (``j < c_i``); the remaining positions of the two sides are merged by their
+      fractional rank inside their side (a proportional interleave, so the extra slots get the
+      two sides in proportion) and fill slots ``2..k-1`` of chunks ``0, 1, …`` in turn; what
+      does not fit is skipped;
+    * cells left empty (``n_i < k``; a paired identity's shorter side with fewer than ``c_i``
+      samples) are static and get draws with replacement from the identity (slot 0/1 of a
+      paired identity: from its samples carrying RGB / carrying a non-RGB modality).
+
+    ``strong`` marks the identities whose every chunk holds a pair (the strict sampler's
+    non-fallback identities): paired identities, or with ``k == 1`` identities whose every
+    sample carries both (cut like plain identities).
     """
 
     def __init__(self, index: IdentityIndex, k: int, strong: BoolArray, by_modality: bool) -> None:
         self.index, self.k = index, k
         counts, starts, rgb_counts = index.counts, index.starts, index.rgb_counts
+        rgb_only = rgb_counts - index.both_counts
         n_ids, n = index.identity_count, index.sample_count
         c = np.maximum(counts // k, 1)
         self.counts_c = c
@@ -247,27 +279,31 @@ class _ChunkPlan:
         self.num_chunks = int(c.sum())
         self.strong = strong
         pid = index.position_identity
-        self.group = (
-            pid * 2 + (np.arange(n) - starts[pid] >= rgb_counts[pid]) if by_modality else pid
-        )
+        if by_modality:
+            off = np.arange(n) - starts[pid]
+            block = (off >= rgb_only[pid]).astype(np.int64) + (off >= rgb_counts[pid])
+            self.group = pid * 3 + block
+        else:
+            self.group = pid
+        paired = strong & (k >= 2)
         base = self.base
         dest = np.full(n, -1, dtype=np.int64)
-        ids = np.flatnonzero(~strong)
+        ids = np.flatnonzero(~paired)
         ident, off = _runs(ids, np.minimum(counts, c * k)[ids])
         dest[starts[ident] + off] = base[ident] * k + off
-        ids = np.flatnonzero(strong)
-        if ids.size and k >= 2:
-            n_r = rgb_counts[ids]
-            n_n = counts[ids] - n_r
+        ids = np.flatnonzero(paired)
+        if ids.size:
             cs = c[ids]
+            n_r = np.clip(cs, rgb_only[ids], rgb_counts[ids])  # RGB side
+            n_n = counts[ids] - n_r  # non-RGB side
             local = np.arange(ids.shape[0], dtype=np.int64)
             for col, size, offset in ((0, n_r, np.zeros_like(n_r)), (1, n_n, n_r)):
                 loc, j = _runs(local, np.minimum(size, cs))
                 ident = ids[loc]
                 dest[starts[ident] + offset[loc] + j] = (base[ident] + j) * k + col
             if k > 2:
-                # The leftovers of both blocks are merged by fractional rank: leftover t of a
-                # block with `own` leftovers comes after the other block's leftovers s with
+                # The leftovers of both sides are merged by fractional rank: leftover t of a
+                # side with `own` leftovers comes after the other side's leftovers s with
                 # (s + .5)/other < (t + .5)/own (ties: RGB first); counted in closed form.
                 left_r = np.maximum(n_r - cs, 0)
                 left_n = np.maximum(n_n - cs, 0)
@@ -290,7 +326,7 @@ class _ChunkPlan:
         used = dest >= 0
         self.src_pos = np.flatnonzero(used)
         self.dest = dest[used]
-        # Cells no sample fills (n_i < k, or a strong identity's scarce modality) are drawn
+        # Cells no sample fills (n_i < k, or a paired identity's shorter side) are drawn
         # with replacement each epoch, from the range of positions recorded here.
         filled = np.zeros(self.num_chunks * k, dtype=np.bool_)
         filled[self.dest] = True
@@ -300,12 +336,12 @@ class _ChunkPlan:
         slot = miss % k
         lo = starts[ident].copy()
         size = counts[ident].copy()
-        s = strong[ident]
+        s = paired[ident]
         rgb_slot = s & (slot == 0)
         non_slot = s & (slot == 1)
         size[rgb_slot] = rgb_counts[ident[rgb_slot]]
-        lo[non_slot] += rgb_counts[ident[non_slot]]
-        size[non_slot] = counts[ident[non_slot]] - rgb_counts[ident[non_slot]]
+        lo[non_slot] += rgb_only[ident[non_slot]]
+        size[non_slot] = counts[ident[non_slot]] - rgb_only[ident[non_slot]]
         self.miss_dest, self.miss_lo, self.miss_size = miss, lo, size
 
     def draw(self, rng: np.random.Generator) -> IntArray:
@@ -461,6 +497,17 @@ def _epoch_batches(
 # ----------------------------------------------------------------------------------------------
 
 
+def _modality_digest(sets: BoolArray) -> int:
+    """A 63-bit digest of the items' modality sets, for the strict sampler's saved state.
+
+    The strict sampler's batches depend on which items carry RGB and which a non-RGB modality,
+    so a state saved for other modalities (same dataset size) must be refused.
+    """
+    data = np.packbits(np.ascontiguousarray(sets, dtype=np.bool_)).tobytes()
+    digest = hashlib.blake2b(data, digest_size=8, person=b"sdmreid-mods").digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 class _PKSamplerBase:
     _strict = False
 
@@ -495,16 +542,26 @@ class _PKSamplerBase:
             )
         self._check_oversampling()
         self._cap = math.ceil(fallback_ratio * self.num_identities)
-        strong = self.index.pairable if (self._strict and self.num_instances >= 2) else None
         self._plan = _ChunkPlan(
-            self.index,
-            self.num_instances,
-            strong if strong is not None else np.zeros(self.index.identity_count, np.bool_),
-            by_modality=self._strict,
+            self.index, self.num_instances, self._strong_identities(), by_modality=self._strict
         )
         self._epoch = 1
         self._next = 0
         self._cache: tuple[int, IntArray] | None = None
+
+    def _strong_identities(self) -> BoolArray:
+        """``[I]`` identities whose every chunk holds a pair (none for the plain sampler).
+
+        With ``K >= 2`` the pairable ones (a pair is built into each chunk); with ``K == 1`` those
+        whose every sample carries RGB and a non-RGB modality (each one-sample chunk is a pair).
+        """
+        index = self.index
+        if not self._strict:
+            return np.zeros(index.identity_count, dtype=np.bool_)
+        if self.num_instances >= 2:
+            return index.pairable
+        every_item_pairs: BoolArray = np.equal(index.both_counts, index.counts)
+        return every_item_pairs
 
     def _check_oversampling(self) -> None:
         """Refuse a ``K`` whose draws with replacement would outnumber the dataset's samples.
@@ -636,9 +693,9 @@ class _PKSamplerBase:
         """
         if not self.index.has_modalities:
             raise ValueError("coverage_report needs modalities; this sampler was built without")
-        mods = np.where(self.index.sample_is_rgb, int(Modality.RGB), int(Modality.NIR))
         lab = self.index.sample_identity
-        return coverage_report(self.batches() if batches is None else batches, lab, mods)
+        sets = self.index.sample_modalities
+        return coverage_report(self.batches() if batches is None else batches, lab, sets)
 
     def __repr__(self) -> str:
         return (
@@ -656,7 +713,8 @@ class ModalAwarePKSampler(_PKSamplerBase):
 
     Args:
         labels: identity label of each dataset item (all integers or all strings).
-        modalities: modality of each dataset item (any accepted form) or ``None``.
+        modalities: modality, or modality set, of each dataset item (any form
+            :func:`sdmreid.modality.as_modality_sets` accepts) or ``None``.
         num_identities: ``P``, distinct identities per batch (``1 <= P <= #identities``).
         num_instances: ``K``, indices per identity (``>= 1``).
         seed: non-negative base seed.
@@ -708,12 +766,15 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
     """P×K batch sampler whose pairable identities always bring an RGB↔non-RGB pair.
 
     See the module docstring for the exact epoch, fallback and replica semantics. Every chunk of
-    a pairable identity is built with its pair, so nothing is ever retried.
+    a pairable identity is built with its pair, so nothing is ever retried. Items may carry
+    several modalities: every identity of a batch that is not a fallback identity then brings an
+    item carrying RGB and an item carrying a non-RGB modality, possibly the same item.
 
     Args:
         labels: identity label of each dataset item (all integers or all strings).
-        modalities: modality of each dataset item, any form
-            :func:`sdmreid.modality.as_modality_array` accepts.
+        modalities: modality, or modality set, of each dataset item: any form
+            :func:`sdmreid.modality.as_modality_sets` accepts (one modality per item, a
+            ``[N, 5]`` bool array, per-item collections such as ``("rgb", "text")``).
         num_identities: ``P``, distinct identities per batch (``1 <= P <= #identities``).
         num_instances: ``K``, indices per identity (``>= 1``; strong pairs need ``K >= 2``).
         fallback_ratio: in ``[0, 1]``; at most ``⌈fallback_ratio·P⌉`` fallback identities per
@@ -739,6 +800,10 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
         True
         >>> s.coverage_report().coverage  # every chunk is an RGB + IR pair
         1.0
+        >>> items = [("rgb", "text")] * 4 + ["rgb", "rgb", "nir", "nir"]  # with captions: pairs
+        >>> s = ModalAwarePKSampler_Strict([0] * 4 + [1] * 4, items, 2, 1)  # even with K = 1
+        >>> s.index.pairable.tolist(), s.coverage_report().coverage < 1
+        ([True, True], True)
     """
 
     _strict = True
@@ -782,4 +847,8 @@ class ModalAwarePKSampler_Strict(_PKSamplerBase):
         return self._cap
 
     def _fingerprint(self) -> dict[str, int]:
-        return {**super()._fingerprint(), "max_fallback": self._cap}
+        return {
+            **super()._fingerprint(),
+            "max_fallback": self._cap,
+            "modality_digest": _modality_digest(self.index.sample_modalities),
+        }
