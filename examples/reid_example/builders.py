@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 from reid_example.config import Config
 from reid_example.data.collate import collate_multimodal
 from reid_example.data.records import OnError
-from reid_example.data.text import WordTokenizer
+from reid_example.data.text import CaptionTokenizer
 from reid_example.data.transforms import Compose, eval_transform, train_transform
+from reid_example.hf_backbone import DataInputs, data_inputs
 from sdmreid import ModalAwarePKSampler, ModalAwarePKSampler_Strict, Modality
 
 __all__ = [
@@ -49,7 +50,7 @@ log = logging.getLogger("reid_example")
 class _RecordDatasetKwargs(TypedDict):
     """The ``RecordDataset`` arguments every split of a real layout shares."""
 
-    tokenizer: WordTokenizer
+    tokenizer: CaptionTokenizer
     max_text_len: int
     image_size: tuple[int, int]
     on_error: OnError
@@ -91,7 +92,7 @@ class DataBundle:
     train: ReIDDataset
     val: ReIDDataset
     test: ReIDDataset
-    tokenizer: WordTokenizer
+    tokenizer: CaptionTokenizer
     image_size: tuple[int, int]
     #: seed of the RGB -> RGB query draw of the all-to-RGB protocols
     protocol_seed: int = 1
@@ -131,16 +132,23 @@ class DataBundle:
         )
 
 
-def _train_transform(cfg: Config, size: tuple[int, int], padding: int) -> Compose:
+def _eval_transform(inputs: DataInputs) -> Compose:
+    """Resize and normalise as the backbone expects (see :func:`data_inputs`)."""
+    return eval_transform(inputs.image_size, mean=inputs.mean, std=inputs.std)
+
+
+def _train_transform(cfg: Config, inputs: DataInputs, padding: int) -> Compose:
     """The training pipeline (``data.augment``), or the evaluation one without augmentation."""
     if not cfg.data.augment:
-        return eval_transform(size)
+        return _eval_transform(inputs)
     return train_transform(
-        size,
+        inputs.image_size,
         padding=padding,
         erasing_p=cfg.data.erasing_p,
         grayscale_p=cfg.data.grayscale_p,
         channel_p=cfg.data.channel_p,
+        mean=inputs.mean,
+        std=inputs.std,
     )
 
 
@@ -149,8 +157,8 @@ def _synthetic(cfg: Config) -> DataBundle:
 
     key = {"prcv": "prcv2025"}.get(cfg.data.preset, cfg.data.preset)
     native = PRESETS[key].image_size if key in PRESETS else (128, 64)
-    size = (cfg.data.image_height or native[0], cfg.data.image_width or native[1])
-    tokenizer = WordTokenizer()
+    inputs = data_inputs(cfg, default_size=native)  # size, normalisation, tokenizer
+    size, tokenizer = inputs.image_size, inputs.tokenizer
     overrides: dict[str, Any] = {}
     if cfg.data.identities_per_split:
         if len(cfg.data.identities_per_split) != 3:
@@ -170,17 +178,18 @@ def _synthetic(cfg: Config) -> DataBundle:
     def split(name: str, **kw: Any) -> SyntheticMultiModalReID:
         return SyntheticMultiModalReID.preset(cfg.data.preset, split=name, **common, **kw)
 
-    train_tf = _train_transform(cfg, size, padding=max(1, size[1] // 16))
+    train_tf = _train_transform(cfg, inputs, padding=max(1, size[1] // 16))
+    eval_tf = _eval_transform(inputs)
     return DataBundle(
         name=f"synthetic/{cfg.data.preset}",
         train=split("train", transform=train_tf),
-        val=split("val"),
-        test=split("test"),
+        val=split("val", transform=eval_tf),
+        test=split("test", transform=eval_tf),
         tokenizer=tokenizer,
         image_size=size,
         # from the data seed only: every training run on this data is scored on the same queries
         protocol_seed=cfg.data.data_seed * 1000 + 1,
-        train_eval=split("train"),
+        train_eval=split("train", transform=eval_tf),
     )
 
 
@@ -210,8 +219,8 @@ def _real_layout(cfg: Config) -> DataBundle:
     from reid_example.data.splits import make_splits
 
     splits = make_splits(load_real_records(cfg), seed=cfg.data.data_seed)
-    size = (cfg.data.image_height or 256, cfg.data.image_width or 128)
-    tokenizer = WordTokenizer()
+    inputs = data_inputs(cfg, default_size=(256, 128))  # size, normalisation, tokenizer
+    size, tokenizer = inputs.image_size, inputs.tokenizer
     kw: _RecordDatasetKwargs = {
         "tokenizer": tokenizer,
         "max_text_len": cfg.data.text_length,
@@ -219,15 +228,16 @@ def _real_layout(cfg: Config) -> DataBundle:
         # an image that breaks after the up-front check is replaced and counted, or raises
         "on_error": cast(OnError, cfg.data.on_error),
     }
-    train_tf = _train_transform(cfg, size, padding=10)
+    train_tf = _train_transform(cfg, inputs, padding=10)
+    eval_tf = _eval_transform(inputs)
     return DataBundle(
         cfg.data.dataset,
         train=RecordDataset(splits.train, train_tf, label_map=splits.label_map, **kw),
-        val=RecordDataset(splits.val, **kw),
-        test=RecordDataset(splits.test, **kw),
+        val=RecordDataset(splits.val, eval_tf, **kw),
+        test=RecordDataset(splits.test, eval_tf, **kw),
         tokenizer=tokenizer,
         image_size=size,
-        train_eval=RecordDataset(splits.train, label_map=splits.label_map, **kw),
+        train_eval=RecordDataset(splits.train, eval_tf, label_map=splits.label_map, **kw),
     )
 
 

@@ -142,7 +142,9 @@ class ModelConfig:
     backbone: str = _opt(
         "vit",
         "vit = built-in small ViT trunk; timm:<name> = a timm model (no pretrained weights; "
-        "requires timm)",
+        "requires timm); hf:<directory or hub id> = a transformers CLIP, ResNet, ViT or DINOv2 "
+        "model (pip install 'sdmreid[hf]'; a hub id needs network or a cached copy with "
+        "HF_HUB_OFFLINE=1); see the recipes page",
     )
     embed_dim: int = _opt(96, "token width of the trunk")
     depth: int = _opt(3, "number of transformer blocks")
@@ -168,6 +170,26 @@ class ModelConfig:
         "auto",
         "scaled_dot_product_attention backend (falls back with one log line when unavailable)",
         ("auto", "flash", "efficient", "math", "cudnn"),
+    )
+    pretrained: bool = _opt(
+        True,
+        "hf: backbones: load the saved weights (false: build the model from its config.json "
+        "only, randomly initialised)",
+    )
+    tokenizer: str = _opt(
+        "",
+        "hf: CLIP backbones: directory or hub id of the caption tokenizer ('' = the backbone's "
+        "own); it must match the text tower's vocabulary",
+    )
+    gradient_checkpointing: bool = _opt(
+        False,
+        "hf: backbones: recompute the transformer blocks' activations in the backward pass "
+        "(less memory, about a third more compute; CLIP, ViT, DINOv2)",
+    )
+    last_stride: int = _opt(
+        1,
+        "hf: ResNet backbones: stride of the last stage (1 = the ReID convention of BoT and AGW, "
+        "a twice larger final feature map; 2 = as pretrained)",
     )
 
 

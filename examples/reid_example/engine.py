@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from reid_example.config import Config
-from reid_example.model import EmbeddingOutput, ReIDModel
+from reid_example.model import EmbeddingNetwork, EmbeddingOutput
 from reid_example.optim import LRSchedule
 from reid_example.runtime import Runtime, is_distributed
 from sdmreid import (
@@ -98,7 +98,7 @@ class StepContext:
     #: the module the step calls: the model, or its DDP / compiled wrapper
     model: nn.Module
     #: the unwrapped model (the weight average follows it)
-    raw_model: ReIDModel
+    raw_model: EmbeddingNetwork
     optimizer: torch.optim.Optimizer
     lr_schedule: LRSchedule
     head_switch: HeadLRSwitch
@@ -132,7 +132,7 @@ def forward(model: nn.Module, batch: Batch) -> EmbeddingOutput:
     """The model on a collated batch (empty image or text blocks are passed as ``None``)."""
     images = batch["images"] if batch["images"].shape[0] > 0 else None
     tokens = batch["tokens"] if batch["tokens"].shape[0] > 0 else None
-    # a wrapper (DDP, torch.compile) returns what the ReIDModel returns
+    # a wrapper (DDP, torch.compile) returns what the network returns
     return cast(
         EmbeddingOutput,
         model(images, batch["image_rows"], tokens, batch["text_rows"], batch["modalities"]),

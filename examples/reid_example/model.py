@@ -34,6 +34,7 @@ from sdmreid import Modality
 
 __all__ = [
     "IMAGE_MODALITIES",
+    "EmbeddingNetwork",
     "EmbeddingOutput",
     "ReIDModel",
     "SDPAPolicy",
@@ -253,7 +254,34 @@ class EmbeddingOutput:
     logits: torch.Tensor
 
 
-class ReIDModel(nn.Module):
+class EmbeddingNetwork(nn.Module):
+    """What the trainer reads from a network, whichever backbone it has.
+
+    ``forward(images, image_rows, tokens, text_rows, modalities)`` returns an
+    :class:`EmbeddingOutput` in batch order; ``embed_dim`` is the width of its features; the
+    BNNeck (``bnneck``) and the bias-free ``classifier`` form the ``head`` parameter group.
+    Subclasses: :class:`ReIDModel` (the built-in trunk) and
+    :class:`~reid_example.hf_backbone.HFReIDModel` (a pretrained ``transformers`` backbone).
+    """
+
+    embed_dim: int
+    bnneck: nn.BatchNorm1d
+    classifier: nn.Linear
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters trained at the head learning rate (``optim.head_lr``)."""
+        yield from self.bnneck.parameters()
+        yield from self.classifier.parameters()
+
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """Whether weight decay applies to ``param`` (named ``name`` in ``named_parameters``).
+
+        Not to norms and biases (1-D), position and CLS parameters, embeddings.
+        """
+        return not (param.ndim <= 1 or name.endswith(".pos") or name == "cls" or "embed" in name)
+
+
+class ReIDModel(EmbeddingNetwork):
     """Per-modality stems → shared ViT trunk → BNNeck + classifier.
 
     ``forward`` takes the collated batch pieces and returns an :class:`EmbeddingOutput` whose rows
@@ -322,10 +350,6 @@ class ReIDModel(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    def head_parameters(self) -> Iterator[nn.Parameter]:
-        yield from self.bnneck.parameters()
-        yield from self.classifier.parameters()
 
     def _trunk(self, tokens: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         cls = self.cls.expand(tokens.shape[0], -1, -1)
@@ -433,12 +457,24 @@ def build_model(
     vocab_size: int,
     image_size: tuple[int, int],
     text_length: int,
-) -> ReIDModel:
-    """Build :class:`ReIDModel` from a :class:`~reid_example.config.ModelConfig`."""
+) -> EmbeddingNetwork:
+    """Build the network named by ``model.backbone`` from a
+    :class:`~reid_example.config.ModelConfig`: :class:`ReIDModel` for ``vit`` and ``timm:<name>``,
+    :class:`~reid_example.hf_backbone.HFReIDModel` for ``hf:<directory or hub id>``."""
     from reid_example.config import ModelConfig
 
     if not isinstance(model_cfg, ModelConfig):
         raise TypeError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+    if model_cfg.backbone.startswith("hf:"):
+        from reid_example.hf_backbone import build_hf_model
+
+        return build_hf_model(
+            model_cfg,
+            num_classes=num_classes,
+            vocab_size=vocab_size,
+            image_size=image_size,
+            text_length=text_length,
+        )
     trunk: nn.Module | None = None
     embed_dim = model_cfg.embed_dim
     if model_cfg.backbone.startswith("timm:"):
@@ -448,7 +484,8 @@ def build_model(
         embed_dim = int(trunk.embed_dim)  # type: ignore[arg-type]
     elif model_cfg.backbone != "vit":
         raise ValueError(
-            f"model.backbone must be 'vit' or 'timm:<name>', got {model_cfg.backbone!r}"
+            "model.backbone must be 'vit', 'timm:<name>' or 'hf:<directory or hub id>', got "
+            f"{model_cfg.backbone!r}"
         )
     return ReIDModel(
         num_classes=num_classes,
@@ -470,11 +507,12 @@ def build_model(
 
 
 def param_groups(
-    model: ReIDModel, *, lr: float, head_lr: float, weight_decay: float
+    model: EmbeddingNetwork, *, lr: float, head_lr: float, weight_decay: float
 ) -> list[dict[str, object]]:
     """Optimiser groups: ``backbone`` (decayed), ``backbone_no_decay``, ``head``.
 
-    Norms, biases, position/CLS parameters and embeddings are not decayed.
+    The model's :meth:`~EmbeddingNetwork.head_parameters` form ``head``; the others are decayed
+    where the model's :meth:`~EmbeddingNetwork.decays` says so.
     """
     head_ids = {id(p) for p in model.head_parameters()}
     decay: list[nn.Parameter] = []
@@ -482,10 +520,7 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in head_ids:
             continue
-        if p.ndim <= 1 or name.endswith(".pos") or name == "cls" or "embed" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (decay if model.decays(name, p) else no_decay).append(p)
     head = [p for p in model.head_parameters() if p.requires_grad]
     return [
         {"name": "backbone", "params": decay, "lr": lr, "weight_decay": weight_decay},

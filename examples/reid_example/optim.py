@@ -17,7 +17,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from reid_example.config import OptimConfig
-from reid_example.model import ReIDModel, param_groups
+from reid_example.model import EmbeddingNetwork, param_groups
 
 __all__ = ["LRSchedule", "build_ema", "build_lr_schedule", "build_optimizer"]
 
@@ -56,7 +56,7 @@ class LRSchedule:
             group["lr"] = base * f
 
 
-def build_optimizer(cfg: OptimConfig, model: ReIDModel) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, model: EmbeddingNetwork) -> torch.optim.Optimizer:
     """AdamW or Nesterov SGD over the model's ``backbone`` / ``backbone_no_decay`` / ``head``
     groups (see :func:`~reid_example.model.param_groups`)."""
     groups = param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
@@ -79,7 +79,7 @@ def build_lr_schedule(
     )
 
 
-def build_ema(cfg: OptimConfig, model: ReIDModel) -> AveragedModel | None:
+def build_ema(cfg: OptimConfig, model: EmbeddingNetwork) -> AveragedModel | None:
     """The exponential moving average of the weights and BN statistics (``optim.ema_decay``;
     ``None`` when off). Evaluation reads the average, training updates the model."""
     if cfg.ema_decay <= 0:

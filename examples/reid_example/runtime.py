@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from reid_example.config import Config
-from reid_example.model import ReIDModel
+from reid_example.model import EmbeddingNetwork
 
 __all__ = [
     "AmpSetup",
@@ -174,7 +174,7 @@ def init_runtime(cfg: Config) -> Runtime:
     )
 
 
-def place_model(model: ReIDModel, rt: Runtime) -> ReIDModel:
+def place_model(model: EmbeddingNetwork, rt: Runtime) -> EmbeddingNetwork:
     """The model on the run's device (channels_last on CUDA)."""
     model = model.to(rt.device)
     if rt.channels_last:
@@ -183,7 +183,7 @@ def place_model(model: ReIDModel, rt: Runtime) -> ReIDModel:
     return model
 
 
-def wrap_for_training(model: ReIDModel, cfg: Config, rt: Runtime) -> nn.Module:
+def wrap_for_training(model: EmbeddingNetwork, cfg: Config, rt: Runtime) -> nn.Module:
     """What the training step calls: the model under DDP (torchrun) and/or ``torch.compile``
     (``train.compile``). Evaluation and checkpoints use the unwrapped model."""
     wrapped: nn.Module = model

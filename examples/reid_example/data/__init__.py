@@ -23,7 +23,7 @@ from reid_example.data.records import (
 from reid_example.data.splits import DataSplits, make_splits
 from reid_example.data.synthetic import SyntheticMultiModalReID
 from reid_example.data.synthetic_spec import PRESETS, SyntheticSpec, preset_spec
-from reid_example.data.text import WordTokenizer
+from reid_example.data.text import CaptionTokenizer, WordTokenizer
 from reid_example.data.transforms import (
     Compose,
     Normalize,
@@ -41,6 +41,7 @@ from reid_example.data.transforms import (
 
 __all__ = [
     "PRESETS",
+    "CaptionTokenizer",
     "Compose",
     "DataSplits",
     "ImageDecodeError",

@@ -39,7 +39,7 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
-from reid_example.data.text import WordTokenizer
+from reid_example.data.text import CaptionTokenizer, WordTokenizer
 from reid_example.data.transforms import Transform, eval_transform, sample_generator
 from sdmreid.modality import Modality
 
@@ -291,7 +291,8 @@ class RecordDataset(EpochMixin, Dataset[Sample]):
         transform: image transform ``(uint8 [3,H,W], generator) -> float [3,H,W]``; defaults to
             :func:`~reid_example.data.transforms.eval_transform` at ``image_size``. It must
             produce a fixed size for batching.
-        tokenizer: caption tokenizer (default :class:`WordTokenizer`).
+        tokenizer: caption tokenizer (default :class:`WordTokenizer`; any
+            :class:`~reid_example.data.text.CaptionTokenizer`).
         label_map: original identity → class id; built from ``records`` when ``None``.
         max_text_len: token budget per caption.
         seed: augmentation seed (see :class:`EpochMixin`).
@@ -323,7 +324,7 @@ class RecordDataset(EpochMixin, Dataset[Sample]):
         self,
         records: Sequence[ReIDRecord],
         transform: Transform | None = None,
-        tokenizer: WordTokenizer | None = None,
+        tokenizer: CaptionTokenizer | None = None,
         *,
         label_map: Mapping[int, int] | None = None,
         max_text_len: int = 64,

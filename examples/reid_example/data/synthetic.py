@@ -45,7 +45,7 @@ from reid_example.data.captions import caption
 from reid_example.data.records import EpochMixin, Sample
 from reid_example.data.render import noise_bank, render
 from reid_example.data.synthetic_spec import PRESETS, SyntheticSpec, preset_spec
-from reid_example.data.text import WordTokenizer
+from reid_example.data.text import CaptionTokenizer, WordTokenizer
 from reid_example.data.transforms import Transform, eval_transform
 from sdmreid.modality import Modality
 
@@ -64,7 +64,8 @@ class SyntheticMultiModalReID(EpochMixin, Dataset[Sample]):
         split: ``"train"``, ``"val"`` or ``"test"`` (identity-disjoint).
         transform: image transform ``(uint8 [3,H,W], generator) -> float [3,H,W]``; default
             :func:`~reid_example.data.transforms.eval_transform` (ImageNet normalisation).
-        tokenizer: caption tokenizer (default :class:`WordTokenizer`).
+        tokenizer: caption tokenizer (default :class:`WordTokenizer`; any
+            :class:`~reid_example.data.text.CaptionTokenizer`).
         max_text_len: token budget per caption.
         cache: render every image once at construction (``True``), never (``False``), or when
             the ``uint8`` images take at most ``cache_bytes`` (``None``).
@@ -92,7 +93,7 @@ class SyntheticMultiModalReID(EpochMixin, Dataset[Sample]):
         seed: int = 0,
         split: str = "train",
         transform: Transform | None = None,
-        tokenizer: WordTokenizer | None = None,
+        tokenizer: CaptionTokenizer | None = None,
         max_text_len: int = 48,
         cache: bool | None = None,
         cache_bytes: int = 256 * 2**20,
@@ -181,7 +182,7 @@ class SyntheticMultiModalReID(EpochMixin, Dataset[Sample]):
         split: str = "train",
         image_size: tuple[int, int] | None = None,
         transform: Transform | None = None,
-        tokenizer: WordTokenizer | None = None,
+        tokenizer: CaptionTokenizer | None = None,
         max_text_len: int = 48,
         cache: bool | None = None,
         **overrides: Any,

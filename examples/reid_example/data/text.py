@@ -9,16 +9,21 @@ Tokenisation lower-cases the text, splits it into runs of ASCII letters (``t-shi
 to :attr:`WordTokenizer.unk_id`. :meth:`WordTokenizer.encode` prepends a ``<bos>`` token by
 default, so every encoded caption has at least one token and position 0 can serve as a
 class-token slot.
+
+Any tokenizer with the :class:`CaptionTokenizer` shape can take its place (the datasets and the
+collate function read only ``encode`` and ``vocab_size``): a backbone's own tokenizer, e.g. CLIP's
+for an ``hf:`` backbone, enters the data pipeline that way.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Protocol
 
 import torch
 
-__all__ = ["BUILTIN_VOCABULARY", "WordTokenizer"]
+__all__ = ["BUILTIN_VOCABULARY", "CaptionTokenizer", "WordTokenizer"]
 
 _SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
@@ -54,6 +59,26 @@ def _dedupe(words: Iterable[str]) -> tuple[str, ...]:
 BUILTIN_VOCABULARY: tuple[str, ...] = _dedupe((*_SPECIALS, *_WORDS))
 
 _WORD_RE = re.compile(r"[a-z]+")
+
+
+class CaptionTokenizer(Protocol):
+    """What the data pipeline reads from a caption tokenizer.
+
+    ``encode(text, max_len)`` returns a 1-D ``int64`` tensor of at most ``max_len`` ids, none of
+    them ``0``: the collate function pads with ``0`` and models read ``0`` as padding.
+    ``vocab_size`` is one more than the largest id ``encode`` can return (the size of an
+    embedding table indexed by the ids).
+
+    Example:
+        >>> tok: CaptionTokenizer = WordTokenizer()
+        >>> tok.encode("a red coat", 8).tolist(), tok.vocab_size > 3
+        ([2, 4, 196, 116], True)
+    """
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str, max_len: int = 64) -> torch.Tensor: ...
 
 
 class WordTokenizer:
