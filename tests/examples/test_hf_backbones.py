@@ -673,6 +673,54 @@ def test_checkpoint_resume_round_trip_is_exact(hf: dict[str, Path], tmp_path: Pa
     assert_same_run(Path(full["run_dir"]), Path(part["run_dir"]))
 
 
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "family", "preset"),
+    [
+        ("sysu_resnet50", "resnet", "sysu"),
+        ("sysu_clip", "clip", "sysu"),
+        ("prcv_clip", "clip", "prcv"),
+    ],
+)
+def test_each_recipe_trains_with_a_local_backbone(
+    hf: dict[str, Path], tmp_path: Path, recipe: str, family: str, preset: str
+) -> None:
+    """A recipe file run as a user runs it, its backbone replaced by a tiny local one and its
+    data set by the synthetic preset with the same modalities (two steps)."""
+    import train
+
+    overrides = [
+        f"model.backbone=hf:{hf[family]}",
+        "data.dataset=synthetic",
+        f"data.preset={preset}",
+        "data.identities_per_split=16,3,3",
+        f"data.image_height={SIZE[0]}",
+        f"data.image_width={SIZE[1]}",
+        f"data.text_length={TEXT_LENGTH}",
+        "data.num_workers=0",
+        "train.device=cpu",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "eval.select_metric=mAP_mean",
+        "eval.train_ids=0",
+        "output.plots=false",
+        "output.progress=off",
+        "output.tensorboard=false",
+        f"output.root={tmp_path}",
+        "output.name=recipe",
+    ]
+    argv = ["--config", str(CONFIGS / f"{recipe}.toml")]
+    for item in overrides:
+        argv += ["--set", item]
+    summary = train.main(argv)
+    assert not summary["stopped"] and 1 <= summary["global_step"] <= 2
+    assert all(math.isfinite(m["mAP"]) for m in summary["test"].values())
+    written = (Path(summary["run_dir"]) / "config.toml").read_text()
+    assert "last_stride = 1" in written and f'backbone = "hf:{hf[family]}"' in written
+
+
 @pytest.mark.gpu
 def test_gpu_bf16_clip_trains_with_the_recipe_options(hf: dict[str, Path], tmp_path: Path) -> None:
     """The ``sysu_clip`` recipe's model and loss options with a tiny CLIP, bf16 on CUDA, on the
