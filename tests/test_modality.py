@@ -254,6 +254,18 @@ def test_bad_modality_sets_name_the_argument(
         as_modality_sets(values, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "items",
+    [[(1,), (True,)], [(1,), (1.0,)], [("ir",), [np.True_]], [1, (2,), True], [{4}, {4.0}]],
+    ids=repr,
+)
+def test_parsed_items_do_not_let_equal_refused_values_through(items: list[object]) -> None:
+    # True == 1 == 1.0: the cache of parsed items must not hand a refused value the entry of
+    # an accepted one that compares equal.
+    with pytest.raises(TypeError, match=r"modalities\[\d\]"):
+        as_modality_sets(items)
+
+
 def test_as_modality_sets_is_exported() -> None:
     assert sdmreid.as_modality_sets is as_modality_sets
     assert "as_modality_sets" in sdmreid.__all__

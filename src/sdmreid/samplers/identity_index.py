@@ -252,7 +252,10 @@ def build_identity_index(
             )
         has_mod = True
     is_rgb = sets[:, Modality.RGB].copy()
-    is_non: BoolArray = np.asarray(sets[:, Modality.RGB + 1 :].any(axis=1))
+    is_non = np.zeros(n, dtype=np.bool_)
+    for m in Modality:  # column by column: much faster than .any(axis=1) over 4 columns
+        if m != Modality.RGB:
+            is_non |= sets[:, m]
     identities, inverse = _dense_inverse(lab)
     n_ids = int(identities.shape[0])
     # block inside the identity: 0 = RGB only, 1 = RGB and non-RGB, 2 = no RGB
