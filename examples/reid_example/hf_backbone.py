@@ -142,6 +142,19 @@ def _location(source: str, option: str) -> tuple[str, bool]:
 class BackboneSpec:
     """What a saved model's ``config.json`` and ``preprocessor_config.json`` say.
 
+    Example:
+        >>> import tempfile, transformers
+        >>> where = tempfile.mkdtemp()
+        >>> transformers.ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        ...                        image_size=32, patch_size=8).save_pretrained(where)
+        >>> spec = inspect_backbone(f"hf:{where}")
+        >>> spec.family, spec.image_size, spec.patch_size, spec.mean == IMAGENET_MEAN
+        ('vit', (32, 32), 8, True)
+        >>> spec.check_image_size((36, 16))
+        Traceback (most recent call last):
+        ...
+        ValueError: data.image_height=36 / data.image_width=16: ... multiples of 8 (e.g. 32x16)
+
     Attributes:
         option: the ``model.backbone`` value, as the errors quote it.
         location: the local directory or hub id.
@@ -433,6 +446,21 @@ class HFReIDModel(EmbeddingNetwork):
 
     Build it with :func:`build_hf_model` from the trainer's options; the constructor takes a
     :class:`BackboneSpec` and the loaded ``transformers`` model.
+
+    Example:
+        >>> import tempfile, transformers
+        >>> from reid_example.config import apply_overrides
+        >>> where = tempfile.mkdtemp()
+        >>> transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+        ...                           layer_type="basic").save_pretrained(where)
+        >>> options = [f"model.backbone=hf:{where}", "model.pretrained=false"]
+        >>> cfg = apply_overrides(Config(), options)
+        >>> model = build_hf_model(cfg.model, num_classes=4, vocab_size=1, image_size=(32, 16),
+        ...                        text_length=8)
+        >>> modalities = torch.tensor([int(m) for m in IMAGE_MODALITIES])  # RGB, NIR, SKETCH, CP
+        >>> out = model(torch.rand(4, 3, 32, 16), torch.arange(4), None, None, modalities)
+        >>> out.features.shape, out.embeddings.shape, out.logits.shape
+        (torch.Size([4, 16]), torch.Size([4, 16]), torch.Size([4, 4]))
 
     Args:
         spec: the backbone's configuration (:func:`inspect_backbone`).
