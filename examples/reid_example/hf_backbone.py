@@ -261,8 +261,9 @@ def inspect_backbone(backbone: str) -> BackboneSpec:
         raise ValueError(f"{option}: {location} is not a supported model ({err})") from err
     except OSError as err:
         raise OSError(
-            f"{option}: could not load {location!r} ({err}). A hub id needs network, or a copy "
-            "in the Hugging Face cache with HF_HUB_OFFLINE=1; a local directory needs none"
+            f"{option}: there is no local directory {location!r}, and fetching it as a hub id "
+            f"failed ({err}). A hub id needs network, or a copy in the Hugging Face cache with "
+            "HF_HUB_OFFLINE=1; a local directory written by save_pretrained needs neither"
         ) from err
     family = str(getattr(config, "model_type", ""))
     if family not in FAMILIES:

@@ -434,6 +434,23 @@ def test_a_directory_that_is_not_a_supported_model_is_refused(
     assert _model(config_only, "model.pretrained=false").embed_dim == 8
 
 
+def test_a_hub_id_that_cannot_be_fetched_names_the_offline_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``org/name`` with no such local directory is a hub id, fetched by ``transformers``; its
+    failure (no network, not cached) is reported with the way to work offline."""
+    seen: list[str] = []
+
+    def unreachable(location: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(location)
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", unreachable)
+    with pytest.raises(OSError, match=r"no local directory 'someone/tiny-clip'.*HF_HUB_OFFLINE=1"):
+        inspect_backbone("hf:someone/tiny-clip")
+    assert seen == ["someone/tiny-clip"]
+
+
 @pytest.mark.parametrize("family", ["vit", "clip"])
 def test_an_image_size_the_backbone_cannot_take_names_the_option(
     hf: dict[str, Path], family: str
