@@ -716,7 +716,7 @@ def test_constructor_validation():
     with pytest.raises(TypeError, match="max_steps must be an int"):
         CrossBatchMemory(DIM, max_steps=2.0)
     with pytest.raises(ValueError, match="on_nonfinite"):
-        CrossBatchMemory(DIM, on_nonfinite="ignore")
+        CrossBatchMemory(DIM, on_nonfinite="skip")
     with pytest.raises(TypeError, match="dtype"):
         CrossBatchMemory(DIM, dtype=torch.int64)
 

@@ -53,7 +53,8 @@ Numerics and devices
     ``enqueue`` runs under :func:`torch.no_grad` and stores detached copies. The features' dtype
     and device are those given to the constructor (or set by a later ``.to()`` before the first
     stored batch); otherwise the first stored batch's. Later batches are converted. The memory
-    never holds NaN or Inf: the finiteness test runs on the rows *as stored*, after the
+    never holds NaN or Inf (unless built with ``on_nonfinite="ignore"``, which leaves that to the
+    caller and never reads the device): the finiteness test runs on the rows *as stored*, after the
     conversion (a finite ``1e5`` becomes Inf in float16). The default ``on_nonfinite="raise"``
     raises :class:`ValueError` and leaves the memory unchanged; ``on_nonfinite="drop"`` stores the
     other rows and warns. The test is one reduction over the batch (an exact per-row test runs
@@ -134,7 +135,7 @@ class _DefaultSteps(int):
 
 
 _DEFAULT_MAX_STEPS = _DefaultSteps(6)
-_NONFINITE_POLICIES = ("raise", "drop")
+_NONFINITE_POLICIES = ("raise", "drop", "ignore")
 _SLACK_BYTES = 64 << 20  # storage beyond 2 x capacity only while under this size
 _STATE_KEYS = ("features", "labels", "modalities", "step_ids", "counters", "config")
 
@@ -199,7 +200,9 @@ class CrossBatchMemory(nn.Module):
             first stored batch's). Labels and modalities are stored as ``int64``.
         on_nonfinite: ``"raise"`` (default) rejects a batch whose selected rows hold NaN/Inf
             once converted to the storage dtype, with a :class:`ValueError`; ``"drop"`` stores
-            the other rows and warns. Anything but these two strings is refused
+            the other rows and warns; ``"ignore"`` runs no test, so ``enqueue`` never reads the
+            device: the caller vouches that the rows are finite (a trainer that checks a
+            finiteness flag of the step at its logging step). Anything else is refused
             (:class:`TypeError` for a non-str).
 
     Raises:
@@ -233,7 +236,7 @@ class CrossBatchMemory(nn.Module):
         max_items: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        on_nonfinite: Literal["raise", "drop"] = "raise",
+        on_nonfinite: Literal["raise", "drop", "ignore"] = "raise",
     ) -> None:
         super().__init__()
         self.dim = check_int("dim", dim, 1)
@@ -551,7 +554,7 @@ class CrossBatchMemory(nn.Module):
         self, feats: torch.Tensor, idx: torch.Tensor | None
     ) -> torch.Tensor | None:
         """Apply the NaN/Inf policy to the selected rows; return the (new) selection."""
-        if feats.numel() == 0:
+        if feats.numel() == 0 or self.on_nonfinite == "ignore":
             return idx
         acc = torch.float32 if feats.dtype in (torch.float16, torch.bfloat16) else feats.dtype
         scratch = self._r.scratch
