@@ -15,8 +15,12 @@ on, evaluation off) and each data path it reports:
   ``float()``, ``int()``, ``bool()`` of a tensor), ``aten.nonzero`` and what is built on it
   (boolean-mask indexing, ``masked_select``, ``unique``, ``repeat_interleave`` without an output
   size), ``aten.equal``, and copies from an accelerator to the host (``.cpu()``, ``.tolist()``,
-  ``.numpy()``). On a CPU run ``.tolist()`` / ``.numpy()`` dispatch no operator, so they are
-  counted by call (a ``TorchFunctionMode``) for tensors that are not host bookkeeping.
+  ``.numpy()``; on a CPU tensor these dispatch no operator, so they are counted by call with a
+  ``TorchFunctionMode``). A CPU run cannot tell device memory from host memory, so the reads
+  made inside the trainer's step duties (``reid_example.run._after_step``: coverage meter,
+  health monitor, metric rows) are counted apart: after this benchmark's issue they read host
+  state only (the meter is fed Python numbers from the logging step's one read), before it
+  they read the meter and the classifier weight on the device.
 * **images/s**: with the data already in memory (the step alone, replayed on batches the run's
   loader produced) and through the data path of the run (loader, or the on-device cache), the
   median over the timed steps.
@@ -70,7 +74,7 @@ SYNC_OPS = {
 MASK_INDEX_OPS = {"aten.index.Tensor", "aten.index_put_.default", "aten.index_put.default"}
 #: copies that synchronise when they go from an accelerator to the host
 COPY_OPS = {"aten._to_copy.default", "aten.copy_.default"}
-PHASES = ("forward", "backward", "optimizer", "other")
+PHASES = ("forward", "backward", "optimizer", "duties", "other")
 
 
 def _is_mask(x: object) -> bool:
@@ -93,6 +97,11 @@ class StepCounter(TorchDispatchMode):
         self.phase = "other"
         self.ops: Counter[str] = Counter()
         self.syncs: Counter[str] = Counter()
+        #: reads made inside the step duties (phase "duties")
+        self.duty_reads: Counter[str] = Counter()
+
+    def read(self, kind: str) -> None:
+        (self.duty_reads if self.phase == "duties" else self.syncs)[kind] += 1
 
     def __torch_dispatch__(
         self,
@@ -105,22 +114,22 @@ class StepCounter(TorchDispatchMode):
         name = str(func)
         self.ops[self.phase] += 1
         if name in SYNC_OPS:
-            self.syncs[name.split(".")[1]] += 1
+            self.read(name.split(".")[1])
         elif name in MASK_INDEX_OPS and any(
             _is_mask(i) for i in (args[1] if len(args) > 1 else []) if i is not None
         ):
-            self.syncs["mask_index"] += 1
+            self.read("mask_index")
         elif name in COPY_OPS and _device_to_host(name, args, kwargs):
-            self.syncs["device_to_host"] += 1
+            self.read("device_to_host")
         return func(*args, **kwargs)
 
 
 class HostReadCounter(TorchFunctionMode):
     """Counts ``.tolist()`` / ``.numpy()`` calls (no operator on a CPU tensor)."""
 
-    def __init__(self, syncs: Counter[str]) -> None:
+    def __init__(self, counter: StepCounter) -> None:
         super().__init__()
-        self.syncs = syncs
+        self.counter = counter
 
     def __torch_function__(
         self,
@@ -130,7 +139,7 @@ class HostReadCounter(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         if func in (torch.Tensor.tolist, torch.Tensor.numpy) and args[0].device.type == "cpu":
-            self.syncs["tolist_numpy"] += 1
+            self.counter.read("tolist_numpy")
         return func(*args, **(kwargs or {}))
 
 
@@ -171,6 +180,19 @@ class StepProbe:
         if self.counter is not None:
             self.counter.phase = phase
 
+    def duties(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (the trainer's step duties) with its operators and reads counted apart."""
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            before = self.counter.phase if self.counter is not None else "other"
+            self.set_phase("duties")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.set_phase(before)
+
+        return wrapped
+
     def _install_hooks(self, ctx: Any) -> None:
         self._hooked = True
         ctx.model.register_forward_pre_hook(lambda *_: self.set_phase("forward"))
@@ -209,18 +231,20 @@ def _run_trainer(
     argv = ["--config", str(ROOT / "examples" / "configs" / f"{config}.toml"), "--overwrite"]
     for item in overrides:
         argv += ["--set", item]
-    original = run_module.train_step
+    original, duties = run_module.train_step, run_module._after_step
     run_module.train_step = probe  # type: ignore[assignment]
+    run_module._after_step = probe.duties(duties)
     try:
         if counting:
             probe.counter = StepCounter()
-            with _phase_marks(probe), probe.counter, HostReadCounter(probe.counter.syncs):
+            with _phase_marks(probe), probe.counter, HostReadCounter(probe.counter):
                 summary: dict[str, Any] = dict(train.main(argv))
         else:
             summary = dict(train.main(argv))
         probe.finish()
     finally:
         run_module.train_step = original  # type: ignore[assignment]
+        run_module._after_step = duties
     return summary
 
 
@@ -268,7 +292,6 @@ def measure(
         f"train.device={device}",
         "loss.sdm_warmup_epochs=0",  # SDM (and the memory) on from the first step
         f"train.stop_after_steps={stop}",
-        f"train.max_steps_per_epoch={stop + 1}",
         "eval.every=100000",
         "eval.test_at_end=false",
         "output.plots=false",
@@ -329,12 +352,16 @@ def _summarise_counts(windows: list[dict[str, Any]], warmup: int, log_every: int
         n = len(sel)
         ops = {p: sum(w["ops"].get(p, 0) for w in sel) / n for p in PHASES}
         syncs: Counter[str] = Counter()
+        duty_reads: Counter[str] = Counter()
         for w in sel:
             syncs.update(w["syncs"])
+            duty_reads.update(w["duty_reads"])
         out[f"ops_{kind}"] = sum(ops.values())
         out[f"ops_by_phase_{kind}"] = ops
         out[f"syncs_{kind}"] = sum(syncs.values()) / n
         out[f"syncs_by_kind_{kind}"] = {k: v / n for k, v in sorted(syncs.items())}
+        out[f"duty_reads_{kind}"] = sum(duty_reads.values()) / n
+        out[f"duty_reads_by_kind_{kind}"] = {k: v / n for k, v in sorted(duty_reads.items())}
         out[f"steps_{kind}"] = n
     return out
 

@@ -104,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> RunSummary:
     )
     memory = None
     if cfg.loss.memory:
-        memory = CrossBatchMemory(model.embed_dim, max_steps=cfg.loss.memory_steps).to(rt.device)
+        # no finiteness read per enqueue: the step's own finiteness flag is checked when the
+        # steps are read (a non-finite step stops the run there)
+        memory = CrossBatchMemory(
+            model.embed_dim, max_steps=cfg.loss.memory_steps, on_nonfinite="ignore"
+        ).to(rt.device)
     step = StepContext(
         model=wrap_for_training(model, cfg, rt),
         raw_model=model,

@@ -18,8 +18,9 @@ possible.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypedDict, cast
 
 import numpy as np
@@ -28,7 +29,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reid_example.config import Config
-from reid_example.data.collate import collate_multimodal
+from reid_example.data.collate import collate_grouped, collate_multimodal
+from reid_example.data.device_cache import (
+    CacheableDataset,
+    DeviceAugment,
+    DeviceBatches,
+    DeviceCache,
+)
 from reid_example.data.records import OnError
 from reid_example.data.text import CaptionTokenizer
 from reid_example.data.transforms import Compose, eval_transform, train_transform
@@ -283,6 +290,8 @@ class BatchWindow:
     def __init__(self, sampler: ModalAwarePKSampler | ModalAwarePKSampler_Strict) -> None:
         self.sampler = sampler
         self.start = 0
+        #: the epoch being iterated (set by :meth:`configure`)
+        self.epoch = 0
         self.limit = 0
         #: the DataLoader's generator (``DataLoader(..., generator=window.generator)``)
         self.generator = torch.Generator()
@@ -291,7 +300,7 @@ class BatchWindow:
         """Iterate ``epoch`` (from 1) from batch ``start``, up to batch ``limit`` (> 0)."""
         # the epoch's shuffle and the resume position, in one call
         self.sampler.load_state_dict({"epoch": epoch, "next_batch": start})
-        self.start, self.limit = start, limit
+        self.start, self.limit, self.epoch = start, limit, epoch
         key = np.random.SeedSequence([self.sampler.seed, self.sampler.rank, epoch])
         self.generator.manual_seed(int(key.generate_state(1, np.uint64)[0] >> np.uint64(1)))
 
@@ -319,8 +328,10 @@ class BatchWindow:
 
 def build_train_loader(
     cfg: Config, data: DataBundle, device: torch.device, *, rank: int = 0, world: int = 1
-) -> tuple[DataLoader[dict[str, Any]], BatchWindow]:
-    """DataLoader over the train split with the configured P×K batch sampler."""
+) -> tuple[Iterable[dict[str, Any]], BatchWindow]:
+    """The training batches of the train split with the configured P×K batch sampler: a
+    DataLoader (worker processes, ``collate_grouped``), or with ``data.device_cache`` the
+    split on ``device`` and batches built there (:mod:`reid_example.data.device_cache`)."""
     s = cfg.sampler
     labels, mods = data.train.labels, data.train.modalities
     sampler: ModalAwarePKSampler | ModalAwarePKSampler_Strict
@@ -346,6 +357,8 @@ def build_train_loader(
             rank=rank,
         )
     window = BatchWindow(sampler)
+    if cfg.data.device_cache:
+        return _device_batches(cfg, data, device, window, rank), window
     workers = cfg.data.num_workers
     kwargs: dict[str, Any] = {}
     if workers > 0:
@@ -357,9 +370,34 @@ def build_train_loader(
         cast("Dataset[dict[str, Any]]", data.train),
         batch_sampler=window,
         num_workers=workers,
-        collate_fn=data.collate,
+        # grouped by modality, with host-side counts: the step slices rows without reading
+        # the device (and padded captions keep the shapes fixed)
+        collate_fn=functools.partial(
+            collate_grouped, collate=data.collate, text_length=cfg.data.text_length
+        ),
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
         generator=window.generator,
         **kwargs,
     )
     return loader, window
+
+
+def _device_batches(
+    cfg: Config, data: DataBundle, device: torch.device, window: BatchWindow, rank: int
+) -> DeviceBatches:
+    """``data.device_cache``: the training split on ``device``, its transform on the device."""
+    augment = DeviceAugment.from_transform(getattr(data.train, "transform", None))
+    cache = DeviceCache.build(
+        cast(CacheableDataset, data.train),
+        device,
+        text_length=cfg.data.text_length,
+        budget_mb=cfg.data.device_cache_budget_mb,
+        image_size=data.image_size,
+    )
+    log.info(
+        "data.device_cache: training split on %s (%.0f MiB); augmentation there: %s",
+        device,
+        cache.nbytes / 2**20,
+        ", ".join(augment.names),
+    )
+    return DeviceBatches(cache, window, augment, seed=cfg.train.seed, rank=rank)

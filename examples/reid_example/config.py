@@ -117,6 +117,23 @@ class DataConfig:
     prefetch_factor: int = _opt(2, "batches prefetched per worker")
     pin_memory: bool = _opt(True, "pin host memory (CUDA only) and copy with non_blocking=True")
     eval_batch_size: int = _opt(256, "batch size of feature extraction for evaluation")
+    device_cache: bool = _opt(
+        False,
+        "keep the whole training split on the training device (uint8 images, tokens) and build "
+        "each batch there: gather by the sampler's indices, augment with the device's own "
+        "generators (the same transforms and probabilities as the loader); no worker processes",
+    )
+    device_cache_budget_mb: int = _opt(
+        4096,
+        "data.device_cache: the most device memory (MiB) the cached training split may take; "
+        "a larger split is refused with an error naming this option",
+    )
+    decoded_cache: str = _opt(
+        "",
+        "real layouts: a directory for a memory-mapped file of the decoded training images "
+        "(uint8, as decoded), so epochs after the first skip image decoding ('' = off); a later "
+        "run on the same image files reuses it, changed files are decoded again",
+    )
 
 
 @dataclass
@@ -253,7 +270,17 @@ class TrainConfig:
         ("auto", "bf16", "fp16", "off"),
     )
     channels_last: bool = _opt(True, "channels_last memory format for images and stems (CUDA)")
-    compile: bool = _opt(False, "torch.compile the model")
+    compile: bool = _opt(
+        False,
+        "torch.compile the model's forward pass and SDM (train.compile_mode); without a working "
+        "torch.compile (no inductor or no C++ compiler) the run says so once and trains eagerly",
+    )
+    compile_mode: str = _opt(
+        "default",
+        "torch.compile mode with train.compile: default, or reduce-overhead (CUDA graphs: no "
+        "per-kernel launch cost; CUDA only, elsewhere the run says so once and uses default)",
+        ("default", "reduce-overhead"),
+    )
     deterministic: bool = _opt(False, "torch.use_deterministic_algorithms (CUDA: slower)")
     num_threads: int = _opt(0, "torch intra-op threads on CPU (0 = leave torch's default)")
     log_every: int = _opt(20, "steps between step-level metric rows")

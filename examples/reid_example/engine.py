@@ -8,9 +8,22 @@ The step is the recipe in code:
    memory of the last steps' RGB embeddings, weighted by :class:`~sdmreid.SDMWeightScheduler`.
    While SDM is off (warm-up, CE-only runs) its statistics are still computed without a graph,
    so the pair coverage is reported for every run;
-4. the SDM result feeds :class:`~sdmreid.PairCoverageMeter`; after the optimiser step the
-   batch's RGB embeddings are enqueued in the :class:`~sdmreid.CrossBatchMemory`
-   (``keep=Modality.RGB``) and the weight average (if any) is updated.
+4. backward, gradient norm, optimiser step; then the batch's RGB embeddings are enqueued in the
+   :class:`~sdmreid.CrossBatchMemory` and the weight average (if any) is updated.
+
+Nothing in the step reads the device: the step queues work and returns a :class:`StepRecord`
+whose numbers (losses, SDM row counts for the coverage meter, gradient norm, finiteness, the
+classifier weight norm for the health monitor) stay on the device. :class:`StepLog` keeps the
+records of the steps since the last read and brings them all to the host in **one** read, at a
+logging step (``train.log_every``); the trainer feeds the coverage meter, the health monitor and
+the metric rows from that read. What the step needs to know on the host it gets from the batch:
+the training batches come grouped by modality with their counts
+(:func:`~reid_example.data.collate.group_by_modality`), so SDM's query and gallery rows and the
+per-modality stems are slices with host-known sizes.
+
+A step whose loss or gradients are not finite is skipped on the device (fused optimisers: their
+``found_inf`` input; with a GradScaler, its own check), and the next read raises
+:class:`NonFiniteStepError` naming it, before anything is logged or checkpointed.
 
 Every component the step touches is a typed field of :class:`StepContext`.
 """
@@ -19,9 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -30,8 +43,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from reid_example.config import Config
-from reid_example.model import EmbeddingNetwork, EmbeddingOutput
-from reid_example.optim import LRSchedule
+from reid_example.model import EmbeddingNetwork, EmbeddingOutput, ReIDModel
+from reid_example.optim import LRSchedule, update_ema
 from reid_example.runtime import Runtime, is_distributed
 from sdmreid import (
     CrossBatchMemory,
@@ -44,21 +57,43 @@ from sdmreid import (
 )
 
 __all__ = [
+    "NonFiniteStepError",
     "StepContext",
+    "StepLog",
+    "StepReading",
+    "StepRecord",
     "StepScalars",
     "StepSettings",
     "forward",
     "retrieval_embedding",
+    "to_device",
     "train_step",
 ]
 
-Batch = Mapping[str, torch.Tensor]
+Batch = Mapping[str, Any]
+
+#: the device-side numbers of a step, in :attr:`StepRecord.values` order
+RECORD_FIELDS = (
+    "ce",
+    "sdm",
+    "loss",
+    "top1",
+    "rows",
+    "rows_without_positive",
+    "grad_norm",
+    "finite",
+    "head_norm",
+)
+
+
+class NonFiniteStepError(FloatingPointError):
+    """A training step produced a non-finite loss or gradient (raised at the next read)."""
 
 
 @dataclass(frozen=True)
 class StepSettings:
     """The options one step reads (from ``loss.*``, ``optim.grad_clip``, ``model.embedding``
-    and ``dist.*``).
+    and ``dist.*``; ``train.compile`` through :attr:`Runtime.compile_mode`).
 
     Example:
         >>> StepSettings.from_config(Config()).sdm_logit_scale
@@ -104,6 +139,7 @@ class StepContext:
     head_switch: HeadLRSwitch
     sdm_scheduler: SDMWeightScheduler
     memory: CrossBatchMemory | None
+    #: fed on the host from each read of the step records (see :class:`StepLog`)
     meter: PairCoverageMeter
     ema: AveragedModel | None
     runtime: Runtime
@@ -112,7 +148,7 @@ class StepContext:
 
 @dataclass
 class StepScalars:
-    """The logged numbers of one step (read from the device once, at the end of the step)."""
+    """The logged numbers of one step, on the host."""
 
     ce: float
     sdm: float  # NaN when the batch had no query or no gallery side
@@ -128,15 +164,128 @@ class StepScalars:
         return asdict(self)
 
 
-def forward(model: nn.Module, batch: Batch) -> EmbeddingOutput:
-    """The model on a collated batch (empty image or text blocks are passed as ``None``)."""
+@dataclass
+class StepRecord:
+    """What :func:`train_step` returns: the step's numbers, still on the device.
+
+    ``values`` holds :data:`RECORD_FIELDS` as one float32 vector (nothing has been read).
+    """
+
+    epoch: int
+    global_step: int
+    values: torch.Tensor
+    sdm_weight: float
+    batch: int
+
+
+@dataclass(frozen=True)
+class StepReading:
+    """One step's numbers after a read: the logged scalars and the health inputs."""
+
+    epoch: int
+    #: the global step after this step (from 1), as the trainer numbers logged steps
+    step: int
+    scalars: StepScalars
+    #: the L2 norm of the classifier weight after the step (a health input)
+    head_norm: float
+
+
+class StepLog:
+    """The records of the steps since the last read.
+
+    :meth:`read` stacks their device vectors and reads them in one device-to-host copy: the one
+    host synchronisation of a logging step. A record of a non-finite step makes it raise
+    :class:`NonFiniteStepError`.
+
+    Example:
+        >>> log = StepLog()
+        >>> v = torch.tensor([2.0, math.nan, 2.0, 0.5, 8.0, 1.0, 3.0, 1.0, 4.0])
+        >>> log.add(StepRecord(1, 0, v, sdm_weight=0.0, batch=8))
+        >>> [r.scalars.ce for r in log.read()], len(log)
+        ([2.0], 0)
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[StepRecord] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, record: StepRecord) -> None:
+        """Keep ``record`` until the next :meth:`read`."""
+        self._pending.append(record)
+
+    def clear(self) -> None:
+        """Forget the pending records (a restored run starts without any)."""
+        self._pending.clear()
+
+    def read(self) -> list[StepReading]:
+        """Every pending step's numbers, oldest first, in one read of the device.
+
+        Raises:
+            NonFiniteStepError: a pending step's loss or gradient norm was not finite; the
+                pending records are dropped.
+        """
+        if not self._pending:
+            return []
+        records, self._pending = self._pending, []
+        rows = torch.stack([r.values for r in records]).tolist()  # the one read
+        readings: list[StepReading] = []
+        for r, row in zip(records, rows, strict=True):
+            values = dict(zip(RECORD_FIELDS, row, strict=True))
+            if values["finite"] != 1.0:
+                raise NonFiniteStepError(
+                    f"training step {r.global_step + 1} (epoch {r.epoch}) is not finite: loss "
+                    f"{values['loss']}, CE {values['ce']}, SDM {values['sdm']}, gradient norm "
+                    f"{values['grad_norm']}. Its update was skipped (fused optimiser or "
+                    "GradScaler); the run stops here, before anything is logged or "
+                    "checkpointed. Check the learning rate, train.amp and the data"
+                )
+            readings.append(
+                StepReading(
+                    epoch=r.epoch,
+                    step=r.global_step + 1,
+                    scalars=StepScalars(
+                        ce=values["ce"],
+                        sdm=values["sdm"],
+                        loss=values["loss"],
+                        top1=values["top1"],
+                        sdm_weight=r.sdm_weight,
+                        rows=values["rows"],
+                        rows_without_positive=values["rows_without_positive"],
+                        grad_norm=values["grad_norm"],
+                        batch=float(r.batch),
+                    ),
+                    head_norm=values["head_norm"],
+                )
+            )
+        return readings
+
+
+def forward(
+    model: nn.Module, batch: Batch, *, image_counts: tuple[int, ...] | None = None
+) -> EmbeddingOutput:
+    """The model on a collated batch (empty image or text blocks are passed as ``None``).
+
+    ``image_counts``: the batch's images are grouped by modality with these counts
+    (:func:`~reid_example.data.collate.group_by_modality`; :class:`ReIDModel` then slices them
+    for its stems without reading the device).
+    """
     images = batch["images"] if batch["images"].shape[0] > 0 else None
     tokens = batch["tokens"] if batch["tokens"].shape[0] > 0 else None
-    # a wrapper (DDP, torch.compile) returns what the network returns
+    kwargs = {} if image_counts is None else {"image_counts": image_counts}
+    # a wrapper (DDP, torch.compile) returns what the ReIDModel returns
     return cast(
         EmbeddingOutput,
-        model(images, batch["image_rows"], tokens, batch["text_rows"], batch["modalities"]),
+        model(
+            images, batch["image_rows"], tokens, batch["text_rows"], batch["modalities"], **kwargs
+        ),
     )
+
+
+def image_counts(modality_counts: tuple[int, ...]) -> tuple[int, ...]:
+    """The counts of the image modalities (every modality but TEXT), in code order."""
+    return tuple(n for code, n in enumerate(modality_counts) if code != int(Modality.TEXT))
 
 
 def retrieval_embedding(out: EmbeddingOutput, embedding: str) -> torch.Tensor:
@@ -144,15 +293,35 @@ def retrieval_embedding(out: EmbeddingOutput, embedding: str) -> torch.Tensor:
     return (out.features if embedding == "pre_bn" else out.embeddings).float()
 
 
-def _to_device(batch: Batch, rt: Runtime) -> dict[str, torch.Tensor]:
-    out = {k: v.to(rt.device, non_blocking=rt.non_blocking) for k, v in batch.items()}
+def to_device(batch: Batch, rt: Runtime) -> dict[str, Any]:
+    """The batch's tensors on the run's device (asynchronous from pinned memory); other values
+    (the host-side counts) as they are."""
+    out = {
+        k: v.to(rt.device, non_blocking=rt.non_blocking) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
     if rt.channels_last and out["images"].dim() == 4 and out["images"].shape[0] > 0:
         out["images"] = out["images"].contiguous(memory_format=torch.channels_last)
     return out
 
 
+def _sides(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDM's gallery rows (RGB) and query rows (every other modality): slices of the batch's
+    rows ordered by modality, at host-known offsets (nothing is read from the device)."""
+    if "modality_counts" not in b or "rows_by_modality" not in b:
+        raise ValueError(
+            "a training batch needs 'rows_by_modality' and 'modality_counts' "
+            "(reid_example.data.collate.group_by_modality)"
+        )
+    rows: torch.Tensor = b["rows_by_modality"]
+    n_rgb = int(b["modality_counts"][int(Modality.RGB)])
+    return rows[:n_rgb], rows[n_rgb:]
+
+
 def _both_sides(has_query: bool, has_gallery: bool, gather: bool, device: torch.device) -> bool:
-    """Whether SDM runs this step. Global SDM is a collective: every rank runs it, or none."""
+    """Whether SDM runs this step (known on the host from the batch's counts). Global SDM is a
+    collective: every rank runs it, or none; under torchrun with ``dist.gather_sdm`` the ranks
+    agree through one small all-reduce, read on the host."""
     local = has_query and has_gallery
     if not gather:
         return local
@@ -162,41 +331,52 @@ def _both_sides(has_query: bool, has_gallery: bool, gather: bool, device: torch.
 
 
 def _sdm(
-    ctx: StepContext, emb: torch.Tensor, labels: torch.Tensor, mods: torch.Tensor, live: bool
+    ctx: StepContext,
+    emb: torch.Tensor,
+    labels: torch.Tensor,
+    gallery_rows: torch.Tensor,
+    query_rows: torch.Tensor,
+    live: bool,
 ) -> SDMResult | None:
-    """SDM of the batch's non-RGB rows against its RGB rows and the memory; fed to the meter.
+    """SDM of the batch's non-RGB rows (queries) against its RGB rows and the memory (gallery).
 
     ``live``: the loss joins the graph; otherwise only its statistics are computed. ``None``
-    when the batch lacks one of the two sides (the meter then counts every row as without a
-    positive).
+    when the batch lacks one of the two sides (every row then counts as without a positive).
+    Nothing is read from the device: the rows are host-known slices and
+    ``on_nonfinite="ignore"`` leaves finiteness to the step's own flag. (A per-query-modality
+    SDM, :func:`sdmreid.sdm_per_modality`, takes the whole batch and selects rows by masks.)
     """
-    rgb = mods == int(Modality.RGB)
-    q_idx = (~rgb).nonzero(as_tuple=True)[0]
-    g_idx = rgb.nonzero(as_tuple=True)[0]
     gather = ctx.settings.gather_sdm and is_distributed()
-    if not _both_sides(q_idx.numel() > 0, g_idx.numel() > 0, gather, emb.device):
-        rows = torch.tensor(labels.shape[0], device=emb.device)
-        ctx.meter.update(rows=rows, rows_without_positive=rows)
+    if not _both_sides(query_rows.numel() > 0, gallery_rows.numel() > 0, gather, emb.device):
         return None
     memory = ctx.memory.view() if ctx.memory is not None else None
     source = emb if live else emb.detach()
     with contextlib.nullcontext() if live else torch.no_grad():
-        result = sdm_loss(
-            source.index_select(0, q_idx),
-            source.index_select(0, g_idx),
-            labels.index_select(0, q_idx),
-            labels.index_select(0, g_idx),
+        return sdm_loss(
+            source.index_select(0, query_rows),
+            source.index_select(0, gallery_rows),
+            labels.index_select(0, query_rows),
+            labels.index_select(0, gallery_rows),
             memory=memory,
             logit_scale=ctx.settings.sdm_logit_scale,
             gather=gather,
-            compiled=ctx.settings.sdm_compiled,
+            on_nonfinite="ignore",
+            # train.compile compiles SDM in the model's mode too
+            compiled=ctx.runtime.compile_mode or ctx.settings.sdm_compiled,
         )
-    ctx.meter.update(result)
-    return result
 
 
-def _optimise(ctx: StepContext, loss: torch.Tensor) -> torch.Tensor:
-    """Backward, clip, optimiser step, weight average; returns the global gradient norm."""
+def _supports_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Fused optimisers skip their update on the device when given a ``found_inf`` flag."""
+    return bool(optimizer.defaults.get("fused"))
+
+
+def _optimise(ctx: StepContext, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward, gradient norm (clipped when configured), optimiser step, weight average.
+
+    Returns the global gradient norm and whether the loss and every gradient are finite (both
+    0-dim device tensors). A non-finite step is skipped on the device.
+    """
     scaler = ctx.runtime.amp.scaler
     ctx.optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -205,69 +385,91 @@ def _optimise(ctx: StepContext, loss: torch.Tensor) -> torch.Tensor:
     else:
         loss.backward()  # type: ignore[no-untyped-call]
     params = [p for g in ctx.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
     if ctx.settings.grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, ctx.settings.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, ctx.settings.grad_clip, foreach=True)
     else:
-        grad_norm = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params])
-        )
+        # one kernel for every per-parameter norm, not a Python loop over them
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    finite = torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all()
     if scaler is not None:
-        scaler.step(ctx.optimizer)
+        scaler.step(ctx.optimizer)  # its own device-side check of the (unscaled) gradients
         scaler.update()
     else:
+        if _supports_found_inf(ctx.optimizer):
+            # read by fused optimisers (as a GradScaler sets it): 1.0 skips the update
+            ctx.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
         ctx.optimizer.step()
     if ctx.ema is not None:
-        ctx.ema.update_parameters(ctx.raw_model)
-    return grad_norm
+        update_ema(ctx.ema, ctx.raw_model)
+    return grad_norm, finite
 
 
-def train_step(ctx: StepContext, batch: Batch, epoch: int, global_step: int) -> StepScalars:
-    """One optimisation step at ``epoch`` (from 1) and ``global_step`` (from 0)."""
+def train_step(ctx: StepContext, batch: Batch, epoch: int, global_step: int) -> StepRecord:
+    """One optimisation step at ``epoch`` (from 1) and ``global_step`` (from 0).
+
+    ``batch`` is a training batch (:func:`~reid_example.data.collate.group_by_modality`) on
+    the host or already on the device. Nothing is read from the device (under torchrun, the
+    gathered SDM and memory agree on their inputs first, through one small read): the returned
+    record's numbers are read later, with those of other steps, by :meth:`StepLog.read`.
+    """
+    if ctx.runtime.compile_mode == "reduce-overhead":
+        # the previous step's graph outputs are no longer needed
+        torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
     ctx.lr_schedule.apply(ctx.optimizer, global_step)
     ctx.head_switch.step(epoch)  # after the schedule: pins the head group's LR from its epoch on
-    b = _to_device(batch, ctx.runtime)
-    labels, mods = b["labels"], b["modalities"]
+    b = to_device(batch, ctx.runtime)
+    labels = b["labels"]
+    gallery_rows, query_rows = _sides(b)
+    # the built-in network slices its per-modality stems by the batch's counts
+    counts = image_counts(b["modality_counts"]) if isinstance(ctx.raw_model, ReIDModel) else None
     ctx.model.train()
     with ctx.runtime.amp.autocast():
-        out = forward(ctx.model, b)
+        out = forward(ctx.model, b, image_counts=counts)
     logits = out.logits.float()
     emb = retrieval_embedding(out, ctx.settings.embedding)
     ce = F.cross_entropy(logits, labels, label_smoothing=ctx.settings.label_smoothing)
     weight = ctx.sdm_scheduler.weight(epoch) if ctx.settings.sdm else 0.0
-    sdm = _sdm(ctx, emb, labels, mods, live=weight > 0.0)
+    sdm = _sdm(ctx, emb, labels, gallery_rows, query_rows, live=weight > 0.0)
     loss = ce + weight * sdm.loss if sdm is not None and weight > 0.0 else ce
-    grad_norm = _optimise(ctx, loss)
+    grad_norm, finite = _optimise(ctx, loss)
     if ctx.memory is not None:
         # Every step is enqueued (a step without RGB rows still counts towards "the last N
-        # steps"); only the RGB rows are stored.
+        # steps"); only the RGB rows are stored. Their finiteness is the step's flag, read
+        # with the step's numbers (the memory is built with on_nonfinite="ignore").
         ctx.memory.enqueue(
-            emb.detach(),
-            labels,
-            modalities=mods,
-            keep=Modality.RGB,
+            emb.detach().index_select(0, gallery_rows),
+            labels.index_select(0, gallery_rows),
+            modalities=Modality.RGB,
             gather=ctx.settings.gather_memory and is_distributed(),
         )
     top1 = (logits.argmax(dim=1) == labels).float().mean()
-    nan = ce.new_full((), math.nan)
-    rows = labels.new_tensor(labels.shape[0]) if sdm is None else torch.as_tensor(sdm.rows)
-    without = rows if sdm is None else sdm.rows_without_positive
-    sdm_value = nan if sdm is None else sdm.loss
-    # one device-to-host read for every logged number of the step
+    head_norm = torch.linalg.vector_norm(ctx.raw_model.classifier.weight.detach())
+    sdm_parts: Sequence[torch.Tensor]
+    if sdm is not None:
+        sdm_parts = (sdm.loss.detach(), sdm.rows, sdm.rows_without_positive)
+    else:  # logged as NaN; every row of the batch is without a positive
+        n = float(labels.shape[0])
+        sdm_parts = torch.tensor([math.nan, n, n], device=ce.device).unbind()
     values = torch.stack(
         [
-            t.detach().to(device=ce.device, dtype=torch.float32).reshape(())
-            for t in (ce, sdm_value, loss, top1, rows, without, grad_norm)
+            t.float()
+            for t in (
+                ce.detach(),
+                sdm_parts[0],
+                loss.detach(),
+                top1,
+                *sdm_parts[1:],
+                grad_norm.detach(),
+                finite,
+                head_norm,
+            )
         ]
-    ).tolist()
-    ce_v, sdm_v, loss_v, top1_v, rows_v, without_v, gn_v = values
-    return StepScalars(
-        ce=ce_v,
-        sdm=sdm_v,
-        loss=loss_v,
-        top1=top1_v,
+    )
+    return StepRecord(
+        epoch=epoch,
+        global_step=global_step,
+        values=values,
         sdm_weight=float(weight),
-        rows=rows_v,
-        rows_without_positive=without_v,
-        grad_norm=gn_v,
-        batch=float(labels.shape[0]),
+        batch=int(labels.shape[0]),
     )

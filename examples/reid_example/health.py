@@ -1,7 +1,9 @@
 """Glue between the trainer and :class:`sdmreid.HealthMonitor`.
 
 * Step level (every ``health.every_steps`` global steps): the pair-coverage reading and the
-  classifier weight norm go to :meth:`HealthMonitor.update_step`.
+  classifier weight norm go to :meth:`HealthMonitor.update_step`. Both are host numbers: the
+  trainer reads the steps' numbers at its logging steps and replays each step's duties, so a
+  step-level finding is logged at the next logging step, with the step it belongs to.
 * Epoch level: the epoch's mean CE and whether SDM was on go to
   :meth:`HealthMonitor.update_epoch`; on evaluation epochs also the selection score of the
   validation split and the same score on training identities (``eval.train_ids``), which feed
@@ -29,8 +31,6 @@ import logging
 import math
 from collections.abc import Mapping
 from typing import Any
-
-import torch
 
 from reid_example.config import Config
 from sdmreid import (
@@ -95,9 +95,10 @@ class HealthAdapter:
         epoch: int,
         global_step: int,
         meter: PairCoverageMeter,
-        head_weight: torch.Tensor,
+        head_norm: float,
     ) -> None:
-        """Every ``every_steps`` steps: coverage reading + classifier weight norm."""
+        """Every ``every_steps`` steps: coverage reading + classifier weight norm (the L2 norm
+        of the classifier weight after that step, read with the step's numbers)."""
         if not self.enabled or global_step % self.every_steps:
             return
         self.monitor.settings = self.settings(epoch)
@@ -105,7 +106,7 @@ class HealthAdapter:
             epoch,
             global_step,
             coverage=float(meter.compute()),  # NaN before the first reading: skipped
-            classifier_weight_norm=float(head_weight.detach().float().norm()),
+            classifier_weight_norm=head_norm,
         )
         self._report(findings)
 

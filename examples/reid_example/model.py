@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, cast
 
@@ -384,34 +384,96 @@ class ReIDModel(EmbeddingNetwork):
         images: torch.Tensor | None,
         image_modalities: torch.Tensor | None,
         tokens: torch.Tensor | None,
+        *,
+        image_counts: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Trunk features of the image rows and of the text rows (each in its input order)."""
-        img_feat: torch.Tensor | None = None
+        """Trunk features of the image rows and of the text rows (each in its input order).
+
+        Each image modality's stem reads its modality's images as one contiguous slice.
+        ``image_counts`` says that ``images`` already come grouped that way: by modality, in
+        :data:`IMAGE_MODALITIES` order, ``image_counts[i]`` of ``IMAGE_MODALITIES[i]`` (the
+        training batches, :func:`~reid_example.data.collate.group_by_modality`); the slices
+        then have host-known sizes and nothing is read from the device. Without it the images
+        are grouped here from ``image_modalities``, which reads the counts from the device
+        once (evaluation batches).
+        """
+        img_tokens: torch.Tensor | None = None
+        order: torch.Tensor | None = None
         if images is not None and images.shape[0] > 0:
-            if image_modalities is None:
-                raise ValueError("image_modalities is required with images")
-            low: torch.Tensor | None = None
-            for code in torch.unique(image_modalities).tolist():
-                name = Modality(int(code)).name.lower()
-                if name not in self.image_stems:
-                    raise ValueError(f"no image stem for modality {Modality(int(code)).name}")
-                sel = (image_modalities == code).nonzero(as_tuple=True)[0]
-                out = self.image_stems[name](images.index_select(0, sel))
-                if low is None:
-                    # the stems' output dtype (bf16/fp16 under autocast), not the images' one:
-                    # index_copy is not an autocast op and needs both sides alike
-                    low = out.new_zeros((images.shape[0], *out.shape[1:]))
-                    if images.is_contiguous(memory_format=torch.channels_last):
-                        low = low.contiguous(memory_format=torch.channels_last)
-                low = low.index_copy(0, sel, out.to(low.dtype))
-            assert low is not None  # images.shape[0] > 0, so at least one modality ran
-            # One shared pass for all image rows: conv blocks, tokens, trunk.
-            img_feat = self._trunk(self.image_tokenizer(low), None).float()
-        txt_feat: torch.Tensor | None = None
+            if image_counts is None:
+                if image_modalities is None:
+                    raise ValueError("image_modalities is required with images")
+                order, image_counts = self._group_by_modality(image_modalities)
+                images = images.index_select(0, order)
+            img_tokens = self._image_tokens(images, image_counts)
+        txt_tokens = txt_mask = None
         if tokens is not None and tokens.shape[0] > 0:
-            mask = tokens != 0
-            txt_feat = self._trunk(self.text_stem(tokens), mask).float()
+            txt_tokens, txt_mask = self.text_stem(tokens), tokens != 0
+        img_feat, txt_feat = self._trunk_features(img_tokens, txt_tokens, txt_mask)
+        if order is not None and img_feat is not None:  # back to the input order
+            img_feat = torch.empty_like(img_feat).index_copy_(0, order, img_feat)
         return img_feat, txt_feat
+
+    def _trunk_features(
+        self,
+        img_tokens: torch.Tensor | None,
+        txt_tokens: torch.Tensor | None,
+        txt_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Trunk features of the image token sequences and of the caption token sequences.
+
+        When both have the same length (e.g. 8×4 patches and 32-token captions) the trunk reads
+        them in one pass, images unmasked and captions with their padding mask; else one pass
+        each. Every row's feature is the same either way: rows never mix in the trunk.
+        """
+        if img_tokens is None or txt_tokens is None or txt_mask is None:
+            img = None if img_tokens is None else self._trunk(img_tokens, None).float()
+            txt = None if txt_tokens is None else self._trunk(txt_tokens, txt_mask).float()
+            return img, txt
+        if img_tokens.shape[1:] != txt_tokens.shape[1:]:
+            return self._trunk(img_tokens, None).float(), self._trunk(txt_tokens, txt_mask).float()
+        n_img = img_tokens.shape[0]
+        visible = torch.ones_like(txt_mask[:1]).expand(n_img, -1)  # images have no padding
+        feats = self._trunk(
+            torch.cat([img_tokens, txt_tokens]), torch.cat([visible, txt_mask])
+        ).float()
+        return feats[:n_img], feats[n_img:]
+
+    @staticmethod
+    def _group_by_modality(image_modalities: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """The order that groups images by modality code (stable) and the count of each image
+        modality (one read of the device)."""
+        codes = image_modalities.to(torch.int64)
+        n = len(IMAGE_MODALITIES)
+        # counts of every image modality, then of codes outside them, read at once
+        outside = ((codes < 0) | (codes >= n)).sum().reshape(1)
+        counts = torch.cat([torch.bincount(codes.clamp(0, n - 1), minlength=n), outside])
+        *per_modality, bad = counts.tolist()
+        if bad:
+            unknown = sorted(set(codes.tolist()) - {int(m) for m in IMAGE_MODALITIES})
+            names = [Modality(c).name if 0 <= c < len(Modality) else str(c) for c in unknown]
+            raise ValueError(f"no image stem for modality {', '.join(names)}")
+        return torch.sort(codes, stable=True).indices, per_modality
+
+    def _image_tokens(self, images: torch.Tensor, image_counts: Sequence[int]) -> torch.Tensor:
+        """Token sequences of images grouped by modality (see :meth:`encode`), in their order:
+        each modality's stem on its slice, then the shared conv blocks and patches."""
+        counts = [int(n) for n in image_counts]
+        if len(counts) != len(IMAGE_MODALITIES) or sum(counts) != images.shape[0]:
+            raise ValueError(
+                f"image_counts must give the number of images of each of the "
+                f"{len(IMAGE_MODALITIES)} image modalities (summing to {images.shape[0]}), "
+                f"got {tuple(image_counts)}"
+            )
+        stems = [self.image_stems[m.name.lower()] for m in IMAGE_MODALITIES]
+        low = [
+            stem(part)
+            for stem, part, n in zip(stems, torch.split(images, counts), counts, strict=True)
+            if n > 0  # a stem's batch norm needs its own images
+        ]
+        # One shared pass for all image rows: conv blocks, patches.
+        x = torch.cat(low) if len(low) > 1 else low[0]
+        return cast(torch.Tensor, self.image_tokenizer(x))
 
     def forward(
         self,
@@ -420,10 +482,12 @@ class ReIDModel(EmbeddingNetwork):
         tokens: torch.Tensor | None,
         text_rows: torch.Tensor | None,
         modalities: torch.Tensor,
+        image_counts: Sequence[int] | None = None,
     ) -> EmbeddingOutput:
+        """``image_counts``: the images are grouped by modality (see :meth:`encode`)."""
         batch = modalities.shape[0]
         img_mods = None if image_rows is None else modalities.index_select(0, image_rows)
-        img_feat, txt_feat = self.encode(images, img_mods, tokens)
+        img_feat, txt_feat = self.encode(images, img_mods, tokens, image_counts=image_counts)
         feats = modalities.new_zeros((batch, self.embed_dim), dtype=torch.float32)
         if img_feat is not None and image_rows is not None:
             feats = feats.index_copy(0, image_rows, img_feat)

@@ -11,15 +11,17 @@ Example:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from reid_example.config import OptimConfig
 from reid_example.model import EmbeddingNetwork, param_groups
 
-__all__ = ["LRSchedule", "build_ema", "build_lr_schedule", "build_optimizer"]
+__all__ = ["LRSchedule", "build_ema", "build_lr_schedule", "build_optimizer", "update_ema"]
 
 
 @dataclass
@@ -60,9 +62,24 @@ def build_optimizer(cfg: OptimConfig, model: EmbeddingNetwork) -> torch.optim.Op
     """AdamW or Nesterov SGD over the model's ``backbone`` / ``backbone_no_decay`` / ``head``
     groups (see :func:`~reid_example.model.param_groups`)."""
     groups = param_groups(model, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    # One kernel updates every parameter: fused where the parameters' device has the kernel
+    # (CUDA, CPU), else the multi-tensor form. A fused optimiser also skips its update on the
+    # device when the training step flags a non-finite step (its found_inf input).
+    device = next(p.device for g in groups for p in g["params"])  # type: ignore[attr-defined]
+    fused = device.type in _fused_devices()
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused, foreach=not fused)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, fused=fused, foreach=not fused
+    )
+
+
+def _fused_devices() -> list[str]:
+    """Device types with fused AdamW/SGD kernels in this torch."""
+    import torch.optim.optimizer as base
+
+    supported = getattr(base, "_get_fused_kernels_supported_devices", None)
+    return list(supported()) if supported is not None else ["cuda"]
 
 
 def build_lr_schedule(
@@ -89,3 +106,59 @@ def build_ema(cfg: OptimConfig, model: EmbeddingNetwork) -> AveragedModel | None
         multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),  # type: ignore[no-untyped-call]
         use_buffers=True,
     )
+
+
+@torch.no_grad()
+def update_ema(ema: AveragedModel, model: nn.Module) -> None:
+    """``ema.update_parameters(model)`` without reading the device.
+
+    :meth:`AveragedModel.update_parameters` asks the device whether it has averaged before
+    (``n_averaged == 0``), twice per call; here that count is read once per averaged model
+    and then kept on the host, so a training step never waits for it. The update itself is the
+    averaged model's own: a copy on the first call, then its ``multi_avg_fn`` on the
+    parameters and buffers grouped by device and dtype, and ``n_averaged`` counts the call.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> ema = build_ema(OptimConfig(ema_decay=0.5), net)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(1.0)
+        >>> update_ema(ema, net); update_ema(ema, net)
+        >>> ema.module.weight.tolist(), int(ema.n_averaged)
+        ([[1.0, 1.0]], 2)
+    """
+    if ema.multi_avg_fn is None or not ema.use_buffers:
+        ema.update_parameters(model)  # another averaging: its own (reading) path
+        return
+    first = _host_count(ema) == 0
+    mine = [*ema.module.parameters(), *ema.module.buffers()]
+    source = [*model.parameters(), *model.buffers()]
+    theirs = [x.detach().to(y.device) for x, y in zip(source, mine, strict=True)]
+    if first:
+        torch._foreach_copy_(mine, theirs)
+    else:
+        Pair = tuple[list[torch.Tensor], list[torch.Tensor]]
+        groups: dict[tuple[torch.device, torch.dtype], Pair] = {}
+        for a, b in zip(mine, theirs, strict=True):
+            pair = groups.setdefault((a.device, a.dtype), ([], []))
+            pair[0].append(a)
+            pair[1].append(b)
+        for (device, _), (averaged, current) in groups.items():
+            ema.multi_avg_fn(averaged, current, ema.n_averaged.to(device))
+    ema.n_averaged += 1
+    _HOST_COUNTS[ema] = _host_count(ema) + 1
+
+
+#: each averaged model's ``n_averaged`` on the host, while it is known there
+_HOST_COUNTS: weakref.WeakKeyDictionary[AveragedModel, int] = weakref.WeakKeyDictionary()
+
+
+def _host_count(ema: AveragedModel) -> int:
+    """``ema.n_averaged`` on the host: read once, then counted by :func:`update_ema` (a
+    ``load_state_dict`` makes it read again)."""
+    if ema not in _HOST_COUNTS:
+        _HOST_COUNTS[ema] = int(ema.n_averaged)
+        ema.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _: _HOST_COUNTS.pop(module, None)
+        )
+    return _HOST_COUNTS[ema]

@@ -4,8 +4,11 @@
   sums of an interrupted epoch): with the components' own ``state_dict`` s it is what a
   checkpoint holds, so ``--resume`` continues bit for bit.
 * :class:`Run` — the typed pieces an epoch reads and changes.
-* :func:`train_epoch` — the steps of one epoch, each followed by the step-level duties (health
-  reading, coverage line, step metrics row, step checkpoint, ``train.stop_after_steps``).
+* :func:`train_epoch` — the steps of one epoch. The steps queue their work on the device; at each
+  logging step (``train.log_every``, and at the epoch's end, a step checkpoint and
+  ``train.stop_after_steps``) one read brings the numbers of the steps since the last one to the
+  host, and the step-level duties run for each of them in order (epoch sums, coverage meter,
+  health reading, coverage line, step metrics row, step checkpoint, early stop).
 * :func:`validate`, :func:`save_epoch_checkpoints`, :func:`score_best_checkpoint`,
   :func:`summarize` — the rest of an epoch and of the run;
 * :func:`read_resume_checkpoint` and :func:`restore_run` — ``--resume``: the checkpoint is
@@ -18,19 +21,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
 
 from reid_example.builders import BatchWindow, DataBundle
 from reid_example.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from reid_example.config import Config, apply_overrides, config_from_dict, config_to_dict
-from reid_example.engine import StepContext, StepScalars, train_step
+from reid_example.engine import StepContext, StepLog, StepReading, StepScalars, train_step
 from reid_example.evaluate import Evaluator, Scores, Validation, format_metrics
 from reid_example.health import HealthAdapter
 from reid_example.reporting import RunOutputs, RunSummary
@@ -183,12 +185,15 @@ class Run:
     step: StepContext
     health: HealthAdapter
     data: DataBundle
-    loader: DataLoader[dict[str, Any]]
+    #: the training batches of an epoch (a DataLoader, or the on-device batches)
+    loader: Iterable[dict[str, Any]]
     window: BatchWindow
     #: the nominal (epoch 1) number of steps per epoch; no epoch runs more
     steps_per_epoch: int
     out: RunOutputs
     state: TrainState = field(default_factory=TrainState)
+    #: the steps whose numbers are still on the device
+    log: StepLog = field(default_factory=StepLog)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -201,27 +206,31 @@ class Run:
 
 def train_epoch(run: Run, epoch: int) -> EpochStats:
     """Train ``epoch`` from the state's position on. Afterwards the state points at the next
-    epoch, unless ``train.stop_after_steps`` stopped the run (``state.stopped``)."""
+    epoch, unless ``train.stop_after_steps`` stopped the run (``state.stopped``).
+
+    The steps are not waited for: each one's numbers join :attr:`Run.log`, and the step duties
+    run when a step must be read (:func:`_read_point`), for every step since the last read.
+    """
     state = run.state
     run.out.log.info(_sdm_line(run, epoch))
     run.data.train.set_epoch(epoch)  # the augmentation stream (seed, epoch, index)
     run.window.configure(epoch, start=state.step_in_epoch, limit=run.steps_per_epoch)
     end = state.step_in_epoch + len(run.window)
     bar = _progress_bar(run, epoch, end)
+    seconds: list[float] = []  # host time of each pending step: data wait + queueing the step
     t = time.perf_counter()
     for batch in run.loader:
-        scalars = train_step(run.step, batch, epoch, state.global_step)
-        now = time.perf_counter()
-        # data wait + step, per process (timing only: never part of any exact comparison)
-        images_per_second = scalars.batch / max(now - t, 1e-9)
-        state.sums.add(scalars, seconds=now - t)
+        run.log.add(train_step(run.step, batch, epoch, state.global_step))
         state.global_step += 1
         state.step_in_epoch += 1
-        t = now
-        _after_step(run, epoch, scalars, images_per_second, last=state.step_in_epoch == end)
+        now = time.perf_counter()
+        seconds.append(now - t)
+        if _read_point(run, last=state.step_in_epoch == end):
+            _after_steps(run, run.log.read(), seconds, last=state.step_in_epoch == end, bar=bar)
+            seconds = []
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(ce=f"{scalars.ce:.3f}", top1=f"{scalars.top1:.2f}")
+        t = time.perf_counter()  # the duties' time counts towards the next step
         if state.stopped:
             break
     if bar is not None:
@@ -233,6 +242,32 @@ def train_epoch(run: Run, epoch: int) -> EpochStats:
         _log_decode_failures(run)
         state.next_epoch()
     return stats
+
+
+def _read_point(run: Run, *, last: bool) -> bool:
+    """Whether the step just queued is read now: a logging step, the epoch's last step, a step
+    checkpoint or the step that stops the run (every step whose duties need its state)."""
+    cfg, step = run.cfg, run.state.global_step
+    return (
+        last
+        or step % cfg.train.log_every == 0
+        or bool(cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0)
+        or bool(cfg.train.stop_after_steps and step >= cfg.train.stop_after_steps)
+    )
+
+
+def _after_steps(
+    run: Run, readings: list[StepReading], seconds: list[float], *, last: bool, bar: Any
+) -> None:
+    """The duties of each step read, in step order (the last one is the current step)."""
+    for i, (reading, secs) in enumerate(zip(readings, seconds, strict=True)):
+        run.state.sums.add(reading.scalars, seconds=secs)
+        # data wait + step, per process (timing only: never part of any exact comparison)
+        images_per_second = reading.scalars.batch / max(secs, 1e-9)
+        _after_step(run, reading, images_per_second, last=last and i == len(readings) - 1)
+    if bar is not None and readings:
+        s = readings[-1].scalars
+        bar.set_postfix(ce=f"{s.ce:.3f}", top1=f"{s.top1:.2f}")
 
 
 def _log_decode_failures(run: Run) -> None:
@@ -262,18 +297,19 @@ def _progress_bar(run: Run, epoch: int, total: int) -> Any:
     return tqdm(total=total, initial=run.state.step_in_epoch, desc=f"epoch {epoch}", leave=False)
 
 
-def _after_step(
-    run: Run, epoch: int, scalars: StepScalars, images_per_second: float, *, last: bool
-) -> None:
-    """The step-level duties, by global step: health reading, coverage line, metrics row,
-    step checkpoint, early stop."""
-    cfg, step = run.cfg, run.state.global_step
+def _after_step(run: Run, reading: StepReading, images_per_second: float, *, last: bool) -> None:
+    """The duties of one read step, by its global step: coverage meter, health reading,
+    coverage line, metrics row, step checkpoint, early stop. Everything they read is on the
+    host: the step's numbers, the coverage meter (fed here) and the health monitor."""
+    cfg, step, epoch = run.cfg, reading.step, reading.epoch
     meter = run.step.meter
-    run.health.step(epoch, step, meter, run.step.raw_model.classifier.weight)
+    s = reading.scalars
+    meter.update(rows=int(s.rows), rows_without_positive=int(s.rows_without_positive))
+    run.health.step(epoch, step, meter, reading.head_norm)
     if step % cfg.train.coverage_every == 0:
         run.out.log.info(meter.log_line(gather=True))  # over every rank's rows
     if step % cfg.train.log_every == 0 or last:
-        run.out.metrics.log_step(_step_row(run, epoch, scalars, images_per_second))
+        run.out.metrics.log_step(_step_row(run, reading, images_per_second))
     if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
         save_run(run, "last.pt")
     if cfg.train.stop_after_steps and step >= cfg.train.stop_after_steps:
@@ -286,14 +322,13 @@ def _after_step(
         )
 
 
-def _step_row(
-    run: Run, epoch: int, scalars: StepScalars, images_per_second: float
-) -> dict[str, float]:
+def _step_row(run: Run, reading: StepReading, images_per_second: float) -> dict[str, float]:
+    # logged steps are read when they are the latest step: the learning rates are theirs
     lrs = {f"lr/{g['name']}": float(g["lr"]) for g in run.step.optimizer.param_groups}
     return {
-        "step": run.state.global_step,
-        "epoch": epoch,
-        **scalars.as_dict(),
+        "step": reading.step,
+        "epoch": reading.epoch,
+        **reading.scalars.as_dict(),
         "images_per_second": images_per_second,
         "pair_coverage": float(run.step.meter.compute()),
         **lrs,

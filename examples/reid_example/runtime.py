@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -28,6 +29,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from reid_example.config import Config
 from reid_example.model import EmbeddingNetwork
+
+log = logging.getLogger("reid_example")
+
+#: a ``torch.compile`` mode the trainer uses
+CompileMode = Literal["default", "reduce-overhead"]
 
 __all__ = [
     "AmpSetup",
@@ -40,6 +46,7 @@ __all__ = [
     "is_distributed",
     "place_model",
     "resolve_amp",
+    "resolve_compile_mode",
     "resolve_device",
     "wrap_for_training",
 ]
@@ -91,6 +98,9 @@ class Runtime:
     np_rng: np.random.Generator
     #: host-to-device copies overlap compute (pinned memory on CUDA)
     non_blocking: bool = False
+    #: the ``torch.compile`` mode of the training model and SDM (``None``: eager), settled by
+    #: :func:`wrap_for_training`
+    compile_mode: CompileMode | None = None
 
     @property
     def is_main(self) -> bool:
@@ -185,7 +195,8 @@ def place_model(model: EmbeddingNetwork, rt: Runtime) -> EmbeddingNetwork:
 
 def wrap_for_training(model: EmbeddingNetwork, cfg: Config, rt: Runtime) -> nn.Module:
     """What the training step calls: the model under DDP (torchrun) and/or ``torch.compile``
-    (``train.compile``). Evaluation and checkpoints use the unwrapped model."""
+    (``train.compile``, in the mode :func:`resolve_compile_mode` settles and records in
+    ``rt.compile_mode``). Evaluation and checkpoints use the unwrapped model."""
     wrapped: nn.Module = model
     if is_distributed():
         wrapped = DistributedDataParallel(
@@ -193,9 +204,57 @@ def wrap_for_training(model: EmbeddingNetwork, cfg: Config, rt: Runtime) -> nn.M
             device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
             find_unused_parameters=cfg.dist.find_unused_parameters,
         )
-    if cfg.train.compile:
-        wrapped = cast(nn.Module, torch.compile(wrapped))
+    rt.compile_mode = resolve_compile_mode(cfg, rt.device) if cfg.train.compile else None
+    if rt.compile_mode is not None:
+        # Default shape handling: the first batch compiles a static graph; when a batch's
+        # split into images and captions differs, one graph with a dynamic batch size serves
+        # every later batch (P×K and the caption length are fixed).
+        wrapped = cast(nn.Module, torch.compile(wrapped, mode=rt.compile_mode))
     return wrapped
+
+
+def resolve_compile_mode(cfg: Config, device: torch.device) -> CompileMode | None:
+    """The ``torch.compile`` mode a run with ``train.compile`` uses, or ``None`` when compiling
+    cannot work here (each case says so in one log line and the run trains eagerly).
+
+    ``reduce-overhead`` (CUDA graphs) needs CUDA: elsewhere ``default`` is used. Whether
+    ``torch.compile`` works at all (its inductor backend, a C++ compiler on CPU) is probed once
+    by compiling a one-line function.
+    """
+    cudagraphs = cfg.train.compile_mode == "reduce-overhead"
+    mode: CompileMode = "reduce-overhead" if cudagraphs else "default"
+    if mode == "reduce-overhead" and device.type != "cuda":
+        log.warning(
+            "train.compile_mode=reduce-overhead needs CUDA (CUDA graphs); compiling with the "
+            "default mode on %s",
+            device.type,
+        )
+        mode = "default"
+    problem = _compile_problem(device)
+    if problem is not None:
+        log.warning(
+            "train.compile=true but torch.compile cannot run here (%s): training eagerly",
+            problem,
+        )
+        return None
+    return mode
+
+
+def _compile_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` (``None`` if a probe compiles and runs)."""
+    try:
+        import torch._inductor  # the default backend
+    except ImportError as err:  # pragma: no cover - depends on the torch build
+        return f"no inductor backend: {err}"
+    try:
+        probe = torch.compile(lambda x: x * 2 + 1)
+        out = probe(torch.ones(2, device=device))
+    except Exception as err:  # any failure means the same fallback
+        first = str(err).splitlines()[0] if str(err) else ""
+        return f"{type(err).__name__}: {first}"
+    if not torch.equal(out.cpu(), torch.full((2,), 3.0)):  # pragma: no cover
+        return "the probe computed a wrong value"
+    return None
 
 
 def _comm_device(device: torch.device) -> torch.device:

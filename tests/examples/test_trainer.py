@@ -447,7 +447,7 @@ def test_health_adapter_advises_from_the_head_lr_in_force() -> None:
     meter, w = PairCoverageMeter(), torch.ones(4)
     # the classifier norm quadruples within epoch 1 (head LR 1e-2), then within epoch 3 (1e-3)
     for epoch, step, scale in ((1, 10, 1.0), (1, 20, 4.0), (3, 30, 4.0), (3, 40, 16.0)):
-        adapter.step(epoch, step, meter, scale * w)
+        adapter.step(epoch, step, meter, float((scale * w).norm()))
     advice = [(f.epoch, dict(f.suggested)["head_lr"]) for f in adapter.monitor.compute()]
     assert advice == [
         (1, pytest.approx(1e-2 / 3, rel=1e-3)),

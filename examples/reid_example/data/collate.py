@@ -5,16 +5,24 @@
 their batch positions recorded in ``image_rows``; captions are right-padded with ``0`` into
 ``tokens`` with positions ``text_rows``. A model scatters its image and text embeddings back
 into batch order with ``emb[image_rows] = ...; emb[text_rows] = ...``.
+
+:func:`group_by_modality` puts a collated batch in the order a training step reads it: the images
+grouped by modality, and every row's position by modality with the count of each, as host-side
+numbers, so that a step slices one modality's rows without reading the device.
+:func:`collate_grouped` is the two in one call (the training loader's ``collate_fn``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["collate_multimodal"]
+from sdmreid.modality import Modality
+
+__all__ = ["collate_grouped", "collate_multimodal", "group_by_modality"]
 
 
 def collate_multimodal(
@@ -102,3 +110,83 @@ def collate_multimodal(
         "cameras": long("camera"),
         "indices": long("index"),
     }
+
+
+def group_by_modality(
+    batch: dict[str, torch.Tensor], text_length: int | None = None
+) -> dict[str, Any]:
+    """A collated batch in the order a training step reads it.
+
+    The batch rows (``labels``, ``modalities``, ... in sampler order) do not move. The images
+    are reordered by modality code (stably: sampler order within a modality), ``image_rows``
+    with them, so each image modality's images form one contiguous slice. Two entries are
+    added:
+
+    * ``rows_by_modality``: long ``[B]``, every batch row ordered by modality code (stably);
+    * ``modality_counts``: a tuple of Python ints, the number of rows of each
+      :class:`~sdmreid.Modality` code ``0..4``.
+
+    Rows of modality ``m`` are then ``rows_by_modality[o : o + modality_counts[m]]`` with
+    ``o = sum(modality_counts[:m])``: offsets known on the host, so selecting them never waits
+    for the device. With ``text_length`` the captions are padded with ``0`` to that many tokens
+    (fixed shapes for a compiled model).
+
+    Raises:
+        ValueError: a modality code outside ``0..4``, a TEXT row with an image (or an image
+            modality row with tokens), or captions longer than ``text_length``.
+
+    Example:
+        >>> a = {"image": torch.zeros(3, 4, 2), "tokens": None, "label": 0, "modality": 1,
+        ...      "camera": 1, "index": 5}
+        >>> b = {"image": torch.ones(3, 4, 2), "tokens": None, "label": 1, "modality": 0,
+        ...      "camera": 0, "index": 8}
+        >>> c = {"image": None, "tokens": torch.tensor([2, 9]), "label": 1, "modality": 4,
+        ...      "camera": 0, "index": 3}
+        >>> out = group_by_modality(collate_multimodal([a, c, b]), text_length=4)
+        >>> out["image_rows"].tolist(), out["images"][:, 0, 0, 0].tolist()  # RGB first
+        ([2, 0], [1.0, 0.0])
+        >>> out["rows_by_modality"].tolist(), out["modality_counts"], out["tokens"].tolist()
+        ([2, 0, 1], (1, 1, 0, 0, 1), [[2, 9, 0, 0]])
+    """
+    mods = batch["modalities"].numpy()
+    if mods.size and (mods.min() < 0 or mods.max() >= len(Modality)):
+        raise ValueError(
+            f"modalities must be Modality codes 0..{len(Modality) - 1}, got {sorted(set(mods))}"
+        )
+    text = int(Modality.TEXT)
+    image_rows, text_rows = batch["image_rows"].numpy(), batch["text_rows"].numpy()
+    if (mods[image_rows] == text).any() or (mods[text_rows] != text).any():
+        raise ValueError("image rows must have an image modality and text rows the TEXT modality")
+    order = np.argsort(mods[image_rows], kind="stable")
+    out: dict[str, Any] = dict(batch)
+    out["images"] = batch["images"][torch.from_numpy(order)]
+    out["image_rows"] = batch["image_rows"][torch.from_numpy(order)]
+    out["rows_by_modality"] = torch.from_numpy(np.argsort(mods, kind="stable"))
+    out["modality_counts"] = tuple(int(n) for n in np.bincount(mods, minlength=len(Modality)))
+    tokens = batch["tokens"]
+    if text_length is not None and tokens.shape[0] > 0:
+        if tokens.shape[1] > text_length:
+            raise ValueError(
+                f"captions of {tokens.shape[1]} tokens exceed text_length={text_length}"
+            )
+        out["tokens"] = torch.nn.functional.pad(tokens, (0, text_length - tokens.shape[1]))
+    elif text_length is not None:
+        out["tokens"] = tokens.new_zeros((0, text_length))
+    return out
+
+
+def collate_grouped(
+    samples: Sequence[dict[str, Any]],
+    *,
+    collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]] = collate_multimodal,
+    text_length: int | None = None,
+) -> dict[str, Any]:
+    """``group_by_modality(collate(samples), text_length)``: a training batch.
+
+    Example:
+        >>> s = {"image": torch.zeros(3, 4, 2), "tokens": None, "label": 0, "modality": 2,
+        ...      "camera": 1, "index": 5}
+        >>> collate_grouped([s, s])["modality_counts"]
+        (0, 0, 2, 0, 0)
+    """
+    return group_by_modality(collate(samples), text_length=text_length)
