@@ -15,6 +15,19 @@ round by round, with gc disabled, after warm-up; the median is reported.
   the table). On CUDA also ``on_nonfinite="ignore"`` variants and ``compiled="reduce-overhead"``.
 * ``chunk=B/8``: ``sdm_loss(..., chunk_size=B // 8)``.
 
+Per query modality (second table): one batch of B queries spread evenly over the 4 query
+modalities (NIR, SKETCH, CPENCIL, TEXT) and N RGB rows, shuffled, with M RGB memory rows, d=512;
+every identity has RGB rows and one row of each query modality.
+
+* ``sdm_loss, split``: today's pooled call as a trainer makes it: the batch split into query and
+  RGB rows by ``nonzero`` + ``index_select`` (a host synchronisation on a GPU), then one
+  ``sdm_loss`` — "one pooled call", the baseline.
+* ``pooled`` / ``per_modality``: :func:`sdmreid.losses.sdm_per_modality` in either mode on the
+  whole batch (rows chosen by masks: no host read, so one block over every batch row);
+  ``compiled`` variants run the same body under ``torch.compile``.
+* ``loop of 4 sdm_loss``: what a pipeline does without it: one split and one ``sdm_loss`` per
+  query modality, averaged (four host synchronisations on a GPU).
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the
 call. On CPU (where tracemalloc cannot see torch's allocator) the PyTorch profiler's allocation
 records (``profile_memory=True``: every allocation and free of the c10 CPU allocator, with its
@@ -25,6 +38,7 @@ which every variant must produce.
 Usage::
 
     python benchmarks/bench_sdm.py [--quick] [--json out.json] [--device cpu|cuda|all]
+        [--part all|sdm|per-modality]
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sdmreid.losses import sdm_loss
+from sdmreid.losses import sdm_loss, sdm_per_modality
 
 
 def irra_sdm(
@@ -272,6 +286,155 @@ def run_device(
     }
 
 
+QUERY_MODALITIES = (1, 2, 3, 4)  # NIR, SKETCH, CPENCIL, TEXT
+
+
+def per_modality_batch(
+    b: int, n: int, m: int, d: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``b`` query rows over 4 query modalities and ``n`` RGB rows, shuffled; ``m`` memory rows.
+    Identities have 4 RGB rows and one row per query modality (the issue's SDM shape)."""
+    gen = torch.Generator().manual_seed(0)
+    mods = torch.cat(
+        [torch.arange(b) % len(QUERY_MODALITIES) + 1, torch.zeros(n, dtype=torch.long)]
+    )
+    labels = torch.cat([torch.arange(b) // len(QUERY_MODALITIES), torch.arange(n) // 4])
+    perm = torch.randperm(b + n, generator=gen)
+    x = torch.randn(b + n, d, generator=gen)[perm].to(device).requires_grad_()
+    mf = torch.randn(m, d, generator=gen).to(device)
+    ml = torch.randint(0, 2 * max(1, n // 4), (m,), generator=gen).to(device)
+    return x, labels[perm].to(device), mods[perm].to(device), mf, ml
+
+
+def run_per_modality(
+    device: torch.device, b: int, n: int, m: int, d: int, warmup: int, repeats: int
+) -> dict[str, Any]:
+    x, labels, mods, mf, ml = per_modality_batch(b, n, m, d, device)
+    mem = (mf, ml)
+
+    def split() -> None:
+        x.grad = None
+        rgb = mods == 0
+        qi, gi = (~rgb).nonzero()[:, 0], rgb.nonzero()[:, 0]
+        sdm_loss(x.index_select(0, qi), x.index_select(0, gi), labels.index_select(0, qi),
+                 labels.index_select(0, gi), mem).loss.backward()  # fmt: skip
+
+    def loop() -> None:
+        x.grad = None
+        rgb = mods == 0
+        gi = rgb.nonzero()[:, 0]
+        g, gl = x.index_select(0, gi), labels.index_select(0, gi)
+        losses = []
+        for code in QUERY_MODALITIES:
+            qi = (mods == code).nonzero()[:, 0]
+            losses.append(sdm_loss(x.index_select(0, qi), g, labels.index_select(0, qi), gl,
+                                   mem).loss)  # fmt: skip
+        torch.stack(losses).mean().backward()
+
+    def per(**kwargs: Any) -> Callable[[], None]:
+        def fn() -> None:
+            x.grad = None
+            sdm_per_modality(x, labels, mods, mem, **kwargs).loss.backward()
+
+        return fn
+
+    fns: dict[str, Callable[[], None]] = {
+        "sdm_loss, split": split,
+        "pooled": per(mode="pooled"),
+        "per_modality": per(),
+        "pooled, compiled": per(mode="pooled", compiled=True),
+        "per_modality, compiled": per(compiled=True),
+        "loop of 4 sdm_loss": loop,
+    }
+    if device.type == "cuda":  # where a host read is a synchronisation
+        fns["per_modality, ignore"] = per(on_nonfinite="ignore")
+        fns["per_modality, compiled, ignore"] = per(compiled=True, on_nonfinite="ignore")
+
+    # agreement (so that the benchmark cannot time a wrong implementation)
+    check: dict[str, float] = {}
+    rgb = mods == 0
+    per_mod = sdm_per_modality(x, labels, mods, mem)
+    for code in QUERY_MODALITIES:
+        q = mods == code
+        want = sdm_loss(x[q], x[rgb], labels[q], labels[rgb], mem).loss
+        got = per_mod.per_modality[next(k for k in per_mod.per_modality if int(k) == code)].loss
+        check[f"per_modality[{code}] vs sdm_loss"] = float((got - want).detach().abs())
+    want = sdm_loss(x[~rgb], x[rgb], labels[~rgb], labels[rgb], mem).loss
+    got = sdm_per_modality(x, labels, mods, mem, mode="pooled").loss
+    check["pooled vs sdm_loss"] = float((got - want).detach().abs())
+    got = sdm_per_modality(x, labels, mods, mem, compiled=True).loss
+    check["per_modality compiled vs eager"] = float((got - per_mod.loss).detach().abs())
+
+    times = _time_all(fns, device, warmup, repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+
+    def measured(fn: Callable[[], Any]) -> int:
+        x.grad = None
+        gc.collect()
+        return _peak_bytes(fn, device)
+
+    mem_names = ("sdm_loss, split", "pooled", "per_modality", "per_modality, compiled")
+    peak = {k: measured(fns[k]) for k in mem_names}
+    ratios: dict[str, dict[str, float]] = {}
+    for stat, t in (("median", med), ("min", best)):
+        ratios[stat] = {
+            "per_modality / pooled (time)": t["per_modality"] / t["pooled"],
+            "per_modality, compiled / pooled, compiled (time)": t["per_modality, compiled"]
+            / t["pooled, compiled"],
+            "per_modality / sdm_loss, split (time)": t["per_modality"] / t["sdm_loss, split"],
+            "per_modality, compiled / sdm_loss, split (time)": t["per_modality, compiled"]
+            / t["sdm_loss, split"],
+            "loop of 4 sdm_loss / sdm_loss, split (time)": t["loop of 4 sdm_loss"]
+            / t["sdm_loss, split"],
+        }
+    targets: dict[str, bool] = {}
+    for stat in ("median", "min"):
+        r = ratios[stat]
+        targets[f"per_modality <= 1.5 x pooled ({stat})"] = r["per_modality / pooled (time)"] <= 1.5
+        targets[f"per_modality, compiled <= 1.5 x pooled, compiled ({stat})"] = (
+            r["per_modality, compiled / pooled, compiled (time)"] <= 1.5
+        )
+    return {
+        "device": str(device),
+        "config": {"B": b, "N": n, "M": m, "d": d, "repeats": repeats,
+                   "query_modalities": len(QUERY_MODALITIES)},
+        "median_s": med,
+        "min_s": best,
+        "all_s": times,
+        "peak_extra_bytes": peak,
+        "malloc": _MALLOC_MODE,
+        "ratios": ratios,
+        "targets": targets,
+        "check": check,
+    }  # fmt: skip
+
+
+def _print_per_modality(res: dict[str, Any]) -> None:
+    c = res["config"]
+    print(
+        f"\n### SDM per query modality, fwd+bwd on {res['device']} — {c['B']} queries over "
+        f"{c['query_modalities']} query modalities, N={c['N']} RGB, M={c['M']}, d={c['d']}, "
+        f"float32, median of {c['repeats']} (torch threads: {torch.get_num_threads()}, "
+        f"malloc: {res['malloc']})\n"
+    )
+    print("| variant | median ms | min ms | peak extra MiB |")
+    print("|---|---:|---:|---:|")
+    for k, v in res["median_s"].items():
+        mem = res["peak_extra_bytes"].get(k)
+        peak = "-" if mem is None else f"{mem / 2**20:.2f}"
+        print(f"| {k} | {v * 1e3:.2f} | {res['min_s'][k] * 1e3:.2f} | {peak} |")
+    print("\n| ratio | from medians | from minima |")
+    print("|---|---:|---:|")
+    for k, v in res["ratios"]["median"].items():
+        print(f"| {k} | {v:.2f} | {res['ratios']['min'][k]:.2f} |")
+    print("\n| target | met |")
+    print("|---|---|")
+    for k, v in res["targets"].items():
+        print(f"| {k} | {'yes' if v else 'NO'} |")
+    print("\nagreement: " + ", ".join(f"{k} {v:.1e}" for k, v in res["check"].items()))
+
+
 def _print(res: dict[str, Any]) -> None:
     c = res["config"]
     print(
@@ -311,6 +474,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="small, fast smoke configuration")
     parser.add_argument("--json", type=str, default=None, help="write results to this path")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument(
+        "--part",
+        choices=["all", "sdm", "per-modality"],
+        default="all",
+        help="sdm: sdm_loss against IRRA; per-modality: sdm_per_modality against the pooled "
+        "call; all: both",
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
@@ -348,11 +518,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         devices.append(torch.device("cpu"))
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda"))
-    results: dict[str, Any] = {"benchmark": "sdm", "results": []}
+    results: dict[str, Any] = {"benchmark": "sdm", "results": [], "per_modality": []}
     for dev in devices:
-        res = run_device(dev, b, n, m, d, warmup, repeats)
-        _print(res)
-        results["results"].append(res)
+        if args.part in ("all", "sdm"):
+            res = run_device(dev, b, n, m, d, warmup, repeats)
+            _print(res)
+            results["results"].append(res)
+        if args.part in ("all", "per-modality"):
+            res = run_per_modality(dev, b, n, m, d, warmup, repeats)
+            _print_per_modality(res)
+            results["per_modality"].append(res)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -19,11 +19,12 @@ one softmax against the anchor rows (``sdm_loss`` on all configured query rows a
 How it is computed, without any host read: row roles are masks, never indices, so no shape
 depends on the data. One similarity block ``[batch rows, batch rows + memory]`` serves both
 directions. Query → gallery is row-wise: each row's softmax runs over the anchor columns and
-the memory (other columns masked out), so the per-modality query → gallery terms are group means
-of the same row losses. Gallery → query needs one softmax per anchor row *and* query modality:
-the block is viewed as ``[modalities, rows, columns]`` with each modality's columns kept, and the
-same :func:`~sdmreid.losses.sdm._direction` runs on that view. ``compiled=True`` runs the same
-body under :func:`torch.compile`.
+the memory, so the per-modality query → gallery terms are group means of the same row losses.
+Gallery → query needs one softmax per anchor row *and* query modality: the same
+:func:`~sdmreid.losses.sdm._direction` runs with the columns split into groups (one per query
+modality), which gives every (row, modality) pair its own log-softmax on the one block (a
+segmented log-sum-exp) instead of one block per modality. ``compiled=True`` runs the same body
+under :func:`torch.compile`.
 """
 
 from __future__ import annotations
@@ -185,8 +186,8 @@ class _Sums(NamedTuple):
 
 
 def _masked(logits: Tensor, keep: Tensor) -> Tensor:
-    """``logits`` where ``keep``, else the most negative finite value of the dtype: such a column
-    gets probability 0 and no gradient, and a row without any kept column stays finite."""
+    """``logits`` where ``keep``, else the most negative finite value of the dtype: those columns
+    get probability 0 and no gradient (and a row without a kept column stays finite)."""
     return torch.where(keep, logits, torch.finfo(logits.dtype).min)
 
 
@@ -209,9 +210,9 @@ def _sums(
     """Both directions' row losses of this rank's rows ``x``, summed per query modality.
 
     Columns are the batch rows ``cx`` (``x`` itself in one process; every rank's rows under
-    ``gather``) followed by the memory. Row and column roles are masks: a row's query → gallery
-    loss counts for modality ``g`` when the row is a query of ``g``, its gallery → query losses
-    count when it is an anchor row; everything else is computed and discarded.
+    ``gather``) followed by the memory. Roles are masks and column groups, never indices: a
+    row's query → gallery loss counts for modality ``g`` when the row is a query of ``g``, its
+    gallery → query losses count when it is an anchor row; the rest is computed and discarded.
     """
     (ix, im), finite = _norms(scale, x, m)
     icx = ix if cx is x else _norms(scale, cx)[0][0]
@@ -220,20 +221,26 @@ def _sums(
     same = labels[:, None] == torch.cat([clabels, ml])[None, :]  # [n, C + M]
     is_query = torch.stack([mods == code for code in codes])  # [G, n]
     is_anchor = mods == anchor  # [n]
-    query_col = torch.stack([cmods == code for code in codes])  # [G, C]
-    gallery_col = torch.cat([cmods == anchor, torch.ones_like(ml, dtype=torch.bool)])  # [C + M]
 
-    # query → gallery: each row's softmax over the anchor columns and the memory
+    # query → gallery: one softmax per row over the anchor columns and the memory
+    gallery_col = torch.cat([cmods == anchor, torch.ones_like(ml, dtype=torch.bool)])
     r1 = _direction(_masked(logits, gallery_col), same & gallery_col, epsilon, objective)
     valid1 = is_query & r1.valid  # [G, n]
 
-    # gallery → query: each row's softmax over the query columns of one group, [H, n, C]
-    group_col = query_col.any(0, keepdim=True) if pooled else query_col  # [H, C]
-    keep = group_col[:, None, :]
-    r2 = _direction(
-        _masked(logits[None, :, :c], keep), same[None, :, :c] & keep, epsilon, objective
-    )
-    valid2 = is_anchor & r2.valid  # [H, n]
+    # gallery → query: one softmax per row over the query columns (pooled), or one per row and
+    # query modality, over that modality's columns (the columns split into groups)
+    block, same_block = logits[:, :c], same[:, :c]
+    query_col = torch.stack([cmods == code for code in codes])  # [G, C]
+    if pooled:
+        any_query = query_col.any(0)
+        r2 = _direction(_masked(block, any_query), same_block & any_query, epsilon, objective)
+        loss2, mass2, valid2 = r2.loss[None], r2.mass[None], is_anchor & r2.valid[None]
+    else:
+        group = torch.full_like(cmods, -1)  # column → index of its query modality, or -1
+        for g, member in enumerate(query_col):
+            group = torch.where(member, g, group)
+        r2 = _direction(block, same_block, epsilon, objective, group, len(codes))  # [n, G]
+        loss2, mass2, valid2 = r2.loss.T, r2.mass.T, is_anchor & r2.valid.T  # [H, n]
 
     def total(valid: Tensor, values: Tensor) -> Tensor:
         return torch.where(valid, values, 0.0).sum(-1)
@@ -242,8 +249,8 @@ def _sums(
         s1=total(valid1, r1.loss),
         mass1=total(valid1, r1.mass).detach(),
         n1=valid1.sum(-1),
-        s2=total(valid2, r2.loss),
-        mass2=total(valid2, r2.mass).detach(),
+        s2=total(valid2, loss2),
+        mass2=total(valid2, mass2).detach(),
         n2=valid2.sum(-1),
         queries=is_query.sum(-1),
         anchors=is_anchor.sum(),
@@ -313,7 +320,10 @@ def _finish(
         weights = n1.to(dt) / n1_all.clamp(min=1).to(dt)  # each modality's share of the mean
         term1 = attach(s.s1.sum() / n1_all.clamp(min=1))
         term2 = attach(l2[0])
-        entry_l1, entry_l2 = attach(l1), torch.zeros_like(l1)
+        entry_l1, entry_l2 = attach(l1), torch.zeros_like(l1)  # gallery side not split
+        # c · l1 rather than _combine(l1, 0): torch.compile (2.13) drops the gradient of
+        # "x + zeros_like(x)" next to an output "x.detach()" and then fails in backward
+        entry_loss = entry_l1 * (0.5 if directions == "mean" else 1.0)
         loss = _combine(term1, term2, directions)
         mass2 = torch.zeros_like(mass1)
         n2_entries = torch.zeros_like(s.n1)
@@ -323,11 +333,12 @@ def _finish(
         weights = w / w.sum().clamp(min=torch.finfo(dt).tiny)  # all 0 when no modality is valid
         entry_l1, entry_l2 = attach(l1), attach(l2)
         term1, term2 = (weights * entry_l1).sum(), (weights * entry_l2).sum()
+        entry_loss = _combine(entry_l1, entry_l2, directions)
         loss = _combine(term1, term2, directions)
         n2_entries = s.n2
     return _Out(
         loss=loss,
-        entry_loss=_combine(entry_l1, entry_l2, directions),
+        entry_loss=entry_loss,
         l1=entry_l1.detach(),
         l2=entry_l2.detach(),
         mass1=mass1,
@@ -623,8 +634,10 @@ def sdm_per_modality(
     gallery → query direction).
 
     Nothing reads the device (under ``on_nonfinite="ignore"``): rows are selected by masks, and
-    every count is a 0-dim tensor. The cost is one similarity block over the whole batch plus a
-    ``[query modalities, rows, rows]`` view for the per-modality gallery → query softmax.
+    every count is a 0-dim tensor. The price of the masks is one similarity block over the whole
+    batch, ``[B, B + M]``, whatever the roles of its rows (``sdm_loss`` on rows split beforehand
+    forms ``[queries, anchors + M]``); the per-modality softmax itself adds little to the pooled
+    one (one log-sum-exp per row and modality on the same block).
 
     Args:
         embeddings: ``[B, d]`` features of the whole batch, every modality (normalised inside).

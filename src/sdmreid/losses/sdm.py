@@ -146,26 +146,67 @@ class _Rows(NamedTuple):
     valid: Tensor  # [R] k_i > 0
 
 
-def _direction(logits: Tensor, positive: Tensor, epsilon: float, objective: str = "kl") -> _Rows:
+def _direction(
+    logits: Tensor,
+    positive: Tensor,
+    epsilon: float,
+    objective: str = "kl",
+    group: Tensor | None = None,
+    num_groups: int = 1,
+) -> _Rows:
     """One direction: row ``i`` is a softmax over the columns of ``logits[i] = s · cos(r_i, ·)``.
 
     ``positive[i, j]`` says that column ``j`` has row ``i``'s label; ``q_ij = 1/k_i`` on those
     ``k_i`` columns and 0 elsewhere. ``"kl"`` is IRRA's ``Σ_j p_j (log p_j − log(q_j + ε))``, with
     ``Σ_j p_j log(q_j + ε)`` read off the positive mass, so no block-sized target is formed.
     ``"ce"`` is the seed pipeline's ``−Σ_j q_j log p_j = −(1/k) Σ_pos log p_j`` (no ε).
-    Columns may be masked out by the caller with a very negative finite logit (``p = 0`` there).
+
+    ``group`` (``[C]`` integers) splits the columns: each row then has one softmax per group
+    ``0 .. num_groups - 1``, over that group's columns (a column of group ``-1`` is in none), and
+    each ``[R]`` result becomes ``[R, num_groups]``. The formula is the same; only the sum over a
+    softmax's columns changes, from a row sum to a product with the groups' one-hot matrix.
     """
-    log_p = torch.log_softmax(logits, dim=-1)  # subtracts the row maximum
+    if group is None:
+        log_p = torch.log_softmax(logits, dim=-1)  # subtracts the row maximum
+
+        def total(t: Tensor) -> Tensor:  # Σ_j over the row's softmax
+            return t.sum(-1)
+    else:
+        log_p, one_hot = _grouped_log_softmax(logits, group, num_groups)
+
+        def total(t: Tensor) -> Tensor:  # Σ_j over each group's softmax
+            return t.to(one_hot.dtype) @ one_hot
+
     p = log_p.exp()
-    k = positive.sum(-1)
-    mass = torch.where(positive, p, 0.0).sum(-1)
+    k = total(positive)
+    mass = total(torch.where(positive, p, 0.0))
     if objective == "ce":
-        loss = -torch.where(positive, log_p, 0.0).sum(-1) / k.clamp(min=1).to(p.dtype)
+        loss = -total(torch.where(positive, log_p, 0.0)) / k.clamp(min=1).to(p.dtype)
     else:
         log_q_pos = torch.log(k.clamp(min=1).to(p.dtype).reciprocal() + epsilon)
         cross = mass * log_q_pos + (1 - mass) * math.log(epsilon)
-        loss = (p * log_p).sum(-1) - cross
+        loss = total(p * log_p) - cross
     return _Rows(loss, mass, k > 0)
+
+
+def _grouped_log_softmax(logits: Tensor, group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """``log_softmax`` of each row of ``[R, C]`` logits within each column group, and the groups'
+    ``[C, num_groups]`` one-hot matrix.
+
+    Like :func:`torch.log_softmax`, each (row, group) maximum is subtracted before ``exp``. The
+    columns of group ``-1`` get a softmax of their own (finite values that the one-hot matrix
+    leaves out of every sum).
+    """
+    slot = torch.where(group >= 0, group, num_groups)  # [C]: group -1 → an extra slot
+    slots = slot.expand_as(logits)
+    one_hot = (slot[:, None] == torch.arange(num_groups + 1, device=slot.device)).to(logits.dtype)
+    lowest = torch.finfo(logits.dtype).min
+    top = logits.new_full((logits.shape[0], num_groups + 1), lowest)
+    top = top.scatter_reduce(1, slots, logits.detach(), "amax")  # [R, G + 1]
+    sums = torch.exp(logits - top.gather(1, slots)) @ one_hot  # >= 1 for a non-empty group
+    # the clamp keeps an empty group's log (never read) finite, and so its zero gradient
+    log_sum = torch.log(sums.clamp(min=torch.finfo(sums.dtype).tiny)) + top
+    return logits - log_sum.gather(1, slots), one_hot[:, :num_groups]
 
 
 def _logits(
