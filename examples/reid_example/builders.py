@@ -237,7 +237,7 @@ def _real_layout(cfg: Config) -> DataBundle:
     }
     train_tf = _train_transform(cfg, inputs, padding=10)
     eval_tf = _eval_transform(inputs)
-    return DataBundle(
+    bundle = DataBundle(
         cfg.data.dataset,
         train=RecordDataset(splits.train, train_tf, label_map=splits.label_map, **kw),
         val=RecordDataset(splits.val, eval_tf, **kw),
@@ -246,6 +246,33 @@ def _real_layout(cfg: Config) -> DataBundle:
         image_size=size,
         train_eval=RecordDataset(splits.train, eval_tf, label_map=splits.label_map, **kw),
     )
+    if cfg.data.decoded_cache:
+        _attach_decoded_caches(bundle, cfg.data.decoded_cache)
+    return bundle
+
+
+def _attach_decoded_caches(bundle: DataBundle, directory: str) -> None:
+    """``data.decoded_cache``: one memory-mapped cache of decoded images per split (the
+    training split's evaluation view shares the training split's)."""
+    from reid_example.data.decoded_cache import DecodedImageCache
+    from reid_example.data.records import RecordDataset
+
+    caches: dict[int, DecodedImageCache] = {}
+    for ds in (bundle.train, bundle.train_eval, bundle.val, bundle.test):
+        if not isinstance(ds, RecordDataset):
+            continue
+        paths = [r.path for r in ds.records]
+        key = hash(tuple(paths))
+        if key not in caches:
+            caches[key] = DecodedImageCache.open(directory, paths)
+        ds.decoded_cache = caches[key]
+    for cache in caches.values():
+        log.info(
+            "data.decoded_cache: %d of %d images already decoded in %s",
+            cache.filled,
+            len(cache),
+            cache.directory,
+        )
 
 
 def build_data(cfg: Config) -> DataBundle:

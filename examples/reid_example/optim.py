@@ -151,14 +151,20 @@ def update_ema(ema: AveragedModel, model: nn.Module) -> None:
 
 #: each averaged model's ``n_averaged`` on the host, while it is known there
 _HOST_COUNTS: weakref.WeakKeyDictionary[AveragedModel, int] = weakref.WeakKeyDictionary()
+#: the averaged models whose ``load_state_dict`` forgets their host count
+_WATCHED: weakref.WeakSet[AveragedModel] = weakref.WeakSet()
+
+
+def _forget_host_count(module: nn.Module, incompatible_keys: object) -> None:
+    _HOST_COUNTS.pop(module, None)  # type: ignore[call-overload]
 
 
 def _host_count(ema: AveragedModel) -> int:
     """``ema.n_averaged`` on the host: read once, then counted by :func:`update_ema` (a
     ``load_state_dict`` makes it read again)."""
+    if ema not in _WATCHED:
+        ema.register_load_state_dict_post_hook(_forget_host_count)  # type: ignore[no-untyped-call]
+        _WATCHED.add(ema)
     if ema not in _HOST_COUNTS:
         _HOST_COUNTS[ema] = int(ema.n_averaged)
-        ema.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
-            lambda module, _: _HOST_COUNTS.pop(module, None)
-        )
     return _HOST_COUNTS[ema]

@@ -39,6 +39,7 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
+from reid_example.data.decoded_cache import DecodedImageCache
 from reid_example.data.text import CaptionTokenizer, WordTokenizer
 from reid_example.data.transforms import Transform, eval_transform, sample_generator
 from sdmreid.modality import Modality
@@ -356,6 +357,8 @@ class RecordDataset(EpochMixin, Dataset[Sample]):
         for i, r in enumerate(self.records):
             groups.setdefault((r.identity, r.modality), []).append(i)
         self._group = {key: np.asarray(idx, dtype=np.int64) for key, idx in groups.items()}
+        #: decoded images kept across epochs (``data.decoded_cache``), slots by record index
+        self.decoded_cache: DecodedImageCache | None = None
 
     @property
     def decode_failures(self) -> int:
@@ -374,9 +377,16 @@ class RecordDataset(EpochMixin, Dataset[Sample]):
         yield from (int(j) for j in np.concatenate([group[at + 1 :], group[:at]]))
 
     def _decode(self, index: int) -> torch.Tensor:
+        cache = self.decoded_cache
+        cached = cache.get(index) if cache is not None else None
+        if cached is not None:
+            return cached
         path = str(self.records[index].path)
         try:
-            return load_image(path)
+            image = load_image(path)
+            if cache is not None:
+                cache.put(index, image)
+            return image
         except ImageDecodeError as exc:
             if self.on_error == "raise":
                 raise
