@@ -300,42 +300,46 @@ def _finish(
     def everywhere(t: Tensor) -> Tensor:
         return t if reduce is None else reduce(t)
 
+    # 1st exchange: the counts, for the means' denominators and the weights
     counts = everywhere(torch.cat([s.n1, s.n2, s.queries, (~s.finite).reshape(1).long()]))
     g, h = s.n1.shape[0], s.n2.shape[0]
     n1, n2 = counts[:g], counts[g : g + h]
     queries, finite = counts[g + h : 2 * g + h], counts[-1] == 0
     dt = s.s1.dtype
-    l1, l2 = s.s1 / n1.clamp(min=1), s.s2 / n2.clamp(min=1)  # this rank's shares of the means
-    mass = everywhere(torch.cat([s.mass1 / n1.clamp(min=1), s.mass2 / n2.clamp(min=1)]))
-    mass1, mass2 = mass[:g], mass[g:]
+    # this rank's shares of the means (the means themselves in one process)
+    l1, l2 = s.s1 / n1.clamp(min=1), s.s2 / n2.clamp(min=1)
+    pooled_l1 = s.s1.sum() / n1.sum().clamp(min=1)
+    # 2nd exchange: the shares' sums, i.e. the means of the whole batch
+    local = [l1, l2, pooled_l1.reshape(1), s.mass1 / n1.clamp(min=1), s.mass2 / n2.clamp(min=1)]
+    summed = torch.split(everywhere(torch.cat([t.detach() for t in local])), [g, h, 1, g, h])
 
-    def attach(local: Tensor) -> Tensor:
-        """The summed value of ``local`` over ranks, with ``world ×`` its local gradient."""
+    def attach(share: Tensor, value: Tensor) -> Tensor:
+        """``value`` (the sum over ranks of ``share``) with ``world ×`` the share's gradient."""
         if reduce is None:
-            return local
-        return world * local + (reduce(local.detach()) - world * local).detach()
+            return share
+        return world * share + (value - world * share).detach()
 
+    entry_l1 = attach(l1, summed[0])
+    mass1 = summed[3]
     if pooled:
-        n1_all = n1.sum()
-        weights = n1.to(dt) / n1_all.clamp(min=1).to(dt)  # each modality's share of the mean
-        term1 = attach(s.s1.sum() / n1_all.clamp(min=1))
-        term2 = attach(l2[0])
-        entry_l1, entry_l2 = attach(l1), torch.zeros_like(l1)  # gallery side not split
+        weights = n1.to(dt) / n1.sum().clamp(min=1).to(dt)  # each modality's share of the mean
+        term1, term2 = attach(pooled_l1, summed[2][0]), attach(l2[0], summed[1][0])
+        entry_l2 = torch.zeros_like(entry_l1)  # the gallery side is not split by modality
         # c · l1 rather than _combine(l1, 0): torch.compile (2.13) drops the gradient of
         # "x + zeros_like(x)" next to an output "x.detach()" and then fails in backward
         entry_loss = entry_l1 * (0.5 if directions == "mean" else 1.0)
-        loss = _combine(term1, term2, directions)
         mass2 = torch.zeros_like(mass1)
         n2_entries = torch.zeros_like(s.n1)
     else:
         valid = (n1 + n2) > 0
         w = torch.where(valid, weights, 0.0)
         weights = w / w.sum().clamp(min=torch.finfo(dt).tiny)  # all 0 when no modality is valid
-        entry_l1, entry_l2 = attach(l1), attach(l2)
+        entry_l2 = attach(l2, summed[1])
         term1, term2 = (weights * entry_l1).sum(), (weights * entry_l2).sum()
         entry_loss = _combine(entry_l1, entry_l2, directions)
-        loss = _combine(term1, term2, directions)
+        mass2 = summed[4]
         n2_entries = s.n2
+    loss = _combine(term1, term2, directions)
     return _Out(
         loss=loss,
         entry_loss=entry_loss,
@@ -643,8 +647,9 @@ def sdm_per_modality(
         embeddings: ``[B, d]`` features of the whole batch, every modality (normalised inside).
         labels: ``[B]`` integer identity labels.
         modalities: ``[B]`` modality of each row: an integer tensor of :class:`Modality` codes
-            (on the embeddings' device, or it is copied there), or a sequence/array of
-            modalities in any form :func:`~sdmreid.parse_modality` accepts. A tensor's codes
+            (on the embeddings' device, or it is copied there, which waits for the device), or
+            a sequence/array of modalities in any form :func:`~sdmreid.parse_modality` accepts
+            (parsed on the host, then copied). A tensor's codes
             are checked by ``on_nonfinite="raise"``'s one read; under ``"ignore"`` a row with a
             code outside ``0..4`` takes no part.
         memory: as in :func:`~sdmreid.losses.sdm_loss`: extra anchor-side columns (detached)
