@@ -141,9 +141,11 @@ class SDMResult:
 
 
 class _Rows(NamedTuple):
-    loss: Tensor  # [R] L_i
-    mass: Tensor  # [R] Σ_{j positive} p_ij
-    valid: Tensor  # [R] k_i > 0
+    """Per row (``[R]``), or per row and column group (``[R, G]``)."""
+
+    loss: Tensor  # L_i
+    mass: Tensor  # Σ_{j positive} p_ij
+    valid: Tensor  # k_i > 0
 
 
 def _direction(
