@@ -22,8 +22,9 @@ on, evaluation off) and each data path it reports:
   state only (the meter is fed Python numbers from the logging step's one read), before it
   they read the meter and the classifier weight on the device.
 * **images/s**: with the data already in memory (the step alone, replayed on batches the run's
-  loader produced) and through the data path of the run (loader, or the on-device cache), the
-  median over the timed steps.
+  data path produced, one synchronisation at the end; the best of three rounds) and through the
+  data path of the run (loader, or the on-device cache: the trainer's own loop, its logging reads
+  included, over the timed steps).
 
 The operator counts need eager execution (a dispatch mode turns ``torch.compile`` off), so the
 compiled variant (``--compile``) reports images/s only.
@@ -41,7 +42,6 @@ import argparse
 import contextlib
 import gc
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -160,9 +160,13 @@ class StepProbe:
 
     def _close_window(self) -> None:
         if self.counter is not None and self.starts:
-            self.windows.append({"ops": dict(self.counter.ops), "syncs": dict(self.counter.syncs)})
-            self.counter.ops.clear()
-            self.counter.syncs.clear()
+            c = self.counter
+            self.windows.append(
+                {"ops": dict(c.ops), "syncs": dict(c.syncs), "duty_reads": dict(c.duty_reads)}
+            )
+            c.ops.clear()
+            c.syncs.clear()
+            c.duty_reads.clear()
 
     def __call__(self, ctx: Any, batch: Any, epoch: int, global_step: int) -> Any:
         self._close_window()
@@ -253,21 +257,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _replay_in_memory(probe: StepProbe, steps: int, device: torch.device) -> list[float]:
-    """Seconds per step of the step alone, on the batches the run's data path produced."""
+def _replay_in_memory(probe: StepProbe, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` steps alone (one synchronisation at the end), on the batches the
+    run's data path produced; the best of three rounds."""
     import reid_example.run as run_module
 
     step_fn = run_module.train_step
     epoch, global_step = probe.args
-    times: list[float] = []
-    _sync(device)
-    for i in range(steps):
-        batch = probe.batches[i % len(probe.batches)]
-        t0 = time.perf_counter()
-        step_fn(probe.ctx, batch, epoch, global_step + 1 + i)
+    rounds: list[float] = []
+    for r in range(3):
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+        t0 = time.perf_counter()
+        for i in range(steps):
+            batch = probe.batches[i % len(probe.batches)]
+            step_fn(probe.ctx, batch, epoch, global_step + 1 + r * steps + i)
+        _sync(device)
+        rounds.append(time.perf_counter() - t0)
+    return min(rounds)
 
 
 def _batch_size(cfg: Any) -> int:
@@ -323,11 +329,12 @@ def measure(
     timed = overrides + (["train.compile=true"] if compile_model else [])
     probe = StepProbe(run_step_fn(), keep_batches=min(steps, 16))
     _run_trainer(config, timed, probe, counting=False)
+    # the trainer's own loop over the measured steps (reads at its logging steps included)
     walls = [b - a for a, b in zip(probe.starts[:-1], probe.starts[1:], strict=True)]
     timed_walls = walls[warmup:-1] or walls
-    result["images_per_s_data_path"] = result["batch"] / statistics.median(timed_walls)
-    memory_times = _replay_in_memory(probe, steps, dev)
-    result["images_per_s_in_memory"] = result["batch"] / statistics.median(memory_times)
+    result["images_per_s_data_path"] = result["batch"] * len(timed_walls) / sum(timed_walls)
+    seconds = _replay_in_memory(probe, steps, dev)
+    result["images_per_s_in_memory"] = result["batch"] * steps / seconds
     del probe
     gc.collect()
     return result
@@ -374,25 +381,34 @@ def _fmt(x: Any, digits: int = 0) -> str:
 
 def print_table(results: list[dict[str, Any]], device: str) -> None:
     print(
-        f"Training steps on {device}; SDM and memory on; means over steps (operators, syncs), "
-        "medians (images/s)\n"
+        f"Training steps on {device}; SDM and memory on; means over the counted steps. "
+        "Operators on the other steps, split into forward + losses / backward / optimiser / "
+        "step duties / the rest (data, logging read); host synchronisations outside the step "
+        "duties, and the reads inside them (after this issue: of host state only).\n"
     )
     print(
-        "| config | data path | batch | ops/step | fwd+loss / bwd / optim / rest | "
-        "syncs, logged step | syncs, other steps | sync kinds (other steps) | "
+        "| config | data path | batch | ops/step (other / logged) | "
+        "fwd+loss / bwd / optim / duties / rest | syncs, logged step | syncs, other steps | "
+        "sync kinds (logged; other) | reads in the duties (logged / other) | "
         "img/s in memory | img/s data path |"
     )
-    print("|---|---|---:|---:|---|---:|---:|---|---:|---:|")
+    print("|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|")
     for r in results:
         phases = r.get("ops_by_phase_other")
-        split = " / ".join(_fmt(phases[p]) for p in PHASES) if phases else "—"
-        kinds = r.get("syncs_by_kind_other") or {}
-        kinds_s = ", ".join(f"{k} {v:.1f}" for k, v in kinds.items()) or "none"
+        split = " / ".join(_fmt(phases.get(p, 0)) for p in PHASES) if phases else "—"
+        kinds = "; ".join(
+            ", ".join(f"{k} {v:.1f}" for k, v in (r.get(f"syncs_by_kind_{w}") or {}).items())
+            or "none"
+            for w in ("logged", "other")
+        )
+        duty = f"{_fmt(r.get('duty_reads_logged'), 1)} / {_fmt(r.get('duty_reads_other'), 1)}"
         name = r["variant"] + (" (compiled)" if r.get("compiled") else "")
+        ops = f"{_fmt(r.get('ops_other'))} / {_fmt(r.get('ops_logged'))}"
         print(
-            f"| {r['config']} | {name} | {r['batch']} | {_fmt(r.get('ops_other'))} | {split} | "
-            f"{_fmt(r.get('syncs_logged'), 1)} | {_fmt(r.get('syncs_other'), 1)} | {kinds_s} | "
-            f"{_fmt(r.get('images_per_s_in_memory'))} | {_fmt(r.get('images_per_s_data_path'))} |"
+            f"| {r['config']} | {name} | {r['batch']} | {ops} | {split} | "
+            f"{_fmt(r.get('syncs_logged'), 1)} | {_fmt(r.get('syncs_other'), 1)} | {kinds} | "
+            f"{duty} | {_fmt(r.get('images_per_s_in_memory'))} | "
+            f"{_fmt(r.get('images_per_s_data_path'))} |"
         )
 
 

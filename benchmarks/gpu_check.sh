@@ -1,7 +1,9 @@
 #!/bin/bash
 # GPU checks in one go (CI has no GPU): the `gpu`-marked tests, the SDM benchmark on CUDA at the
-# issue's shape and a larger one, and trainer throughput (demo config; recipe config with eager
-# and compiled SDM). Logs and JSON go to $RESULTS (default gpu-results/).
+# issue's shape and a larger one, the trainer benchmark on CUDA (operators, host syncs, images/s:
+# demo and default configurations, loader and on-device data, eager and compiled), and trainer
+# throughput (demo config with the device cache + compile; recipe config with eager and compiled
+# SDM). Logs and JSON go to $RESULTS (default gpu-results/).
 #
 #   bash benchmarks/gpu_check.sh                 # with the package installed, or from a checkout
 #   PY=.venv/bin/python bash benchmarks/gpu_check.sh
@@ -25,6 +27,18 @@ timeout 120 $PY benchmarks/bench_sdm.py --device cuda --repeats 100 --json "$RES
 timeout 120 $PY benchmarks/bench_sdm.py --device cuda --repeats 30 --shape 2048,2048,6144,512 \
   --json "$RESULTS/bench_sdm_cuda_big.json" > "$RESULTS/bench_sdm_cuda_big.md" 2>&1
 grep -E "^\| (irra|floor|default|compiled|chunk|reduce-overhead)" "$RESULTS"/bench_sdm_cuda*.md
+
+stamp bench-trainer
+timeout 900 $PY benchmarks/bench_trainer.py --device cuda --variants loader,device_cache --compile \
+  --steps 40 --set train.compile_mode=reduce-overhead --json "$RESULTS/bench_trainer_cuda.json" > "$RESULTS/bench_trainer_cuda.md" 2>&1
+grep -E "^\| (config|demo|default)" "$RESULTS/bench_trainer_cuda.md"
+
+stamp demo-device-cache-compiled
+timeout 300 $PY examples/train.py --config examples/configs/demo.toml --set train.device=cuda \
+  --set output.root="$RESULTS/runs" --set output.name=demo-fast --set output.progress=off --overwrite \
+  --set data.device_cache=true --set train.compile=true --set train.compile_mode=reduce-overhead \
+  > "$RESULTS/demo_fast.log" 2>&1
+grep -E "^epoch (1|10|30|60) |\[eval\] test|device_cache|torch.compile" "$RESULTS/demo_fast.log" | cut -c1-200
 
 stamp demo
 timeout 300 $PY examples/train.py --config examples/configs/demo.toml --set train.device=cuda \
