@@ -126,3 +126,64 @@ def test_gathered_per_modality_matches_single_process() -> None:
         o = r["sdm_loss"]
         torch.testing.assert_close(o["loss"], want.loss.detach(), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(o["gq"] / WORLD, q_all.grad[4 * rank : 4 * rank + 4])
+
+
+# ----------------------------------------------------------------------------------------------
+# refusals under gather: the same error on every rank, before any data is exchanged
+# ----------------------------------------------------------------------------------------------
+
+REFUSALS = {
+    # case: (exception on every rank, words every rank's message holds)
+    "unknown_name_on_one_rank": ("ValueError", ["rank 1", "unknown modality 'depth'"]),
+    "nan_on_one_rank": ("ValueError", ["rank 0", "embeddings contains NaN"]),
+    "bad_code_on_one_rank": ("ValueError", ["rank 1", "modalities holds codes [9]"]),
+    "different_feature_dimension": ("ValueError", ["disagree on the feature dimension"]),
+}
+
+
+def _refusal_args(name: str, rank: int) -> dict:
+    gen = torch.Generator().manual_seed(rank)
+    d = D + 2 * rank if name == "different_feature_dimension" else D
+    x = torch.randn(4, d, generator=gen)
+    mods: object = torch.tensor([0, 0, 1, 2])
+    if name == "unknown_name_on_one_rank" and rank == 1:
+        mods = ["rgb", "rgb", "nir", "depth"]
+    elif name == "nan_on_one_rank" and rank == 0:
+        x[1, 1] = torch.nan
+    elif name == "bad_code_on_one_rank" and rank == 1:
+        mods = torch.tensor([0, 0, 1, 9])
+    return {"embeddings": x, "labels": torch.tensor([0, 1, 0, 1]), "modalities": mods}
+
+
+def _outcome(kwargs: dict) -> tuple[str, str]:
+    try:
+        sdm_per_modality(**kwargs, gather=True)
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+    return "returned", ""
+
+
+def _refusal_worker(rank: int) -> dict:
+    out = {name: _outcome(_refusal_args(name, rank)) for name in REFUSALS}
+    out["valid"] = sdm_per_modality(**_refusal_args("valid", rank), gather=True).loss.detach()
+    return out
+
+
+@pytest.mark.ddp
+def test_gathered_per_modality_refuses_on_every_rank_and_stays_in_step() -> None:
+    outs = run_on_ranks(_refusal_worker, WORLD, timeout=120.0, group_timeout=30.0)
+    for name, (kind, words) in REFUSALS.items():
+        assert outs[0][name] == outs[1][name], name
+        got_kind, message = outs[0][name]
+        assert got_kind == kind, message
+        assert "sdm_per_modality(gather=True)" in message
+        for word in words:
+            assert word in message, (name, message)
+    both = [_refusal_args("valid", r) for r in range(WORLD)]
+    want = sdm_per_modality(
+        torch.cat([b["embeddings"] for b in both]),
+        torch.cat([b["labels"] for b in both]),
+        torch.cat([b["modalities"] for b in both]),
+    ).loss
+    for o in outs:
+        torch.testing.assert_close(o["valid"], want)
