@@ -3,12 +3,17 @@
 
 Variants (everything else from the config, e.g. ``examples/configs/demo.toml``):
 
-=================  ===================================================================
-``ce_only``        cross-entropy only, plain P×K sampler, no memory
-``+sdm``           + scheduled SDM (plain P×K, no memory)
-``+sdm+strict``    + the strict modality-aware P×K sampler
-``+sdm+strict+mem`` + the cross-batch memory of RGB features (the full recipe)
-=================  ===================================================================
+=========================  ===========================================================
+``ce_only``                cross-entropy only, plain P×K sampler, no memory
+``+sdm_pooled``            + scheduled SDM, one softmax over every query modality
+                           (plain P×K, no memory)
+``+sdm_per_modality``      + scheduled SDM, one per query modality (plain P×K, no memory)
+``+sdm+strict``            + the strict modality-aware P×K sampler (``loss.sdm_mode`` of
+                           the config)
+``+sdm+strict+mem``        + the cross-batch memory of RGB features (the full recipe)
+``+sdm+strict+mem(kl)``    the full recipe with IRRA's loss form (KL, directions summed);
+                           not run unless named with ``--variants``
+=========================  ===========================================================
 
 Each variant trains with every seed (``train.seed``; the data set is the same), picks its best
 checkpoint on the validation split and reports the test split. The table gives mean ± sample
@@ -42,10 +47,30 @@ from reid_example.reporting import run_files
 
 VARIANTS: dict[str, list[str]] = {
     "ce_only": ["loss.sdm=false", "sampler.kind=pk", "loss.memory=false"],
-    "+sdm": ["loss.sdm=true", "sampler.kind=pk", "loss.memory=false"],
+    "+sdm_pooled": [
+        "loss.sdm=true",
+        "loss.sdm_mode=pooled",
+        "sampler.kind=pk",
+        "loss.memory=false",
+    ],
+    "+sdm_per_modality": [
+        "loss.sdm=true",
+        "loss.sdm_mode=per_modality",
+        "sampler.kind=pk",
+        "loss.memory=false",
+    ],
     "+sdm+strict": ["loss.sdm=true", "sampler.kind=strict", "loss.memory=false"],
     "+sdm+strict+mem": ["loss.sdm=true", "sampler.kind=strict", "loss.memory=true"],
+    "+sdm+strict+mem(kl)": [
+        "loss.sdm=true",
+        "sampler.kind=strict",
+        "loss.memory=true",
+        "loss.sdm_objective=kl",
+        "loss.sdm_directions=sum",
+    ],
 }
+#: what runs without --variants
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith("(kl)")]
 
 QUICK = [
     "data.identities_per_split=24,8,8",
@@ -60,7 +85,8 @@ QUICK = [
 
 
 def _run_name(variant: str, seed: int) -> str:
-    return f"{variant.replace('+', 'plus_')}-seed{seed}"
+    name = variant.replace("+", "plus_").replace("(", "_").replace(")", "")
+    return f"{name}-seed{seed}"
 
 
 def _mean_sd(xs: Sequence[float]) -> str:
@@ -108,13 +134,47 @@ def markdown_table(results: dict[str, list[dict[str, Any]]], split: str = "test"
     return "\n".join(lines)
 
 
+def change_table(results: dict[str, list[dict[str, Any]]], split: str = "test") -> str:
+    """One row per variant: its mean mAP per protocol and the change against the first
+    variant's mean (the baseline, ``ce_only`` by default).
+
+    Example:
+        >>> a = {"test": {"NIR->RGB": {"mAP": 0.5}}}
+        >>> b = {"test": {"NIR->RGB": {"mAP": 0.6}}}
+        >>> print(change_table({"ce_only": [a], "full": [b]}).splitlines()[3])
+        | `full` | 0.600 (+0.100) |
+    """
+    protocols = _protocols(results, split)
+
+    def mean_map(runs: list[dict[str, Any]], p: str) -> float:
+        xs = [r[split].get(p, {}).get("mAP", math.nan) for r in runs]
+        xs = [x for x in xs if math.isfinite(x)]
+        return statistics.mean(xs) if xs else math.nan
+
+    base_runs = next(iter(results.values()), [])
+    lines = [
+        "| variant | " + " | ".join(f"{p} mAP" for p in protocols) + " |",
+        "|" + "---|" * (len(protocols) + 1),
+    ]
+    for i, (name, runs) in enumerate(results.items()):
+        cells = []
+        for p in protocols:
+            m, b = mean_map(runs, p), mean_map(base_runs, p)
+            if i == 0 or not (math.isfinite(m) and math.isfinite(b)):
+                cells.append(f"{m:.3f}" if math.isfinite(m) else "—")
+            else:
+                cells.append(f"{m:.3f} ({m - b:+.3f})")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", default="examples/configs/demo.toml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--root", default="runs/ablation", help="parent of the runs' directories")
     ap.add_argument("--out", default=None, help="write the Markdown table here")
@@ -170,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"[ablation] {variant} seed={seed} done ({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
-    table = markdown_table(results)
+    table = markdown_table(results) + "\n\nmAP, and its change against the first variant:\n\n"
+    table += change_table(results)
     header = (
         f"Ablation on `{args.config}` ({'quick, ' if args.quick else ''}seeds {seeds}; "
         "test split, best validation checkpoint; mean ± sd over seeds)\n\n"

@@ -100,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> RunSummary:
 
     # 5. the sdmreid components and the step that wires them together -------------------------
     sdm_scheduler = SDMWeightScheduler(
-        warmup_epochs=cfg.loss.sdm_warmup_epochs, schedule=cfg.loss.sdm_schedule
+        warmup_epochs=cfg.loss.sdm_warmup_epochs,
+        schedule=cfg.loss.sdm_schedule,
+        logit_scales=cfg.loss.sdm_logit_scales or None,
+        readvance_after=cfg.loss.sdm_readvance_after or None,
     )
     memory = None
     if cfg.loss.memory:

@@ -222,6 +222,38 @@ class LossConfig:
         "SDM as one torch.compile'd kernel (sdm_loss(compiled=True)): fewer, fused kernel "
         "launches, worth it on a GPU; compiles during the first steps",
     )
+    sdm_mode: str = _opt(
+        "pooled",
+        "pooled: one SDM over every query modality's rows against the RGB rows + memory; "
+        "per_modality: one SDM per query modality, weighted (loss.sdm_weights)",
+        ("pooled", "per_modality"),
+    )
+    sdm_objective: str = _opt(
+        "ce",
+        "SDM loss form: ce (the seed pipeline's cross-entropy -sum q log p) or kl (IRRA's KL "
+        "with eps=1e-8, about 10x larger and with far larger gradients)",
+        ("ce", "kl"),
+    )
+    sdm_directions: str = _opt(
+        "mean",
+        "how SDM's query->gallery and gallery->query terms combine: mean (the seed) or sum (IRRA)",
+        ("mean", "sum"),
+    )
+    sdm_weights: tuple[str, ...] = _opt(
+        (),
+        "per_modality weights as NAME=weight (e.g. NIR=2,TEXT=0.5); a modality not named "
+        "weighs 1; the weights of the modalities present in a batch renormalise",
+    )
+    sdm_logit_scales: tuple[float, ...] = _opt(
+        (),
+        "SDM logit scale per stage of loss.sdm_schedule (following its rollbacks); empty = "
+        "loss.sdm_logit_scale throughout",
+    )
+    sdm_readvance_after: int = _opt(
+        0,
+        "after a health rollback, re-advance SDM one stage every N epochs without a further "
+        "rollback (0 = a rollback is final)",
+    )
     sdm_warmup_epochs: int = _opt(1, "epochs with SDM off at the start (epochs counted from 1)")
     sdm_schedule: tuple[float, ...] = _opt(
         (0.1, 0.3, 0.5), "SDM weight per epoch after the warm-up; the last value is kept"

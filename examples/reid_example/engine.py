@@ -33,7 +33,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any, cast
 
 import torch
@@ -51,9 +52,9 @@ from sdmreid import (
     HeadLRSwitch,
     Modality,
     PairCoverageMeter,
-    SDMResult,
+    PerModalitySDMResult,
     SDMWeightScheduler,
-    sdm_loss,
+    sdm_per_modality,
 )
 
 __all__ = [
@@ -72,6 +73,15 @@ __all__ = [
 
 Batch = Mapping[str, Any]
 
+#: SDM's query modalities, against the RGB rows and the memory
+QUERY_MODALITIES: tuple[Modality, ...] = (
+    Modality.NIR,
+    Modality.SKETCH,
+    Modality.CPENCIL,
+    Modality.TEXT,
+)
+#: the per-query-modality numbers of a step, ``<field>/<MODALITY>``
+MODALITY_FIELDS = ("sdm", "rows", "rows_without_positive")
 #: the device-side numbers of a step, in :attr:`StepRecord.values` order
 RECORD_FIELDS = (
     "ce",
@@ -83,6 +93,7 @@ RECORD_FIELDS = (
     "grad_norm",
     "finite",
     "head_norm",
+    *(f"{f}/{m.name}" for m in QUERY_MODALITIES for f in MODALITY_FIELDS),
 )
 
 
@@ -104,6 +115,14 @@ class StepSettings:
     sdm: bool
     sdm_logit_scale: float
     sdm_compiled: bool
+    #: ``pooled`` (one SDM over every query row) or ``per_modality`` (one per query modality)
+    sdm_mode: str
+    #: ``ce`` (the seed pipeline's form) or ``kl`` (IRRA's)
+    sdm_objective: str
+    #: ``mean`` (the seed pipeline) or ``sum`` (IRRA) of the two directions
+    sdm_directions: str
+    #: per_modality weights (a query modality not named weighs 1)
+    sdm_weights: Mapping[Modality, float]
     grad_clip: float
     #: ``pre_bn``: SDM, the memory and evaluation read the trunk feature; ``bn``: the BNNeck's
     embedding: str
@@ -119,11 +138,54 @@ class StepSettings:
             sdm=cfg.loss.sdm,
             sdm_logit_scale=cfg.loss.sdm_logit_scale,
             sdm_compiled=cfg.loss.sdm_compiled,
+            sdm_mode=cfg.loss.sdm_mode,
+            sdm_objective=cfg.loss.sdm_objective,
+            sdm_directions=cfg.loss.sdm_directions,
+            sdm_weights=parse_sdm_weights(cfg.loss.sdm_weights, cfg.loss.sdm_mode),
             grad_clip=cfg.optim.grad_clip,
             embedding=cfg.model.embedding,
             gather_sdm=cfg.dist.gather_sdm,
             gather_memory=cfg.dist.gather_memory,
         )
+
+
+def parse_sdm_weights(items: Sequence[str], mode: str = "per_modality") -> dict[Modality, float]:
+    """``loss.sdm_weights`` (``NAME=weight`` items) as a mapping; refused with a message naming
+    the option.
+
+    Example:
+        >>> parse_sdm_weights(["nir=2", "TEXT=0.5"])
+        {<Modality.NIR: 1>: 2.0, <Modality.TEXT: 4>: 0.5}
+    """
+    weights: dict[Modality, float] = {}
+    queries = ", ".join(m.name for m in QUERY_MODALITIES)
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        try:
+            modality = Modality[name.strip().upper()]
+            weight = float(value)
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"loss.sdm_weights: expected NAME=weight items with NAME one of {queries}, "
+                f"got {item!r}"
+            ) from None
+        if not sep or modality not in QUERY_MODALITIES:
+            raise ValueError(
+                f"loss.sdm_weights: {item!r} does not name a query modality ({queries})"
+            )
+        if modality in weights:
+            raise ValueError(f"loss.sdm_weights: {modality.name} is named twice")
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"loss.sdm_weights: {item!r} needs a finite weight >= 0")
+        weights[modality] = weight
+    if weights and mode != "per_modality":
+        raise ValueError(
+            "loss.sdm_weights applies to loss.sdm_mode = 'per_modality'; "
+            f"got loss.sdm_mode = {mode!r}"
+        )
+    if weights and not any(weights.get(m, 1.0) > 0 for m in QUERY_MODALITIES):
+        raise ValueError("loss.sdm_weights: at least one query modality needs a weight > 0")
+    return weights
 
 
 @dataclass
@@ -159,9 +221,31 @@ class StepScalars:
     rows_without_positive: float
     grad_norm: float
     batch: float
+    #: ``{"sdm/NIR": ..., "rows/NIR": ..., "rows_without_positive/NIR": ...}`` per query modality
+    by_modality: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """The numbers, flat (the per-modality ones under their ``<field>/<MODALITY>`` keys)."""
+        row = asdict(self)
+        return {**{k: v for k, v in row.items() if k != "by_modality"}, **self.by_modality}
+
+    def coverage_counts(self) -> SimpleNamespace:
+        """The step's counts in the form :meth:`sdmreid.PairCoverageMeter.update` takes: the
+        rows of the step, and each query modality's query rows."""
+        per_modality = {
+            m: SimpleNamespace(
+                query_rows=int(self.by_modality.get(f"rows/{m.name}", 0.0)),
+                query_rows_without_positive=int(
+                    self.by_modality.get(f"rows_without_positive/{m.name}", 0.0)
+                ),
+            )
+            for m in QUERY_MODALITIES
+        }
+        return SimpleNamespace(
+            rows=int(self.rows),
+            rows_without_positive=int(self.rows_without_positive),
+            per_modality=per_modality,
+        )
 
 
 @dataclass
@@ -199,7 +283,9 @@ class StepLog:
 
     Example:
         >>> log = StepLog()
-        >>> v = torch.tensor([2.0, math.nan, 2.0, 0.5, 8.0, 1.0, 3.0, 1.0, 4.0])
+        >>> v = torch.tensor([2.0, math.nan, 2.0, 0.5, 8.0, 1.0, 3.0, 1.0, 4.0] + [0.0] * 12)
+        >>> len(v) == len(RECORD_FIELDS)
+        True
         >>> log.add(StepRecord(1, 0, v, sdm_weight=0.0, batch=8))
         >>> [r.scalars.ce for r in log.read()], len(log)
         ([2.0], 0)
@@ -255,6 +341,7 @@ class StepLog:
                         rows_without_positive=values["rows_without_positive"],
                         grad_norm=values["grad_norm"],
                         batch=float(r.batch),
+                        by_modality={k: values[k] for k in RECORD_FIELDS if "/" in k},
                     ),
                     head_norm=values["head_norm"],
                 )
@@ -334,35 +421,44 @@ def _sdm(
     ctx: StepContext,
     emb: torch.Tensor,
     labels: torch.Tensor,
-    gallery_rows: torch.Tensor,
-    query_rows: torch.Tensor,
+    modalities: torch.Tensor,
+    has_sides: bool,
     live: bool,
-) -> SDMResult | None:
-    """SDM of the batch's non-RGB rows (queries) against its RGB rows and the memory (gallery).
+    logit_scale: float,
+) -> PerModalitySDMResult | None:
+    """SDM of the batch's query rows (every modality but RGB) against its RGB rows and the
+    memory: one softmax over all of them (``loss.sdm_mode = "pooled"``) or one per query
+    modality, weighted (``"per_modality"``), in the loss form of ``loss.sdm_objective`` /
+    ``loss.sdm_directions``.
 
     ``live``: the loss joins the graph; otherwise only its statistics are computed. ``None``
-    when the batch lacks one of the two sides (every row then counts as without a positive).
-    Nothing is read from the device: the rows are host-known slices and
-    ``on_nonfinite="ignore"`` leaves finiteness to the step's own flag. (A per-query-modality
-    SDM, :func:`sdmreid.sdm_per_modality`, takes the whole batch and selects rows by masks.)
+    when the batch lacks one of the two sides (``has_sides``, known on the host from the
+    batch's counts; every row then counts as without a positive). Nothing is read from the
+    device: :func:`sdmreid.sdm_per_modality` selects rows by masks, and
+    ``on_nonfinite="ignore"`` leaves finiteness to the step's own flag.
     """
     gather = ctx.settings.gather_sdm and is_distributed()
-    if not _both_sides(query_rows.numel() > 0, gallery_rows.numel() > 0, gather, emb.device):
+    if not _both_sides(has_sides, True, gather, emb.device):
         return None
+    st = ctx.settings
     memory = ctx.memory.view() if ctx.memory is not None else None
     source = emb if live else emb.detach()
     with contextlib.nullcontext() if live else torch.no_grad():
-        return sdm_loss(
-            source.index_select(0, query_rows),
-            source.index_select(0, gallery_rows),
-            labels.index_select(0, query_rows),
-            labels.index_select(0, gallery_rows),
-            memory=memory,
-            logit_scale=ctx.settings.sdm_logit_scale,
+        return sdm_per_modality(
+            source,
+            labels,
+            modalities,
+            memory,
+            query_modalities=QUERY_MODALITIES,
+            weights=dict(st.sdm_weights) if st.sdm_mode == "per_modality" else None,
+            mode=cast(Any, st.sdm_mode),
+            logit_scale=logit_scale,
+            objective=cast(Any, st.sdm_objective),
+            directions=cast(Any, st.sdm_directions),
             gather=gather,
             on_nonfinite="ignore",
             # train.compile compiles SDM in the model's mode too
-            compiled=ctx.runtime.compile_mode or ctx.settings.sdm_compiled,
+            compiled=ctx.runtime.compile_mode or st.sdm_compiled,
         )
 
 
@@ -430,7 +526,10 @@ def train_step(ctx: StepContext, batch: Batch, epoch: int, global_step: int) -> 
     emb = retrieval_embedding(out, ctx.settings.embedding)
     ce = F.cross_entropy(logits, labels, label_smoothing=ctx.settings.label_smoothing)
     weight = ctx.sdm_scheduler.weight(epoch) if ctx.settings.sdm else 0.0
-    sdm = _sdm(ctx, emb, labels, gallery_rows, query_rows, live=weight > 0.0)
+    # the scheduler's scale of the epoch's stage when loss.sdm_logit_scales sets them
+    scale = ctx.sdm_scheduler.logit_scale(epoch) or ctx.settings.sdm_logit_scale
+    has_sides = gallery_rows.numel() > 0 and query_rows.numel() > 0
+    sdm = _sdm(ctx, emb, labels, b["modalities"], has_sides, live=weight > 0.0, logit_scale=scale)
     loss = ce + weight * sdm.loss if sdm is not None and weight > 0.0 else ce
     grad_norm, finite = _optimise(ctx, loss)
     if ctx.memory is not None:
@@ -446,11 +545,22 @@ def train_step(ctx: StepContext, batch: Batch, epoch: int, global_step: int) -> 
     top1 = (logits.argmax(dim=1) == labels).float().mean()
     head_norm = torch.linalg.vector_norm(ctx.raw_model.classifier.weight.detach())
     sdm_parts: Sequence[torch.Tensor]
+    by_modality: list[torch.Tensor] = []
     if sdm is not None:
         sdm_parts = (sdm.loss.detach(), sdm.rows, sdm.rows_without_positive)
+        for m in QUERY_MODALITIES:
+            e = sdm.per_modality[m]
+            # NaN (left out of the epoch mean) for a modality without rows in this batch
+            term = torch.where(e.query_rows > 0, e.loss.detach(), math.nan)
+            by_modality += [term, e.query_rows, e.query_rows_without_positive]
     else:  # logged as NaN; every row of the batch is without a positive
         n = float(labels.shape[0])
-        sdm_parts = torch.tensor([math.nan, n, n], device=ce.device).unbind()
+        counts = b["modality_counts"]  # host-known
+        host = [math.nan, n, n]
+        for m in QUERY_MODALITIES:
+            host += [math.nan, float(counts[int(m)]), float(counts[int(m)])]
+        parts = torch.tensor(host, device=ce.device).unbind()
+        sdm_parts, by_modality = parts[:3], list(parts[3:])
     values = torch.stack(
         [
             t.float()
@@ -463,6 +573,7 @@ def train_step(ctx: StepContext, batch: Batch, epoch: int, global_step: int) -> 
                 grad_norm.detach(),
                 finite,
                 head_norm,
+                *by_modality,
             )
         ]
     )

@@ -96,9 +96,12 @@ class HealthAdapter:
         global_step: int,
         meter: PairCoverageMeter,
         head_norm: float,
+        ce: float = math.nan,
     ) -> None:
-        """Every ``every_steps`` steps: coverage reading + classifier weight norm (the L2 norm
-        of the classifier weight after that step, read with the step's numbers)."""
+        """Every ``every_steps`` steps: coverage reading, classifier weight norm (the L2 norm
+        of the classifier weight after that step, read with the step's numbers) and the step's
+        identity cross-entropy for the loss-spike rules. CE rather than the total loss: the
+        total jumps by design whenever the SDM weight steps up, CE does not."""
         if not self.enabled or global_step % self.every_steps:
             return
         self.monitor.settings = self.settings(epoch)
@@ -107,6 +110,7 @@ class HealthAdapter:
             global_step,
             coverage=float(meter.compute()),  # NaN before the first reading: skipped
             classifier_weight_norm=head_norm,
+            loss=ce if math.isfinite(ce) else None,
         )
         self._report(findings)
 

@@ -198,6 +198,12 @@ def write_plots(
         written[name] = path
 
     s = step_rows
+
+    # one curve per query modality where the rows have them (``<key>/<MODALITY>``)
+    def by_modality(key: str) -> list[tuple[str, list[float], list[float]]]:
+        names = sorted({k for r in s for k in r if k.startswith(f"{key}/")})
+        return [(k.removeprefix(f"{key}/"), *_series(s, "step", k)) for k in names]
+
     one(
         "ce",
         "identity cross-entropy (label-smoothed)",
@@ -209,14 +215,17 @@ def write_plots(
         "sdm_loss",
         "SDM loss (non-RGB → RGB + memory)",
         "SDM",
-        [("SDM", *_series(s, "step", "sdm"))],
+        [("SDM", *_series(s, "step", "sdm")), *by_modality("sdm")],
     )
     one("sdm_weight", "SDM weight", "weight", [("weight", *_series(s, "step", "sdm_weight"))])
     one(
         "pair_coverage",
         "pair coverage (moving average)",
         "coverage",
-        [("pair_coverage_mavg", *_series(s, "step", "pair_coverage"))],
+        [
+            ("pair_coverage_mavg", *_series(s, "step", "pair_coverage")),
+            *by_modality("pair_coverage"),
+        ],
         (coverage_target, f"target {coverage_target}"),
     )
     one("train_top1", "train-batch top-1", "top-1", [("top-1", *_series(s, "step", "top1"))])

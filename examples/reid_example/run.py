@@ -32,7 +32,14 @@ from torch import nn
 from reid_example.builders import BatchWindow, DataBundle
 from reid_example.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from reid_example.config import Config, apply_overrides, config_from_dict, config_to_dict
-from reid_example.engine import StepContext, StepLog, StepReading, StepScalars, train_step
+from reid_example.engine import (
+    QUERY_MODALITIES,
+    StepContext,
+    StepLog,
+    StepReading,
+    StepScalars,
+    train_step,
+)
 from reid_example.evaluate import Evaluator, Scores, Validation, format_metrics
 from reid_example.health import HealthAdapter
 from reid_example.reporting import RunOutputs, RunSummary
@@ -168,12 +175,21 @@ class EpochStats:
     rows_without_positive_frac: float
     images_per_second: float
     seconds: float
+    #: ``{"pair_coverage/NIR": ..., "sdm/NIR": ...}``: each query modality's coverage (moving
+    #: average, every rank's rows) and mean SDM term over the epoch (this rank's steps)
+    by_modality: dict[str, float] = field(default_factory=dict)
 
     def log_line(self) -> str:
+        cov = " ".join(
+            f"{k.removeprefix('pair_coverage/')}={v:.3f}"
+            for k, v in self.by_modality.items()
+            if k.startswith("pair_coverage/") and math.isfinite(v)
+        )
         return (
             f"epoch {self.epoch} | CE {self.ce:.4f} | SDM {self.sdm:.4f} "
             f"(w={self.sdm_weight:.3f}) | top1 {self.top1:.3f} | pair_coverage "
-            f"{self.pair_coverage:.3f} | {self.images_per_second:.1f} img/s | {self.seconds:.1f}s"
+            f"{self.pair_coverage:.3f}{f' ({cov})' if cov else ''} | "
+            f"{self.images_per_second:.1f} img/s | {self.seconds:.1f}s"
         )
 
 
@@ -304,10 +320,12 @@ def _after_step(run: Run, reading: StepReading, images_per_second: float, *, las
     cfg, step, epoch = run.cfg, reading.step, reading.epoch
     meter = run.step.meter
     s = reading.scalars
-    meter.update(rows=int(s.rows), rows_without_positive=int(s.rows_without_positive))
-    run.health.step(epoch, step, meter, reading.head_norm)
+    # one update per step, with each query modality's rows (the window counts steps)
+    meter.update(s.coverage_counts())
+    run.health.step(epoch, step, meter, reading.head_norm, ce=s.ce)
     if step % cfg.train.coverage_every == 0:
         run.out.log.info(meter.log_line(gather=True))  # over every rank's rows
+        run.out.log.info(meter.per_modality_log_line(gather=True))
     if step % cfg.train.log_every == 0 or last:
         run.out.metrics.log_step(_step_row(run, reading, images_per_second))
     if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
@@ -331,8 +349,15 @@ def _step_row(run: Run, reading: StepReading, images_per_second: float) -> dict[
         **reading.scalars.as_dict(),
         "images_per_second": images_per_second,
         "pair_coverage": float(run.step.meter.compute()),
+        **_coverage_by_modality(run),
         **lrs,
     }
+
+
+def _coverage_by_modality(run: Run) -> dict[str, float]:
+    """``{"pair_coverage/NIR": ..., ...}``: each query modality's moving-average coverage
+    (NaN while the window holds none of its rows)."""
+    return {f"pair_coverage/{k}": v for k, v in run.step.meter.compute_per_modality().items()}
 
 
 def _epoch_stats(run: Run, epoch: int) -> EpochStats:
@@ -356,6 +381,10 @@ def _epoch_stats(run: Run, epoch: int) -> EpochStats:
         else math.nan,
         images_per_second=world * sums.samples / sums.seconds if sums.seconds > 0 else math.nan,
         seconds=sums.seconds,
+        by_modality={
+            **_coverage_by_modality(run),
+            **{f"sdm/{m.name}": sums.mean(f"sdm/{m.name}") for m in QUERY_MODALITIES},
+        },
     )
 
 
@@ -377,7 +406,8 @@ def epoch_row(
 ) -> dict[str, Any]:
     """One ``epochs.jsonl`` / ``epochs.csv`` row."""
     row: dict[str, Any] = {"epoch": stats.epoch, "step": run.state.global_step}
-    row.update({k: v for k, v in asdict(stats).items() if k != "epoch"})
+    row.update({k: v for k, v in asdict(stats).items() if k not in ("epoch", "by_modality")})
+    row.update(stats.by_modality)
     if validation is not None:
         metric = run.cfg.eval.select_metric
         for proto, m in validation.val.items():

@@ -464,7 +464,13 @@ def test_ablation_quick_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     out = ablation.main(argv)
     rows = out["table"].splitlines()
     assert rows[0].startswith("| variant | seeds | NIR->RGB mAP | NIR->RGB R1 |")
-    assert [r.split(" | ")[0] for r in rows[2:]] == ["| `ce_only`", "| `+sdm+strict+mem`"]
+    assert [r.split(" | ")[0] for r in rows[2:4]] == ["| `ce_only`", "| `+sdm+strict+mem`"]
+    # the change table: the full recipe's mAP and its change against CE only, per protocol
+    change = rows[-1]
+    assert change.startswith("| `+sdm+strict+mem` | ")
+    assert len(re.findall(r"\d\.\d{3} \([+-]\d\.\d{3}\)", change)) == len(
+        out["results"]["ce_only"][0]["test"]
+    )
     assert all(len(runs) == 1 and runs[0]["test"] for runs in out["results"].values())
     # run again into the same root: refused before anything trains, naming both runs
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
