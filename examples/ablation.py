@@ -181,9 +181,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", default=None, help="write every run's metrics here")
     ap.add_argument("--quick", action="store_true", help="tiny data/model, 3 epochs, 1 seed")
     ap.add_argument(
+        "--from-json",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="train nothing: print (and --out) the table of runs saved with --json by earlier "
+        "invocations (e.g. variants split over two processes), variants in the order given",
+    )
+    ap.add_argument(
         "--overwrite", action="store_true", help="start over runs whose directories hold a run"
     )
     args = ap.parse_args(argv)
+    if args.from_json:
+        return _from_json(args.from_json, args.out, args.config)
     seeds = args.seeds[:1] if args.quick else args.seeds
     extra = [*(QUICK if args.quick else []), *args.overrides]
     if args.overwrite:
@@ -242,6 +252,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         Path(args.out).write_text(header + table + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    return {"results": results, "table": table}
+
+
+def _from_json(paths: Sequence[str], out: str | None, config: str) -> dict[str, Any]:
+    """The table of the runs saved in ``paths`` (``--json`` files of earlier invocations)."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for path in paths:
+        for variant, runs in json.loads(Path(path).read_text()).items():
+            results.setdefault(variant, []).extend(runs)
+    seeds = sorted({r["seed"] for runs in results.values() for r in runs})
+    table = markdown_table(results) + "\n\nmAP, and its change against the first variant:\n\n"
+    table += change_table(results)
+    header = (
+        f"Ablation on `{config}` (seeds {seeds}; test split, best validation checkpoint; "
+        "mean ± sd over seeds)\n\n"
+    )
+    print(header + table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(header + table + "\n")
     return {"results": results, "table": table}
 
 
