@@ -257,10 +257,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _from_json(paths: Sequence[str], out: str | None, config: str) -> dict[str, Any]:
     """The table of the runs saved in ``paths`` (``--json`` files of earlier invocations)."""
-    results: dict[str, list[dict[str, Any]]] = {}
+    saved: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
         for variant, runs in json.loads(Path(path).read_text()).items():
-            results.setdefault(variant, []).extend(runs)
+            saved.setdefault(variant, []).extend(runs)
+    # the variants in the table's order (the baseline first), whatever the files' order
+    order = [v for v in VARIANTS if v in saved] + [v for v in saved if v not in VARIANTS]
+    results = {v: sorted(saved[v], key=lambda r: int(r["seed"])) for v in order}
     seeds = sorted({r["seed"] for runs in results.values() for r in runs})
     table = markdown_table(results) + "\n\nmAP, and its change against the first variant:\n\n"
     table += change_table(results)
