@@ -568,3 +568,32 @@ def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(module, optionflags=flags, verbose=False)
     assert result.attempted > 0
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"
+
+
+def test_ablation_from_json_merges_saved_runs_in_the_scripts_order(tmp_path: Path) -> None:
+    import ablation
+
+    def runs(variant_maps: dict[str, list[float]]) -> dict[str, list[dict[str, Any]]]:
+        return {
+            v: [
+                {
+                    "seed": seed,
+                    "test": {"NIR->RGB": {"mAP": m, "rank1": m}},
+                    "pair_coverage": 0.9,
+                    "rollbacks": 0,
+                }
+                for seed, m in reversed(list(enumerate(maps)))
+            ]
+            for v, maps in variant_maps.items()
+        }
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    b.write_text(json.dumps(runs({"ce_only": [0.5, 0.7]})))
+    a.write_text(json.dumps(runs({"+sdm+strict+mem": [0.8, 0.9]})))
+    out = ablation.main(["--from-json", str(a), str(b), "--out", str(tmp_path / "t.md")])
+    rows = out["table"].splitlines()
+    assert rows[2].startswith("| `ce_only` | 2 | 0.600 ± 0.141 |")
+    assert rows[3].startswith("| `+sdm+strict+mem` | 2 | 0.850 ± 0.071 |")
+    assert rows[-1] == "| `+sdm+strict+mem` | 0.850 (+0.250) |"
+    assert [r["seed"] for r in out["results"]["ce_only"]] == [0, 1]
+    assert (tmp_path / "t.md").read_text().endswith(out["table"] + "\n")
