@@ -240,18 +240,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"[ablation] {variant} seed={seed} done ({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    what = f"{'quick, ' if args.quick else ''}seeds {seeds}"
+    return _report(results, args.config, what, args.out)
+
+
+def _report(
+    results: dict[str, list[dict[str, Any]]], config: str, what: str, out: str | None
+) -> dict[str, Any]:
+    """Print (and write to ``out``) both tables of ``results``."""
     table = markdown_table(results) + "\n\nmAP, and its change against the first variant:\n\n"
     table += change_table(results)
     header = (
-        f"Ablation on `{args.config}` ({'quick, ' if args.quick else ''}seeds {seeds}; "
-        "test split, best validation checkpoint; mean ± sd over seeds)\n\n"
+        f"Ablation on `{config}` ({what}; test split, best validation checkpoint; "
+        "mean ± sd over seeds)\n\n"
     )
     print(header + table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(header + table + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(header + table + "\n")
     return {"results": results, "table": table}
 
 
@@ -265,17 +273,7 @@ def _from_json(paths: Sequence[str], out: str | None, config: str) -> dict[str, 
     order = [v for v in VARIANTS if v in saved] + [v for v in saved if v not in VARIANTS]
     results = {v: sorted(saved[v], key=lambda r: int(r["seed"])) for v in order}
     seeds = sorted({r["seed"] for runs in results.values() for r in runs})
-    table = markdown_table(results) + "\n\nmAP, and its change against the first variant:\n\n"
-    table += change_table(results)
-    header = (
-        f"Ablation on `{config}` (seeds {seeds}; test split, best validation checkpoint; "
-        "mean ± sd over seeds)\n\n"
-    )
-    print(header + table)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(header + table + "\n")
-    return {"results": results, "table": table}
+    return _report(results, config, f"seeds {seeds}", out)
 
 
 if __name__ == "__main__":
