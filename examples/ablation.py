@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--root", default="runs/ablation", help="parent of the runs' directories")
     ap.add_argument("--out", default=None, help="write the Markdown table here")
-    ap.add_argument("--json", default=None, help="write every run's metrics here")
+    ap.add_argument("--json", default=None, help="write every run's metrics here (after each run)")
     ap.add_argument("--quick", action="store_true", help="tiny data/model, 3 epochs, 1 seed")
     ap.add_argument(
         "--from-json",
@@ -240,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"[ablation] {variant} seed={seed} done ({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+            if args.json:  # after every run: an interrupted ablation keeps what it trained
+                Path(args.json).write_text(json.dumps(results, indent=2))
     what = f"{'quick, ' if args.quick else ''}seeds {seeds}"
     return _report(results, args.config, what, args.out)
 
