@@ -589,16 +589,9 @@ class HFReIDModel(EmbeddingNetwork):
         :meth:`~reid_example.model.ReIDModel.encode`) is accepted and not needed: every image
         row goes through the one tower, its modality embedding gathered by its code.
         """
-        batch = modalities.shape[0]
         img_mods = None if image_rows is None else modalities.index_select(0, image_rows)
         img_feat, txt_feat = self.encode(images, img_mods, tokens)
-        feats = modalities.new_zeros((batch, self.embed_dim), dtype=torch.float32)
-        if img_feat is not None and image_rows is not None:
-            feats = feats.index_copy(0, image_rows, img_feat)
-        if txt_feat is not None and text_rows is not None:
-            feats = feats.index_copy(0, text_rows, txt_feat)
-        emb = self.bnneck(feats)
-        return EmbeddingOutput(features=feats, embeddings=emb, logits=self.classifier(emb))
+        return self.batch_output(modalities, image_rows, img_feat, text_rows, txt_feat)
 
 
 def _load(spec: BackboneSpec, pretrained: bool) -> Any:

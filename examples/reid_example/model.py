@@ -280,6 +280,24 @@ class EmbeddingNetwork(nn.Module):
         """
         return not (param.ndim <= 1 or name.endswith(".pos") or name == "cls" or "embed" in name)
 
+    def batch_output(
+        self,
+        modalities: torch.Tensor,
+        image_rows: torch.Tensor | None,
+        img_feat: torch.Tensor | None,
+        text_rows: torch.Tensor | None,
+        txt_feat: torch.Tensor | None,
+    ) -> EmbeddingOutput:
+        """The image and text rows' features put back in batch order (``image_rows`` /
+        ``text_rows``), then the BNNeck and the classifier."""
+        feats = modalities.new_zeros((modalities.shape[0], self.embed_dim), dtype=torch.float32)
+        if img_feat is not None and image_rows is not None:
+            feats = feats.index_copy(0, image_rows, img_feat)
+        if txt_feat is not None and text_rows is not None:
+            feats = feats.index_copy(0, text_rows, txt_feat)
+        emb = self.bnneck(feats)
+        return EmbeddingOutput(features=feats, embeddings=emb, logits=self.classifier(emb))
+
 
 class ReIDModel(EmbeddingNetwork):
     """Per-modality stems → shared ViT trunk → BNNeck + classifier.
@@ -485,17 +503,9 @@ class ReIDModel(EmbeddingNetwork):
         image_counts: Sequence[int] | None = None,
     ) -> EmbeddingOutput:
         """``image_counts``: the images are grouped by modality (see :meth:`encode`)."""
-        batch = modalities.shape[0]
         img_mods = None if image_rows is None else modalities.index_select(0, image_rows)
         img_feat, txt_feat = self.encode(images, img_mods, tokens, image_counts=image_counts)
-        feats = modalities.new_zeros((batch, self.embed_dim), dtype=torch.float32)
-        if img_feat is not None and image_rows is not None:
-            feats = feats.index_copy(0, image_rows, img_feat)
-        if txt_feat is not None and text_rows is not None:
-            feats = feats.index_copy(0, text_rows, txt_feat)
-        emb = self.bnneck(feats)
-        logits = self.classifier(emb)
-        return EmbeddingOutput(features=feats, embeddings=emb, logits=logits)
+        return self.batch_output(modalities, image_rows, img_feat, text_rows, txt_feat)
 
 
 def _timm_trunk(name: str) -> nn.Module:  # pragma: no cover - optional dependency
