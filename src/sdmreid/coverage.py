@@ -337,11 +337,18 @@ class PairCoverageMeter:
             _check_counts(int(r), int(w))
             for code, (qr, qw) in per_modality.items():
                 _check_counts(int(qr), int(qw), *_query_names(code))
-            slot, mslot = self._buf[self._pos], self._mbuf[self._pos]
-            slot[0], slot[1] = r, w  # on an accelerator: fills, no host-to-device copy
-            mslot.zero_()
-            for code, (qr, qw) in per_modality.items():
-                mslot[code, 0], mslot[code, 1] = qr, qw
+            if self._buf.device.type == "cpu":  # one write per window, not one per count
+                mat = [[0, 0] for _ in range(_NUM_MODALITIES)]
+                for code, (qr, qw) in per_modality.items():
+                    mat[code] = [int(qr), int(qw)]
+                self._buf[self._pos] = torch.tensor([int(r), int(w)], dtype=torch.int64)
+                self._mbuf[self._pos] = torch.tensor(mat, dtype=torch.int64)
+            else:
+                slot, mslot = self._buf[self._pos], self._mbuf[self._pos]
+                slot[0], slot[1] = r, w  # on an accelerator: fills, no host-to-device copy
+                mslot.zero_()
+                for code, (qr, qw) in per_modality.items():
+                    mslot[code, 0], mslot[code, 1] = qr, qw
         else:
             # The window follows the first tensor count (moved once per meter).
             dev = self._buf.device
