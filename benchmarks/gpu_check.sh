@@ -27,6 +27,10 @@ timeout 120 $PY benchmarks/bench_sdm.py --device cuda --repeats 100 --json "$RES
 timeout 120 $PY benchmarks/bench_sdm.py --device cuda --repeats 30 --shape 2048,2048,6144,512 \
   --json "$RESULTS/bench_sdm_cuda_big.json" > "$RESULTS/bench_sdm_cuda_big.md" 2>&1
 grep -E "^\| (irra|floor|default|compiled|chunk|reduce-overhead)" "$RESULTS"/bench_sdm_cuda*.md
+# SDM per query modality (4 query modalities) against one pooled call, same shape
+timeout 120 $PY benchmarks/bench_sdm.py --device cuda --part per-modality --repeats 100 \
+  --json "$RESULTS/bench_sdm_per_modality_cuda.json" > "$RESULTS/bench_sdm_per_modality_cuda.md" 2>&1
+grep -E "^\| " "$RESULTS/bench_sdm_per_modality_cuda.md" | head -12
 
 stamp bench-trainer
 timeout 900 $PY benchmarks/bench_trainer.py --device cuda --variants loader,device_cache --compile \
