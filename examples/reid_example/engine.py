@@ -441,6 +441,9 @@ def _sdm(
     if not _both_sides(has_sides, True, gather, emb.device):
         return None
     st = ctx.settings
+    weights: dict[Modality | str, float] | None = None
+    if st.sdm_mode == "per_modality":
+        weights = {m: w for m, w in st.sdm_weights.items()}
     memory = ctx.memory.view() if ctx.memory is not None else None
     source = emb if live else emb.detach()
     with contextlib.nullcontext() if live else torch.no_grad():
@@ -450,7 +453,7 @@ def _sdm(
             modalities,
             memory,
             query_modalities=QUERY_MODALITIES,
-            weights=dict(st.sdm_weights) if st.sdm_mode == "per_modality" else None,
+            weights=weights,
             mode=cast(Any, st.sdm_mode),
             logit_scale=logit_scale,
             objective=cast(Any, st.sdm_objective),

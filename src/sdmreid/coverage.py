@@ -338,11 +338,11 @@ class PairCoverageMeter:
             for code, (qr, qw) in per_modality.items():
                 _check_counts(int(qr), int(qw), *_query_names(code))
             if self._buf.device.type == "cpu":  # one write per window, not one per count
-                mat = [[0, 0] for _ in range(_NUM_MODALITIES)]
+                table = [[0, 0] for _ in range(_NUM_MODALITIES)]
                 for code, (qr, qw) in per_modality.items():
-                    mat[code] = [int(qr), int(qw)]
+                    table[code] = [int(qr), int(qw)]
                 self._buf[self._pos] = torch.tensor([int(r), int(w)], dtype=torch.int64)
-                self._mbuf[self._pos] = torch.tensor(mat, dtype=torch.int64)
+                self._mbuf[self._pos] = torch.tensor(table, dtype=torch.int64)
             else:
                 slot, mslot = self._buf[self._pos], self._mbuf[self._pos]
                 slot[0], slot[1] = r, w  # on an accelerator: fills, no host-to-device copy
