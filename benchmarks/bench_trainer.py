@@ -17,10 +17,11 @@ on, evaluation off) and each data path it reports:
   size), ``aten.equal``, and copies from an accelerator to the host (``.cpu()``, ``.tolist()``,
   ``.numpy()``; on a CPU tensor these dispatch no operator, so they are counted by call with a
   ``TorchFunctionMode``). A CPU run cannot tell device memory from host memory, so the reads
-  made inside the trainer's step duties (``reid_example.run._after_step``: coverage meter,
-  health monitor, metric rows) are counted apart: after this benchmark's issue they read host
-  state only (the meter is fed Python numbers from the logging step's one read), before it
-  they read the meter and the classifier weight on the device.
+  made inside the trainer's step and epoch duties (``reid_example.run._after_step`` and
+  ``_epoch_stats``: coverage meter, health monitor, metric rows, epoch means) are counted
+  apart: now they read host state only (the meter is fed Python numbers from the logging
+  step's one read); in the trainer before it they read the meter and the classifier weight on
+  the device.
 * **images/s**: with the data already in memory (the step alone, replayed on batches the run's
   data path produced, one synchronisation at the end; the best of three rounds) and through the
   data path of the run (loader, or the on-device cache: the trainer's own loop, its logging reads
@@ -235,9 +236,14 @@ def _run_trainer(
     argv = ["--config", str(ROOT / "examples" / "configs" / f"{config}.toml"), "--overwrite"]
     for item in overrides:
         argv += ["--set", item]
-    original, duties = run_module.train_step, run_module._after_step
+    original, duties, epoch_duties = (
+        run_module.train_step,
+        run_module._after_step,
+        run_module._epoch_stats,
+    )
     run_module.train_step = probe  # type: ignore[assignment]
     run_module._after_step = probe.duties(duties)
+    run_module._epoch_stats = probe.duties(epoch_duties)
     try:
         if counting:
             probe.counter = StepCounter()
@@ -249,6 +255,7 @@ def _run_trainer(
     finally:
         run_module.train_step = original  # type: ignore[assignment]
         run_module._after_step = duties
+        run_module._epoch_stats = epoch_duties
     return summary
 
 

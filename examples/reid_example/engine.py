@@ -474,7 +474,8 @@ def _optimise(ctx: StepContext, loss: torch.Tensor) -> tuple[torch.Tensor, torch
     """Backward, gradient norm (clipped when configured), optimiser step, weight average.
 
     Returns the global gradient norm and whether the loss and every gradient are finite (both
-    0-dim device tensors). A non-finite step is skipped on the device.
+    0-dim device tensors; with a GradScaler only the loss: overflowing fp16 gradients are its
+    business). A non-finite step is skipped on the device.
     """
     scaler = ctx.runtime.amp.scaler
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -490,7 +491,10 @@ def _optimise(ctx: StepContext, loss: torch.Tensor) -> tuple[torch.Tensor, torch
     else:
         # one kernel for every per-parameter norm, not a Python loop over them
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    finite = torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all()
+    if scaler is None:
+        finite = torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all()
+    else:  # an fp16 step with overflowing gradients is the scaler's business (skip, rescale)
+        finite = torch.isfinite(loss.detach())
     if scaler is not None:
         scaler.step(ctx.optimizer)  # its own device-side check of the (unscaled) gradients
         scaler.update()
