@@ -270,7 +270,7 @@ def _from_json(paths: Sequence[str], out: str | None, config: str) -> dict[str, 
         for variant, runs in json.loads(Path(path).read_text()).items():
             saved.setdefault(variant, []).extend(runs)
     # the variants in the table's order (the baseline first), whatever the files' order
-    order = [v for v in VARIANTS if v in saved] + [v for v in saved if v not in VARIANTS]
+    order = [v for v in VARIANTS if saved.get(v)] + [v for v in saved if v not in VARIANTS]
     results = {v: sorted(saved[v], key=lambda r: int(r["seed"])) for v in order}
     seeds = sorted({r["seed"] for runs in results.values() for r in runs})
     return _report(results, config, f"seeds {seeds}", out)
