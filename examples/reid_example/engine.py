@@ -508,6 +508,59 @@ def _optimise(ctx: StepContext, loss: torch.Tensor) -> tuple[torch.Tensor, torch
     return grad_norm, finite
 
 
+def _record_values(
+    ctx: StepContext,
+    b: Batch,
+    ce: torch.Tensor,
+    loss: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    sdm: PerModalitySDMResult | None,
+    grad_norm: torch.Tensor,
+    finite: torch.Tensor,
+) -> torch.Tensor:
+    """The step's numbers as one float32 vector in :data:`RECORD_FIELDS` order (on the device;
+    the counts converted to float in one operation)."""
+    top1 = (logits.argmax(dim=1) == labels).float().mean()
+    head_norm = torch.linalg.vector_norm(ctx.raw_model.classifier.weight)
+    if sdm is None:  # logged as NaN; every row of the batch is without a positive
+        n = float(labels.shape[0])
+        counts = b["modality_counts"]  # host-known
+        host = [math.nan, n, n]
+        for m in QUERY_MODALITIES:
+            host += [math.nan, float(counts[int(m)]), float(counts[int(m)])]
+        parts = list(torch.tensor(host, device=ce.device).unbind())
+        sdm_loss_value, rows, without = parts[:3]
+        by_modality = parts[3:]
+    else:
+        terms: list[torch.Tensor] = []
+        int_counts = [sdm.rows, sdm.rows_without_positive]
+        for m in QUERY_MODALITIES:
+            e = sdm.per_modality[m]
+            # NaN (left out of the epoch mean) for a modality without rows in this batch
+            terms.append(torch.where(e.query_rows > 0, e.loss, math.nan))
+            int_counts += [e.query_rows, e.query_rows_without_positive]
+        rows, without, *per_counts = torch.stack(int_counts).float().unbind()
+        sdm_loss_value = sdm.loss
+        by_modality = [
+            x for i, t in enumerate(terms) for x in (t, per_counts[2 * i], per_counts[2 * i + 1])
+        ]
+    return torch.stack(
+        [
+            ce,
+            sdm_loss_value.float(),
+            loss,
+            top1,
+            rows,
+            without,
+            grad_norm.float(),
+            finite.float(),
+            head_norm.float(),
+            *(t.float() for t in by_modality),
+        ]
+    )
+
+
 def train_step(ctx: StepContext, batch: Batch, epoch: int, global_step: int) -> StepRecord:
     """One optimisation step at ``epoch`` (from 1) and ``global_step`` (from 0).
 
@@ -549,41 +602,8 @@ def train_step(ctx: StepContext, batch: Batch, epoch: int, global_step: int) -> 
             modalities=Modality.RGB,
             gather=ctx.settings.gather_memory and is_distributed(),
         )
-    top1 = (logits.argmax(dim=1) == labels).float().mean()
-    head_norm = torch.linalg.vector_norm(ctx.raw_model.classifier.weight.detach())
-    sdm_parts: Sequence[torch.Tensor]
-    by_modality: list[torch.Tensor] = []
-    if sdm is not None:
-        sdm_parts = (sdm.loss.detach(), sdm.rows, sdm.rows_without_positive)
-        for m in QUERY_MODALITIES:
-            e = sdm.per_modality[m]
-            # NaN (left out of the epoch mean) for a modality without rows in this batch
-            term = torch.where(e.query_rows > 0, e.loss.detach(), math.nan)
-            by_modality += [term, e.query_rows, e.query_rows_without_positive]
-    else:  # logged as NaN; every row of the batch is without a positive
-        n = float(labels.shape[0])
-        counts = b["modality_counts"]  # host-known
-        host = [math.nan, n, n]
-        for m in QUERY_MODALITIES:
-            host += [math.nan, float(counts[int(m)]), float(counts[int(m)])]
-        parts = torch.tensor(host, device=ce.device).unbind()
-        sdm_parts, by_modality = parts[:3], list(parts[3:])
-    values = torch.stack(
-        [
-            t.float()
-            for t in (
-                ce.detach(),
-                sdm_parts[0],
-                loss.detach(),
-                top1,
-                *sdm_parts[1:],
-                grad_norm.detach(),
-                finite,
-                head_norm,
-                *by_modality,
-            )
-        ]
-    )
+    with torch.no_grad():  # the record's numbers: no graph, no detach per number
+        values = _record_values(ctx, b, ce, loss, logits, labels, sdm, grad_norm, finite)
     return StepRecord(
         epoch=epoch,
         global_step=global_step,
