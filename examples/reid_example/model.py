@@ -476,6 +476,17 @@ class ReIDModel(EmbeddingNetwork):
     def _image_tokens(self, images: torch.Tensor, image_counts: Sequence[int]) -> torch.Tensor:
         """Token sequences of images grouped by modality (see :meth:`encode`), in their order:
         each modality's stem on its slice, then the shared conv blocks and patches."""
+        # One shared pass for all image rows: conv blocks, patches.
+        return cast(torch.Tensor, self.image_tokenizer(self._stems(images, image_counts)))
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _stems(self, images: torch.Tensor, image_counts: Sequence[int]) -> torch.Tensor:
+        """Each image modality's stem on its slice of the grouped images.
+
+        Under ``torch.compile`` this runs eagerly: the slice sizes change from batch to batch,
+        and compiled code would specialise on them (one graph per batch composition); the rest
+        of the network sees only the batch's image count, one dynamic size.
+        """
         counts = [int(n) for n in image_counts]
         if len(counts) != len(IMAGE_MODALITIES) or sum(counts) != images.shape[0]:
             raise ValueError(
@@ -489,9 +500,7 @@ class ReIDModel(EmbeddingNetwork):
             for stem, part, n in zip(stems, torch.split(images, counts), counts, strict=True)
             if n > 0  # a stem's batch norm needs its own images
         ]
-        # One shared pass for all image rows: conv blocks, patches.
-        x = torch.cat(low) if len(low) > 1 else low[0]
-        return cast(torch.Tensor, self.image_tokenizer(x))
+        return torch.cat(low) if len(low) > 1 else low[0]
 
     def forward(
         self,

@@ -208,7 +208,8 @@ def wrap_for_training(model: EmbeddingNetwork, cfg: Config, rt: Runtime) -> nn.M
     if rt.compile_mode is not None:
         # Default shape handling: the first batch compiles a static graph; when a batch's
         # split into images and captions differs, one graph with a dynamic batch size serves
-        # every later batch (P×K and the caption length are fixed).
+        # every later batch (P×K and the caption length are fixed; the per-modality stems,
+        # whose slices change with every batch's composition, run eagerly).
         wrapped = cast(nn.Module, torch.compile(wrapped, mode=rt.compile_mode))
     return wrapped
 

@@ -757,17 +757,38 @@ def test_compile_falls_back_with_one_log_line(
 
 
 @pytest.mark.slow
-def test_compiled_run_trains_and_matches_the_eager_first_step(tmp_path: Path) -> None:
-    common = ("train.epochs=1", "train.stop_after_steps=3", "loss.sdm_warmup_epochs=0")
-    run(tmp_path, "eager", *common)
-    compiled = run(tmp_path, "compiled", *common, "train.compile=true")
+def test_compiled_run_trains_and_matches_the_eager_first_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first step's numbers match an eager run's; compiled graphs stop multiplying once
+    the batch sizes have become dynamic (not one graph per batch composition)."""
+    import reid_example.run as run_module
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    common = ("train.epochs=1", "loss.sdm_warmup_epochs=0")
+    run(tmp_path, "eager", *common, "train.stop_after_steps=3")
+    torch._dynamo.reset()
+    counters.clear()
+    graphs: list[int] = []
+    real_step = run_module.train_step
+
+    def step(ctx: Any, batch: Any, epoch: int, global_step: int) -> Any:
+        out = real_step(ctx, batch, epoch, global_step)
+        graphs.append(int(counters["stats"]["unique_graphs"]))
+        return out
+
+    monkeypatch.setattr(run_module, "train_step", step)
+    compiled = run(tmp_path, "compiled", *common, "train.stop_after_steps=10", "train.compile=true")
     log = (Path(compiled["run_dir"]) / "train.log").read_text()
     assert "training eagerly" not in log
     a, b = _steps(tmp_path, "eager"), _steps(tmp_path, "compiled")
-    assert len(a) == len(b) == 3
     for key in ("ce", "sdm", "loss", "grad_norm"):
         assert b[0][key] == pytest.approx(a[0][key], rel=1e-3), key
     assert all(math.isfinite(r["loss"]) for r in b)
+    # first batch static, then dynamic sizes; a new case (no captions, one caption) may add a
+    # graph, a new batch composition does not
+    assert graphs[0] > 0 and graphs[-1] - graphs[2] <= 6, graphs
 
 
 # ---------------------------------------------------------------------------------------------
