@@ -202,10 +202,19 @@ def _rand(n: int, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.rand(n, generator=g, device=like.device)
 
 
-def _randint(high: torch.Tensor | int, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Uniform integers in ``[0, high]`` inclusive, one per image (``high`` per image or one)."""
-    u = _rand(like.shape[0], g, like)
-    return (u * (torch.as_tensor(high, device=like.device) + 1)).floor().long()
+def _randint(high: int, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniform integers in ``[0, high]`` inclusive, one per image."""
+    return (_rand(like.shape[0], g, like) * (high + 1)).floor().long()
+
+
+def _on(
+    t: torch.Tensor, like: torch.Tensor, cache: dict[tuple[str, Any], torch.Tensor]
+) -> torch.Tensor:
+    """``t`` on ``like``'s device and dtype, copied there once."""
+    key = (str(like.device), like.dtype)
+    if key not in cache:
+        cache[key] = t.to(like.device, like.dtype)
+    return cache[key]
 
 
 def _where(flag: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -240,10 +249,11 @@ def _pad_crop(size: tuple[int, int], padding: int, fill: float) -> DeviceStep:
 
 
 def _grayscale(p: float) -> DeviceStep:
-    weights = RandomGrayscale(p).weights
+    weights = RandomGrayscale(p).weights.view(1, 3, 1, 1)
+    on_device: dict[tuple[str, Any], torch.Tensor] = {}
 
     def step(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        gray = (x * weights.to(x.device, x.dtype)).sum(dim=1, keepdim=True).expand_as(x)
+        gray = (x * _on(weights, x, on_device)).sum(dim=1, keepdim=True).expand_as(x)
         return _where(_rand(x.shape[0], g, x) < p, gray, x)
 
     return step
@@ -260,8 +270,12 @@ def _channel(p: float) -> DeviceStep:
 
 
 def _normalize(mean: torch.Tensor, std: torch.Tensor) -> DeviceStep:
+    mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+    on_device: dict[tuple[str, Any], torch.Tensor] = {}
+    on_device_std: dict[tuple[str, Any], torch.Tensor] = {}
+
     def step(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return (x - mean.to(x.device).view(1, -1, 1, 1)) / std.to(x.device).view(1, -1, 1, 1)
+        return (x - _on(mean, x, on_device)) / _on(std, x, on_device_std)
 
     return step
 
